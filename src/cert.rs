@@ -1,0 +1,707 @@
+//! STI certificates: chain parsing, path building to configured trust
+//! anchors (RFC 5280 §6, simplified), the SHAKEN profile (ATIS-1000080
+//! §6.4.1) and TNAuthList (RFC 8226 §9).
+//!
+//! Path building and the profile checks do not depend on time; their result,
+//! a [`Credential`], is cached by the fetching adapter, and only its validity
+//! window is checked against `now` per call ([`Credential::check_time`]).
+
+use std::fmt;
+
+use aws_lc_rs::signature::{self as sig, ParsedPublicKey};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::ParsedExtension;
+use x509_parser::prelude::FromDer;
+
+use crate::limits::{MAX_CERT_BODY, MAX_CERT_DER, MAX_CHAIN_CERTS, MAX_PATH_DEPTH};
+use crate::time::UnixTime;
+
+mod oid {
+    pub const TN_AUTH_LIST: &[u8] = &[0x2b, 6, 1, 5, 5, 7, 1, 26];
+    pub const JWT_CLAIM_CONSTRAINTS: &[u8] = &[0x2b, 6, 1, 5, 5, 7, 1, 27];
+    pub const EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 2, 1];
+    pub const P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 3, 1, 7];
+    pub const P384: &[u8] = &[0x2b, 0x81, 4, 0, 34];
+    pub const ECDSA_SHA256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 4, 3, 2];
+    pub const ECDSA_SHA384: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 4, 3, 3];
+    pub const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 1, 1, 1];
+    pub const RSA_SHA256: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 1, 1, 11];
+    /// Extensions whose criticality this verifier honours (RFC 5280 §4.2).
+    pub const UNDERSTOOD: &[&[u8]] = &[
+        &[0x55, 0x1d, 0x13], // basicConstraints
+        &[0x55, 0x1d, 0x0f], // keyUsage
+        &[0x55, 0x1d, 0x0e], // subjectKeyIdentifier
+        &[0x55, 0x1d, 0x23], // authorityKeyIdentifier
+        &[0x55, 0x1d, 0x20], // certificatePolicies
+        &[0x55, 0x1d, 0x1f], // cRLDistributionPoints
+        &[0x55, 0x1d, 0x11], // subjectAltName
+        &[0x55, 0x1d, 0x25], // extKeyUsage
+        TN_AUTH_LIST,
+    ];
+}
+
+/// Why a certificate chain is not an acceptable STI credential.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CertError {
+    #[error("certificate body of {len} bytes exceeds the {max}-byte limit")]
+    TooLarge { len: usize, max: usize },
+    #[error("no certificate in the body")]
+    Empty,
+    #[error("more than {max} certificates in the chain")]
+    TooManyCerts { max: usize },
+    #[error("certificate {index} does not parse: {detail}")]
+    Parse { index: usize, detail: String },
+    #[error("no path from `{subject}` to a configured trust anchor (issuer `{issuer}` unknown)")]
+    Untrusted { subject: String, issuer: String },
+    #[error("signature on `{subject}` does not verify with its issuer's key")]
+    BadChainSignature { subject: String },
+    #[error("`{subject}` is used as a CA but is not one (basicConstraints)")]
+    NotCa { subject: String },
+    #[error("`{subject}` exceeds its issuer's path length constraint")]
+    PathLen { subject: String },
+    #[error("`{subject}` has an unsupported signature algorithm")]
+    UnsupportedSignatureAlgorithm { subject: String },
+    #[error("`{subject}` has an unknown critical extension {oid}")]
+    UnknownCriticalExtension { subject: String, oid: String },
+    #[error("`{subject}` expired at {not_after} (now {now})")]
+    Expired {
+        subject: String,
+        not_after: UnixTime,
+        now: UnixTime,
+    },
+    #[error("`{subject}` is not valid before {not_before} (now {now})")]
+    NotYetValid {
+        subject: String,
+        not_before: UnixTime,
+        now: UnixTime,
+    },
+    #[error("`{subject}` has no TNAuthList extension")]
+    NoTnAuthList { subject: String },
+    #[error("TNAuthList of `{subject}` holds no SPC")]
+    NoSpc { subject: String },
+    #[error("TNAuthList of `{subject}` is malformed")]
+    BadTnAuthList { subject: String },
+    #[error("signing key of `{subject}` is not EC P-256")]
+    KeyNotP256 { subject: String },
+    #[error("keyUsage of `{subject}` lacks digitalSignature")]
+    KeyUsage { subject: String },
+    #[error("`{subject}` (serial {serial}) is revoked")]
+    Revoked { subject: String, serial: String },
+}
+
+/// A rule of the STI certificate profile (ATIS-1000080 §6.4.1) that a
+/// certificate breaks. Recorded, not enforced: real STI-CAs mis-issue often.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ProfileProblem {
+    /// Subject of the certificate.
+    pub cert: String,
+    pub rule: &'static str,
+}
+
+impl fmt::Display for ProfileProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}`: {}", self.cert, self.rule)
+    }
+}
+
+/// One certificate as shown by `certs show`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CertSummary {
+    pub subject: String,
+    pub issuer: String,
+    pub serial: String,
+    pub not_before: i64,
+    pub not_after: i64,
+    pub is_ca: bool,
+    pub spc: Option<String>,
+}
+
+/// A trusted STI signing credential: a path from the end-entity certificate
+/// to a configured anchor was built and checked. Only [`TrustStore::credential`]
+/// builds one.
+pub struct Credential {
+    /// Unique per built credential (memo keys use it).
+    id: u64,
+    key: ParsedPublicKey,
+    /// The SPC from the leaf's TNAuthList.
+    pub spc: String,
+    /// Subject DN of the leaf.
+    pub subject: String,
+    /// Subject DN of the anchor the path ends at.
+    pub anchor: String,
+    /// Latest notBefore and earliest notAfter on the path (anchor excluded),
+    /// with the subject of the certificate that sets each.
+    not_before: (i64, String),
+    not_after: (i64, String),
+    /// Profile rules broken along the path.
+    pub problems: Vec<ProfileProblem>,
+    /// The path, leaf first, anchor last.
+    pub path: Vec<CertSummary>,
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credential")
+            .field("spc", &self.spc)
+            .field("subject", &self.subject)
+            .field("anchor", &self.anchor)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credential {
+    /// Checks that every certificate on the path is valid at `now`.
+    pub fn check_time(&self, now: UnixTime) -> Result<(), CertError> {
+        if now.0 > self.not_after.0 {
+            return Err(CertError::Expired {
+                subject: self.not_after.1.clone(),
+                not_after: UnixTime(self.not_after.0),
+                now,
+            });
+        }
+        if now.0 < self.not_before.0 {
+            return Err(CertError::NotYetValid {
+                subject: self.not_before.1.clone(),
+                not_before: UnixTime(self.not_before.0),
+                now,
+            });
+        }
+        Ok(())
+    }
+
+    /// The earliest notAfter on the path: a cache must not keep the
+    /// credential beyond it.
+    pub fn not_after(&self) -> UnixTime {
+        UnixTime(self.not_after.0)
+    }
+
+    /// A process-unique id of this credential.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Verifies a raw r||s ES256 signature over `message` with the leaf key.
+    pub fn verify_es256(&self, message: &[u8], signature: &[u8; 64]) -> bool {
+        self.key.verify_sig(message, signature).is_ok()
+    }
+}
+
+struct Anchor {
+    der: Vec<u8>,
+}
+
+/// Configured trust anchors, extra intermediates and revocation lists.
+#[derive(Default)]
+pub struct TrustStore {
+    anchors: Vec<Anchor>,
+    intermediates: Vec<Vec<u8>>,
+    /// (issuer DN DER, serial bytes) of revoked certificates.
+    revoked: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl fmt::Debug for TrustStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrustStore")
+            .field("anchors", &self.anchors.len())
+            .field("intermediates", &self.intermediates.len())
+            .field("revoked", &self.revoked.len())
+            .finish()
+    }
+}
+
+/// Splits a PEM bundle (or one DER certificate) into DER certificates.
+pub fn split_chain(body: &[u8]) -> Result<Vec<Vec<u8>>, CertError> {
+    if body.len() > MAX_CERT_BODY {
+        return Err(CertError::TooLarge {
+            len: body.len(),
+            max: MAX_CERT_BODY,
+        });
+    }
+    let trimmed = body.trim_ascii_start();
+    if trimmed.first() == Some(&0x30) {
+        if trimmed.len() > MAX_CERT_DER {
+            return Err(CertError::TooLarge {
+                len: trimmed.len(),
+                max: MAX_CERT_DER,
+            });
+        }
+        return Ok(vec![trimmed.to_vec()]);
+    }
+    let mut out = Vec::new();
+    for (index, pem) in x509_parser::pem::Pem::iter_from_buffer(body).enumerate() {
+        let pem = pem.map_err(|e| CertError::Parse {
+            index,
+            detail: e.to_string(),
+        })?;
+        if pem.label != "CERTIFICATE" {
+            continue;
+        }
+        if out.len() == MAX_CHAIN_CERTS {
+            return Err(CertError::TooManyCerts {
+                max: MAX_CHAIN_CERTS,
+            });
+        }
+        if pem.contents.len() > MAX_CERT_DER {
+            return Err(CertError::TooLarge {
+                len: pem.contents.len(),
+                max: MAX_CERT_DER,
+            });
+        }
+        out.push(pem.contents);
+    }
+    if out.is_empty() {
+        return Err(CertError::Empty);
+    }
+    Ok(out)
+}
+
+fn parse(index: usize, der: &[u8]) -> Result<X509Certificate<'_>, CertError> {
+    match X509Certificate::from_der(der) {
+        Ok((rest, c)) if rest.is_empty() => Ok(c),
+        Ok(_) => Err(CertError::Parse {
+            index,
+            detail: "trailing bytes after the certificate".into(),
+        }),
+        Err(e) => Err(CertError::Parse {
+            index,
+            detail: e.to_string(),
+        }),
+    }
+}
+
+fn subject_of(c: &X509Certificate<'_>) -> String {
+    c.subject().to_string()
+}
+
+fn summary(c: &X509Certificate<'_>) -> CertSummary {
+    CertSummary {
+        subject: c.subject().to_string(),
+        issuer: c.issuer().to_string(),
+        serial: c.raw_serial_as_string(),
+        not_before: c.validity().not_before.timestamp(),
+        not_after: c.validity().not_after.timestamp(),
+        is_ca: c.is_ca(),
+        spc: tn_auth_list_spc(c).ok().flatten(),
+    }
+}
+
+/// Verifies `child`'s signature with `issuer`'s public key.
+fn signed_by(child: &X509Certificate<'_>, issuer: &X509Certificate<'_>) -> Result<bool, ()> {
+    let spki = issuer.public_key();
+    let key_alg = spki.algorithm.algorithm.as_bytes();
+    let curve = spki
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.as_oid().ok())
+        .map(|o| o.as_bytes().to_vec());
+    let sig_alg = child.signature_algorithm.algorithm.as_bytes();
+    let alg: &'static dyn sig::VerificationAlgorithm = match (key_alg, curve.as_deref(), sig_alg) {
+        (oid::EC_PUBLIC_KEY, Some(oid::P256), oid::ECDSA_SHA256) => &sig::ECDSA_P256_SHA256_ASN1,
+        (oid::EC_PUBLIC_KEY, Some(oid::P256), oid::ECDSA_SHA384) => &sig::ECDSA_P256_SHA384_ASN1,
+        (oid::EC_PUBLIC_KEY, Some(oid::P384), oid::ECDSA_SHA256) => &sig::ECDSA_P384_SHA256_ASN1,
+        (oid::EC_PUBLIC_KEY, Some(oid::P384), oid::ECDSA_SHA384) => &sig::ECDSA_P384_SHA384_ASN1,
+        (oid::RSA, _, oid::RSA_SHA256) => &sig::RSA_PKCS1_2048_8192_SHA256,
+        _ => return Err(()),
+    };
+    let key = sig::UnparsedPublicKey::new(alg, &spki.subject_public_key.data);
+    Ok(key
+        .verify(child.tbs_certificate.as_ref(), &child.signature_value.data)
+        .is_ok())
+}
+
+/// Reads one DER TLV; returns (tag, content, rest).
+fn der_tlv(i: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = i.split_first()?;
+    let (&l0, rest) = rest.split_first()?;
+    let (len, rest) = if l0 < 0x80 {
+        (usize::from(l0), rest)
+    } else {
+        let n = usize::from(l0 & 0x7f);
+        if n == 0 || n > 3 {
+            return None;
+        }
+        let (lb, rest) = rest.split_at_checked(n)?;
+        (lb.iter().fold(0usize, |a, b| (a << 8) | usize::from(*b)), rest)
+    };
+    let (content, rest) = rest.split_at_checked(len)?;
+    Some((tag, content, rest))
+}
+
+/// The SPC in a TNAuthList (RFC 8226 §9: `SEQUENCE OF TNEntry`, `spc [0]`
+/// EXPLICIT IA5String). An IMPLICIT encoding is accepted too.
+/// `Ok(None)`: no TNAuthList. `Err`: present but malformed.
+fn tn_auth_list_spc(c: &X509Certificate<'_>) -> Result<Option<String>, ()> {
+    let Some(ext) = c
+        .extensions()
+        .iter()
+        .find(|e| e.oid.as_bytes() == oid::TN_AUTH_LIST)
+    else {
+        return Ok(None);
+    };
+    let (tag, mut entries, rest) = der_tlv(ext.value).ok_or(())?;
+    if tag != 0x30 || !rest.is_empty() {
+        return Err(());
+    }
+    let mut spc = None;
+    while !entries.is_empty() {
+        let (tag, content, rest) = der_tlv(entries).ok_or(())?;
+        entries = rest;
+        let value = match tag {
+            0xa0 => match der_tlv(content) {
+                Some((0x16, s, [])) => s,
+                _ => return Err(()),
+            },
+            0x80 => content,
+            _ => continue, // range [1] or one [2]: not an SPC
+        };
+        if spc.is_none() {
+            spc = Some(String::from_utf8(value.to_vec()).map_err(|_| ())?);
+        }
+    }
+    Ok(Some(spc.unwrap_or_default()))
+}
+
+impl TrustStore {
+    /// Builds a store from DER anchors, extra intermediates (for carriers
+    /// that serve only the leaf at x5u) and DER CRLs. CRL files are
+    /// configuration and trusted as such.
+    pub fn new(
+        anchors: Vec<Vec<u8>>,
+        intermediates: Vec<Vec<u8>>,
+        crls: &[Vec<u8>],
+    ) -> Result<Self, CertError> {
+        for (i, a) in anchors.iter().chain(intermediates.iter()).enumerate() {
+            parse(i, a)?;
+        }
+        let mut revoked = Vec::new();
+        for (index, der) in crls.iter().enumerate() {
+            let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(der)
+                .map_err(|e| CertError::Parse {
+                    index,
+                    detail: format!("CRL: {e}"),
+                })?;
+            for r in crl.iter_revoked_certificates() {
+                revoked.push((crl.issuer().as_raw().to_vec(), r.raw_serial().to_vec()));
+            }
+        }
+        Ok(TrustStore {
+            anchors: anchors.into_iter().map(|der| Anchor { der }).collect(),
+            intermediates,
+            revoked,
+        })
+    }
+
+    /// Number of trust anchors.
+    pub fn anchor_count(&self) -> usize {
+        self.anchors.len()
+    }
+
+    /// Builds and checks a path from the first certificate of `chain` (the
+    /// signer) through the other certificates of `chain` and the configured
+    /// intermediates to a trust anchor, then checks the leaf against the
+    /// essential SHAKEN profile rules. Validity dates are left to
+    /// [`Credential::check_time`].
+    pub fn credential(&self, chain: &[Vec<u8>]) -> Result<Credential, CertError> {
+        let certs = chain
+            .iter()
+            .enumerate()
+            .map(|(i, d)| parse(i, d))
+            .collect::<Result<Vec<_>, _>>()?;
+        let extra = self
+            .intermediates
+            .iter()
+            .enumerate()
+            .map(|(i, d)| parse(i, d))
+            .collect::<Result<Vec<_>, _>>()?;
+        let anchors = self
+            .anchors
+            .iter()
+            .enumerate()
+            .map(|(i, a)| parse(i, &a.der))
+            .collect::<Result<Vec<_>, _>>()?;
+        let leaf = certs.first().ok_or(CertError::Empty)?;
+        let pool: Vec<&X509Certificate<'_>> = certs.iter().skip(1).chain(extra.iter()).collect();
+
+        let mut path: Vec<&X509Certificate<'_>> = vec![leaf];
+        let mut used = vec![false; pool.len()];
+        let anchor = loop {
+            let current = *path.last().ok_or(CertError::Empty)?;
+            let mut name_matched_bad_sig = false;
+            // An anchor ends the path only if it really signed `current`
+            // (a look-alike root served at x5u has the name, not the key).
+            let mut found_anchor = None;
+            for a in &anchors {
+                if a.subject().as_raw() == current.issuer().as_raw() {
+                    match signed_by(current, a) {
+                        Ok(true) => {
+                            found_anchor = Some(a);
+                            break;
+                        }
+                        Ok(false) => name_matched_bad_sig = true,
+                        Err(()) => {
+                            return Err(CertError::UnsupportedSignatureAlgorithm {
+                                subject: subject_of(current),
+                            });
+                        }
+                    }
+                }
+            }
+            if let Some(a) = found_anchor {
+                break a;
+            }
+            if path.len() >= MAX_PATH_DEPTH {
+                return Err(CertError::Untrusted {
+                    subject: subject_of(leaf),
+                    issuer: current.issuer().to_string(),
+                });
+            }
+            let mut next = None;
+            for (i, cand) in pool.iter().enumerate() {
+                if used.get(i).copied().unwrap_or(true)
+                    || cand.subject().as_raw() != current.issuer().as_raw()
+                {
+                    continue;
+                }
+                match signed_by(current, cand) {
+                    Ok(true) => {
+                        next = Some(i);
+                        break;
+                    }
+                    Ok(false) => name_matched_bad_sig = true,
+                    Err(()) => {}
+                }
+            }
+            match next {
+                Some(i) => {
+                    if let Some(u) = used.get_mut(i) {
+                        *u = true;
+                    }
+                    if let Some(c) = pool.get(i) {
+                        path.push(c);
+                    }
+                }
+                None if name_matched_bad_sig => {
+                    return Err(CertError::BadChainSignature {
+                        subject: subject_of(current),
+                    });
+                }
+                None => {
+                    return Err(CertError::Untrusted {
+                        subject: subject_of(leaf),
+                        issuer: current.issuer().to_string(),
+                    });
+                }
+            }
+        };
+
+        let mut problems = Vec::new();
+        // CA certificates on the path (excluding the leaf, including anchor).
+        let cas: Vec<&X509Certificate<'_>> =
+            path.iter().skip(1).copied().chain(std::iter::once(anchor)).collect();
+        for (depth, ca) in cas.iter().enumerate() {
+            match ca.basic_constraints() {
+                Ok(Some(bc)) if bc.value.ca => {
+                    // Intermediate certificates below this CA on the path.
+                    if let Some(max) = bc.value.path_len_constraint {
+                        if depth > usize::try_from(max).unwrap_or(usize::MAX) {
+                            return Err(CertError::PathLen {
+                                subject: subject_of(ca),
+                            });
+                        }
+                    }
+                }
+                _ => {
+                    return Err(CertError::NotCa {
+                        subject: subject_of(ca),
+                    });
+                }
+            }
+            if let Ok(Some(ku)) = ca.key_usage() {
+                if !ku.value.key_cert_sign() {
+                    return Err(CertError::NotCa {
+                        subject: subject_of(ca),
+                    });
+                }
+            }
+        }
+        for c in &path {
+            for ext in c.extensions() {
+                if ext.critical && !oid::UNDERSTOOD.contains(&ext.oid.as_bytes()) {
+                    return Err(CertError::UnknownCriticalExtension {
+                        subject: subject_of(c),
+                        oid: ext.oid.to_id_string(),
+                    });
+                }
+            }
+            if self.revoked.iter().any(|(issuer, serial)| {
+                issuer.as_slice() == c.issuer().as_raw() && serial.as_slice() == c.raw_serial()
+            }) {
+                return Err(CertError::Revoked {
+                    subject: subject_of(c),
+                    serial: c.raw_serial_as_string(),
+                });
+            }
+            profile_problems(c, c.is_ca(), &mut problems);
+        }
+
+        // Essential leaf rules.
+        let subject = subject_of(leaf);
+        let spki = leaf.public_key();
+        let curve_ok = spki.algorithm.algorithm.as_bytes() == oid::EC_PUBLIC_KEY
+            && spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok())
+                .is_some_and(|o| o.as_bytes() == oid::P256);
+        if !curve_ok {
+            return Err(CertError::KeyNotP256 { subject });
+        }
+        match leaf.key_usage() {
+            Ok(Some(ku)) if !ku.value.digital_signature() => {
+                return Err(CertError::KeyUsage { subject });
+            }
+            Ok(Some(_)) => {}
+            _ => problems.push(ProfileProblem {
+                cert: subject.clone(),
+                rule: "keyUsage extension is absent",
+            }),
+        }
+        let spc = match tn_auth_list_spc(leaf) {
+            Ok(Some(spc)) if !spc.is_empty() => spc,
+            Ok(Some(_)) => return Err(CertError::NoSpc { subject }),
+            Ok(None) => return Err(CertError::NoTnAuthList { subject }),
+            Err(()) => return Err(CertError::BadTnAuthList { subject }),
+        };
+        if !spc.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_uppercase()) {
+            problems.push(ProfileProblem {
+                cert: subject.clone(),
+                rule: "SPC holds characters other than digits and uppercase letters",
+            });
+        }
+        let key = ParsedPublicKey::new(&sig::ECDSA_P256_SHA256_FIXED, &spki.subject_public_key.data)
+            .map_err(|_| CertError::KeyNotP256 {
+                subject: subject.clone(),
+            })?;
+
+        let mut not_before = (i64::MIN, String::new());
+        let mut not_after = (i64::MAX, String::new());
+        for c in &path {
+            let nb = c.validity().not_before.timestamp();
+            let na = c.validity().not_after.timestamp();
+            if nb > not_before.0 {
+                not_before = (nb, subject_of(c));
+            }
+            if na < not_after.0 {
+                not_after = (na, subject_of(c));
+            }
+        }
+        let mut summaries: Vec<CertSummary> = path.iter().map(|c| summary(c)).collect();
+        summaries.push(summary(anchor));
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Ok(Credential {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            key,
+            spc,
+            subject,
+            anchor: subject_of(anchor),
+            not_before,
+            not_after,
+            problems,
+            path: summaries,
+        })
+    }
+}
+
+/// Summaries of a chain without trust decisions (for `certs show`).
+pub fn describe_chain(chain: &[Vec<u8>]) -> Result<Vec<CertSummary>, CertError> {
+    chain
+        .iter()
+        .enumerate()
+        .map(|(i, d)| parse(i, d).map(|c| summary(&c)))
+        .collect()
+}
+
+/// Profile problems of a single certificate (for `certs show`).
+pub fn profile_of(der: &[u8]) -> Result<Vec<ProfileProblem>, CertError> {
+    let c = parse(0, der)?;
+    let mut out = Vec::new();
+    profile_problems(&c, c.is_ca(), &mut out);
+    Ok(out)
+}
+
+/// Records the non-essential ATIS-1000080 §6.4.1 rules a certificate breaks.
+fn profile_problems(c: &X509Certificate<'_>, is_ca: bool, out: &mut Vec<ProfileProblem>) {
+    let subject = subject_of(c);
+    let mut p = |rule: &'static str| {
+        out.push(ProfileProblem {
+            cert: subject.clone(),
+            rule,
+        })
+    };
+    if c.version().0 != 2 {
+        p("not an X.509 version 3 certificate");
+    }
+    if c.raw_serial().len() < 8 {
+        p("serial number shorter than 64 bits");
+    }
+    if c.signature_algorithm.algorithm.as_bytes() != oid::ECDSA_SHA256 {
+        p("signature algorithm is not ecdsa-with-SHA256");
+    }
+    let cn = c.subject().iter_common_name().next().and_then(|a| a.as_str().ok());
+    if cn.is_none() {
+        p("subject has no CN");
+    }
+    if c.subject().iter_country().next().is_none() {
+        p("subject has no C");
+    }
+    if !is_ca && !cn.is_some_and(|cn| cn.contains("SHAKEN")) {
+        p("end-entity CN does not contain `SHAKEN`");
+    }
+    let mut policies = None;
+    let mut has_crldp = false;
+    let mut has_ski = false;
+    let mut has_aki = false;
+    for ext in c.extensions() {
+        match ext.parsed_extension() {
+            ParsedExtension::BasicConstraints(_) if !ext.critical => {
+                p("basicConstraints is not critical")
+            }
+            ParsedExtension::KeyUsage(ku) => {
+                if !ext.critical {
+                    p("keyUsage is not critical");
+                }
+                if !is_ca && ku.flags != 1 {
+                    p("end-entity keyUsage is not digitalSignature only");
+                }
+            }
+            ParsedExtension::CertificatePolicies(cp) => policies = Some(cp.len()),
+            ParsedExtension::CRLDistributionPoints(_) => has_crldp = true,
+            ParsedExtension::SubjectKeyIdentifier(_) => has_ski = true,
+            ParsedExtension::AuthorityKeyIdentifier(_) => has_aki = true,
+            _ if ext.oid.as_bytes() == oid::JWT_CLAIM_CONSTRAINTS => {
+                p("JWTClaimConstraints present but not enforced by this verifier")
+            }
+            _ => {}
+        }
+    }
+    if !c.extensions().iter().any(|e| e.oid.as_bytes() == [0x55, 0x1d, 0x13]) {
+        p("basicConstraints is absent");
+    }
+    let self_signed = c.subject().as_raw() == c.issuer().as_raw();
+    if !self_signed {
+        if policies != Some(1) {
+            p("certificatePolicies does not hold exactly one policy");
+        }
+        if !has_crldp {
+            p("cRLDistributionPoints is absent");
+        }
+        if !has_aki {
+            p("authorityKeyIdentifier is absent");
+        }
+    }
+    if !has_ski {
+        p("subjectKeyIdentifier is absent");
+    }
+}

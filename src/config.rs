@@ -1,0 +1,351 @@
+//! The TOML configuration file shared by `verify`, `serve` and the admin
+//! commands. Unknown keys are errors, reported as `file:line:col`; omitted
+//! sections and keys take their defaults.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::cert::{split_chain, TrustStore};
+use crate::verify::{CodeProfile, DateCheck, FailureKind, VerifyConfig, X5uPolicy};
+
+/// The embedded default configuration (`serve` and `verify` without
+/// `--config`). Paths are relative to the working directory.
+pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub verify: VerifySection,
+    pub fetch: FetchSection,
+    pub proxy: ProxySection,
+}
+
+/// `[verify]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerifySection {
+    /// PEM files or directories of PEM files: the STI-PA trust anchors.
+    pub trust_anchors: Vec<PathBuf>,
+    /// Extra intermediate CA certificates (for signers that serve only the leaf).
+    pub intermediates: Vec<PathBuf>,
+    /// CRL files (DER or PEM).
+    pub crls: Vec<PathBuf>,
+    pub max_iat_age: i64,
+    pub max_iat_future: i64,
+    pub date_check: DateCheck,
+    pub max_date_age: i64,
+    pub allow_compact: bool,
+    pub x5u_ports: Vec<u16>,
+    pub allow_http_x5u: bool,
+    pub code_profile: CodeProfile,
+    /// Per failure kind code overrides, e.g. `wrong-typ = 437`.
+    pub codes: BTreeMap<FailureKind, u16>,
+    /// Verified tokens remembered so retransmissions skip ECDSA.
+    pub memo_capacity: usize,
+}
+
+impl Default for VerifySection {
+    fn default() -> Self {
+        let v = VerifyConfig::default();
+        VerifySection {
+            trust_anchors: vec![PathBuf::from("certs/demo/sti-root.pem")],
+            intermediates: Vec::new(),
+            crls: Vec::new(),
+            max_iat_age: v.max_iat_age,
+            max_iat_future: v.max_iat_future,
+            date_check: v.date_check,
+            max_date_age: v.max_date_age,
+            allow_compact: v.allow_compact,
+            x5u_ports: v.x5u.ports,
+            allow_http_x5u: v.x5u.allow_http,
+            code_profile: v.code_profile,
+            codes: BTreeMap::new(),
+            memo_capacity: 16_384,
+        }
+    }
+}
+
+/// `[fetch]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FetchSection {
+    /// PEM files trusted for HTTPS x5u fetches, besides the system roots.
+    pub extra_tls_roots: Vec<PathBuf>,
+    /// Trust the operating system's web PKI roots for the HTTPS fetch (never
+    /// for the SHAKEN chain).
+    pub system_tls_roots: bool,
+    /// Allow x5u hosts on loopback, private and other special addresses.
+    pub allow_private_addresses: bool,
+    pub connect_timeout_ms: u64,
+    pub timeout_ms: u64,
+    /// Shortest time a fetched certificate is cached (ATIS-1000074: 24 h).
+    pub min_cache_secs: u64,
+    /// How long a failed fetch is remembered.
+    pub negative_cache_secs: u64,
+    /// Most URLs cached.
+    pub cache_capacity: usize,
+    /// When non-empty, only these hosts (or `*.suffix`) are fetched from.
+    pub allow_hosts: Vec<String>,
+    /// Never fetched from.
+    pub deny_hosts: Vec<String>,
+}
+
+impl Default for FetchSection {
+    fn default() -> Self {
+        FetchSection {
+            extra_tls_roots: Vec::new(),
+            system_tls_roots: true,
+            allow_private_addresses: false,
+            connect_timeout_ms: 2000,
+            timeout_ms: 4000,
+            min_cache_secs: 86_400,
+            negative_cache_secs: 30,
+            cache_capacity: 10_000,
+            allow_hosts: Vec::new(),
+            deny_hosts: Vec::new(),
+        }
+    }
+}
+
+/// `[proxy]` (read by `serve`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxySection {
+    /// `transport:address:port`, IPv6 as `[::1]`.
+    pub listen: Vec<String>,
+    pub next_hop: String,
+}
+
+impl Default for ProxySection {
+    fn default() -> Self {
+        ProxySection {
+            listen: vec!["udp:127.0.0.1:5060".into(), "tcp:127.0.0.1:5060".into()],
+            next_hop: "udp:127.0.0.1:5080".into(),
+        }
+    }
+}
+
+/// A configuration error, located in its file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}:{line}:{col}: {message}\n{snippet}\nhelp: {help}")]
+    Syntax {
+        file: String,
+        line: usize,
+        col: usize,
+        message: String,
+        snippet: String,
+        help: String,
+    },
+    #[error("cannot read `{path}`: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("`{path}`: {detail}")]
+    Certificates { path: String, detail: String },
+    #[error("no trust anchors: `verify.trust_anchors` names no certificate")]
+    NoAnchors,
+}
+
+impl Config {
+    /// Parses TOML text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let (line, col, snippet) = match e.span() {
+                Some(span) => locate(text, span.start),
+                None => (1, 1, String::new()),
+            };
+            let message = e.message().trim().replace('\n', " ");
+            let help = if message.contains("unknown field") {
+                "remove the key or fix its spelling; the README lists every key".to_owned()
+            } else if message.contains("unknown variant") {
+                "use one of the values the message lists".to_owned()
+            } else {
+                "see the annotated example in README.md".to_owned()
+            };
+            ConfigError::Syntax {
+                file: file.to_owned(),
+                line,
+                col,
+                message,
+                snippet,
+                help,
+            }
+        })
+    }
+
+    /// Reads and parses a file, or the embedded default when `path` is None.
+    /// Relative paths inside a file are resolved against the working
+    /// directory first and then against the file's directory.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let Some(path) = path else {
+            return Config::parse(DEFAULT_CONFIG, "<embedded default>");
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let mut cfg = Config::parse(&text, &path.display().to_string())?;
+        if let Some(dir) = path.parent() {
+            let fix = |p: &mut PathBuf| {
+                if p.is_relative() && !p.exists() && dir.join(&*p).exists() {
+                    *p = dir.join(&*p);
+                }
+            };
+            cfg.verify.trust_anchors.iter_mut().for_each(fix);
+            cfg.verify.intermediates.iter_mut().for_each(fix);
+            cfg.verify.crls.iter_mut().for_each(fix);
+            cfg.fetch.extra_tls_roots.iter_mut().for_each(fix);
+        }
+        Ok(cfg)
+    }
+
+    /// The core verifier settings.
+    pub fn verify_config(&self) -> VerifyConfig {
+        let v = &self.verify;
+        VerifyConfig {
+            max_iat_age: v.max_iat_age,
+            max_iat_future: v.max_iat_future,
+            date_check: v.date_check,
+            max_date_age: v.max_date_age,
+            allow_compact: v.allow_compact,
+            x5u: X5uPolicy {
+                ports: v.x5u_ports.clone(),
+                allow_http: v.allow_http_x5u,
+                any_port_on_private: self.fetch.allow_private_addresses,
+            },
+            code_profile: v.code_profile,
+            code_overrides: v.codes.iter().map(|(k, c)| (*k, *c)).collect(),
+        }
+    }
+
+    /// Loads trust anchors, intermediates and CRLs from disk.
+    pub fn trust_store(&self) -> Result<TrustStore, ConfigError> {
+        let anchors = read_certs(&self.verify.trust_anchors)?;
+        if anchors.is_empty() {
+            return Err(ConfigError::NoAnchors);
+        }
+        let intermediates = read_certs(&self.verify.intermediates)?;
+        let mut crls = Vec::new();
+        for p in &self.verify.crls {
+            let bytes = read(p)?;
+            if bytes.starts_with(b"-----") {
+                for pem in x509_parser::pem::Pem::iter_from_buffer(&bytes) {
+                    let pem = pem.map_err(|e| ConfigError::Certificates {
+                        path: p.display().to_string(),
+                        detail: e.to_string(),
+                    })?;
+                    crls.push(pem.contents);
+                }
+            } else {
+                crls.push(bytes);
+            }
+        }
+        TrustStore::new(anchors, intermediates, &crls).map_err(|e| ConfigError::Certificates {
+            path: "verify.trust_anchors".into(),
+            detail: e.to_string(),
+        })
+    }
+}
+
+fn read(p: &Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(p).map_err(|source| ConfigError::Read {
+        path: p.display().to_string(),
+        source,
+    })
+}
+
+/// Reads every certificate in PEM files or directories of `.pem`/`.crt` files.
+pub fn read_certs(paths: &[PathBuf]) -> Result<Vec<Vec<u8>>, ConfigError> {
+    let mut out = Vec::new();
+    for p in paths {
+        let files: Vec<PathBuf> = if p.is_dir() {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(p)
+                .map_err(|source| ConfigError::Read {
+                    path: p.display().to_string(),
+                    source,
+                })?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| {
+                    f.extension()
+                        .is_some_and(|x| x == "pem" || x == "crt" || x == "cer")
+                })
+                .collect();
+            v.sort();
+            v
+        } else {
+            vec![p.clone()]
+        };
+        for f in files {
+            let bytes = read(&f)?;
+            let certs = split_chain(&bytes).map_err(|e| ConfigError::Certificates {
+                path: f.display().to_string(),
+                detail: e.to_string(),
+            })?;
+            out.extend(certs);
+        }
+    }
+    Ok(out)
+}
+
+/// Line, column (1-based) and a caret snippet for a byte offset.
+pub fn locate(text: &str, offset: usize) -> (usize, usize, String) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or_default();
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let col = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
+    let line_text = text
+        .get(line_start..)
+        .unwrap_or_default()
+        .lines()
+        .next()
+        .unwrap_or_default();
+    let snippet = format!(
+        "{line:>4} | {line_text}\n     | {}^",
+        " ".repeat(col.saturating_sub(1))
+    );
+    (line, col, snippet)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_parses() {
+        let c = Config::parse(DEFAULT_CONFIG, "default").unwrap();
+        assert_eq!(c.verify.max_iat_age, 60);
+        assert_eq!(c.proxy.next_hop, "udp:127.0.0.1:5080");
+    }
+
+    #[test]
+    fn unknown_key_in_every_table_is_located() {
+        for (table, line) in [("verify", 2), ("fetch", 2), ("proxy", 2)] {
+            let text = format!("[{table}]\nbogus_key = 1\n");
+            let e = Config::parse(&text, "x.toml").unwrap_err().to_string();
+            assert!(e.starts_with(&format!("x.toml:{line}:1: unknown field `bogus_key`")), "{e}");
+            assert!(e.contains("help: remove the key"), "{e}");
+        }
+        let e = Config::parse("bogus = 1\n", "x.toml").unwrap_err().to_string();
+        assert!(e.starts_with("x.toml:1:1: unknown field `bogus`"), "{e}");
+        let e = Config::parse("[verify.codes]\nno-such-kind = 400\n", "x.toml").unwrap_err().to_string();
+        assert!(e.starts_with("x.toml:2:1:"), "{e}");
+    }
+
+    #[test]
+    fn interface_keys_parse() {
+        let c = Config::parse(
+            "[verify]\ntrust_anchors = [\"a.pem\"]\nmax_iat_age = 30\n[fetch]\nextra_tls_roots = [\"r.pem\"]\nallow_private_addresses = true\n[verify.codes]\nwrong-typ = 437\n",
+            "x.toml",
+        )
+        .unwrap();
+        assert_eq!(c.verify.max_iat_age, 30);
+        assert!(c.fetch.allow_private_addresses);
+        assert_eq!(c.verify_config().code(FailureKind::WrongTyp), 437);
+    }
+}

@@ -1,0 +1,398 @@
+//! Certificate fetching adapter: HTTPS GET of x5u (reqwest + rustls) with an
+//! in-memory cache, single-flight misses, a negative cache and SSRF guards.
+//!
+//! Cache lifetime (ATIS-1000074, via Asterisk): max(24 h, HTTP max-age or
+//! Expires), capped at the earliest notAfter on the credential's path.
+//! Failures are remembered for `negative_cache_secs`.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::cert::{split_chain, TrustStore};
+use crate::config::{read_certs, ConfigError, FetchSection};
+use crate::limits::MAX_CERT_BODY;
+use crate::time::{parse_sip_date, Clock, UnixTime};
+use crate::net::is_special;
+use crate::verify::{CredentialError, CredentialResult, X5uPolicy};
+
+/// Counters for operators and tests.
+#[derive(Debug, Default)]
+pub struct FetchStats {
+    /// Lookups answered from a positive cache entry.
+    pub hits: AtomicU64,
+    /// Lookups answered from a negative cache entry.
+    pub negative_hits: AtomicU64,
+    /// Lookups that found nothing usable.
+    pub misses: AtomicU64,
+    /// HTTP requests actually sent.
+    pub fetches: AtomicU64,
+}
+
+enum Entry {
+    Done {
+        result: CredentialResult,
+        expires: Instant,
+    },
+    InFlight(watch::Receiver<Option<CredentialResult>>),
+}
+
+/// Resolves names for reqwest and drops special-purpose addresses unless
+/// they are allowed: the check applies to the address actually connected
+/// to, so DNS rebinding cannot get around it.
+struct GuardedResolver {
+    allow_private: bool,
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allow_private = self.allow_private;
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|a| allow_private || !is_special(a.ip()))
+                .collect();
+            if addrs.is_empty() {
+                return Err(format!(
+                    "`{host}` resolves only to loopback, private or other special-purpose addresses"
+                )
+                .into());
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+fn host_matches(pattern: &str, host: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => host
+            .strip_suffix(suffix)
+            .is_some_and(|h| h.ends_with('.')),
+        None => pattern.eq_ignore_ascii_case(host),
+    }
+}
+
+/// Fetches and caches STI credentials by x5u URL.
+pub struct CertFetcher {
+    client: reqwest::Client,
+    cfg: FetchSection,
+    policy: X5uPolicy,
+    trust: RwLock<Arc<TrustStore>>,
+    cache: RwLock<HashMap<String, Entry>>,
+    clock: Clock,
+    /// Counters.
+    pub stats: FetchStats,
+}
+
+impl std::fmt::Debug for CertFetcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertFetcher").finish_non_exhaustive()
+    }
+}
+
+/// Why the fetcher could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum FetcherError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("TLS setup: {0}")]
+    Tls(String),
+}
+
+impl CertFetcher {
+    /// Builds the HTTPS client (rustls, aws-lc-rs) and an empty cache.
+    pub fn new(
+        cfg: FetchSection,
+        policy: X5uPolicy,
+        trust: Arc<TrustStore>,
+    ) -> Result<Self, FetcherError> {
+        let mut roots = rustls::RootCertStore::empty();
+        if cfg.system_tls_roots {
+            for c in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(c);
+            }
+        }
+        for der in read_certs(&cfg.extra_tls_roots)? {
+            roots
+                .add(der.into())
+                .map_err(|e| FetcherError::Tls(format!("extra TLS root: {e}")))?;
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| FetcherError::Tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
+            .timeout(Duration::from_millis(cfg.timeout_ms))
+            .no_proxy()
+            .dns_resolver(Arc::new(GuardedResolver {
+                allow_private: cfg.allow_private_addresses,
+            }))
+            .user_agent(concat!("stirscreen/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| FetcherError::Tls(e.to_string()))?;
+        Ok(CertFetcher {
+            client,
+            cfg,
+            policy,
+            trust: RwLock::new(trust),
+            cache: RwLock::new(HashMap::new()),
+            clock: Clock,
+            stats: FetchStats::default(),
+        })
+    }
+
+    /// Replaces the trust store and drops every cached credential (they
+    /// were validated against the old anchors).
+    pub fn set_trust(&self, trust: Arc<TrustStore>) {
+        if let Ok(mut t) = self.trust.write() {
+            *t = trust;
+        }
+        if let Ok(mut c) = self.cache.write() {
+            c.clear();
+        }
+    }
+
+    /// A cached result, if one is fresh: the hot path (no await, one read
+    /// lock held for a hash probe).
+    pub fn cached(&self, url: &str) -> Option<CredentialResult> {
+        let cache = self.cache.read().ok()?;
+        match cache.get(url) {
+            Some(Entry::Done { result, expires }) if *expires > Instant::now() => {
+                if result.is_ok() {
+                    self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.stats.negative_hits.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(result.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// The credential for `url`: from the cache, or fetched once however
+    /// many callers ask at the same time.
+    pub async fn get(self: &Arc<Self>, url: &str) -> CredentialResult {
+        if let Some(r) = self.cached(url) {
+            return r;
+        }
+        let mut rx = {
+            let Ok(mut cache) = self.cache.write() else {
+                return Err(CredentialError::Unreachable {
+                    url: url.to_owned(),
+                    why: "certificate cache is unavailable".into(),
+                });
+            };
+            match cache.get(url) {
+                Some(Entry::Done { result, expires }) if *expires > Instant::now() => {
+                    return result.clone();
+                }
+                Some(Entry::InFlight(rx)) => rx.clone(),
+                _ => {
+                    self.stats.misses.fetch_add(1, Ordering::Relaxed);
+                    if cache.len() >= self.cfg.cache_capacity {
+                        let now = Instant::now();
+                        cache.retain(|_, e| match e {
+                            Entry::Done { expires, .. } => *expires > now,
+                            Entry::InFlight(_) => true,
+                        });
+                    }
+                    let (tx, rx) = watch::channel(None);
+                    cache.insert(url.to_owned(), Entry::InFlight(rx.clone()));
+                    let me = Arc::clone(self);
+                    let url = url.to_owned();
+                    tokio::spawn(async move {
+                        let (result, ttl) = me.fetch(&url).await;
+                        if let Ok(mut cache) = me.cache.write() {
+                            cache.insert(
+                                url,
+                                Entry::Done {
+                                    result: result.clone(),
+                                    expires: Instant::now() + ttl,
+                                },
+                            );
+                        }
+                        let _ = tx.send(Some(result));
+                    });
+                    rx
+                }
+            }
+        };
+        loop {
+            if let Some(r) = rx.borrow_and_update().clone() {
+                return r;
+            }
+            if rx.changed().await.is_err() {
+                return Err(CredentialError::Unreachable {
+                    url: url.to_owned(),
+                    why: "fetch task ended".into(),
+                });
+            }
+        }
+    }
+
+    /// One HTTP fetch and validation; returns the result and how long to
+    /// cache it.
+    async fn fetch(&self, url: &str) -> (CredentialResult, Duration) {
+        let negative = Duration::from_secs(self.cfg.negative_cache_secs);
+        match self.fetch_body(url).await {
+            Err(e) => (Err(e), negative),
+            Ok((body, http_ttl)) => {
+                let chain = match split_chain(&body) {
+                    Ok(c) => c,
+                    Err(e) => return (Err(e.into()), negative),
+                };
+                let trust = match self.trust.read() {
+                    Ok(t) => Arc::clone(&t),
+                    Err(_) => return (Err(CredentialError::Unreachable { url: url.into(), why: "trust store unavailable".into() }), negative),
+                };
+                match trust.credential(&chain) {
+                    Ok(cred) => {
+                        let min = Duration::from_secs(self.cfg.min_cache_secs);
+                        let ttl = http_ttl.map_or(min, |t| t.max(min));
+                        let until_expiry = cred.not_after().0 - self.clock.now().0;
+                        let cap = Duration::from_secs(u64::try_from(until_expiry).unwrap_or(0));
+                        // An already expired credential is kept briefly so the
+                        // precise `cert-expired` answer is not re-fetched per call.
+                        let ttl = if cap.is_zero() { negative } else { ttl.min(cap) };
+                        (Ok(Arc::new(cred)), ttl)
+                    }
+                    // Chain problems do not change until the body does.
+                    Err(e) => (
+                        Err(e.into()),
+                        Duration::from_secs(self.cfg.min_cache_secs.min(3600)),
+                    ),
+                }
+            }
+        }
+    }
+
+    async fn fetch_body(&self, url: &str) -> Result<(Vec<u8>, Option<Duration>), CredentialError> {
+        let refused = |why: String| CredentialError::Refused {
+            url: url.to_owned(),
+            why,
+        };
+        let parts = self.policy.check(url).map_err(refused)?;
+        let host = parts.host.trim_end_matches('.').to_ascii_lowercase();
+        if self.cfg.deny_hosts.iter().any(|p| host_matches(p, &host)) {
+            return Err(refused(format!("host `{host}` is denied")));
+        }
+        if !self.cfg.allow_hosts.is_empty()
+            && !self.cfg.allow_hosts.iter().any(|p| host_matches(p, &host))
+        {
+            return Err(refused(format!("host `{host}` is not in allow_hosts")));
+        }
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            if !self.cfg.allow_private_addresses && is_special(ip) {
+                return Err(refused(format!("`{ip}` is a special-purpose address")));
+            }
+        }
+        self.stats.fetches.fetch_add(1, Ordering::Relaxed);
+        let unreachable = |e: reqwest::Error| {
+            let mut why = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                why = format!("{why}: {s}");
+                src = s.source();
+            }
+            if why.contains("special-purpose") {
+                CredentialError::Refused { url: url.to_owned(), why }
+            } else {
+                CredentialError::Unreachable { url: url.to_owned(), why }
+            }
+        };
+        let mut resp = self.client.get(url).send().await.map_err(unreachable)?;
+        let status = resp.status();
+        if status.is_redirection() {
+            return Err(refused(format!("HTTP {} redirect is not followed", status.as_u16())));
+        }
+        if !status.is_success() {
+            return Err(CredentialError::HttpStatus {
+                url: url.to_owned(),
+                status: status.as_u16(),
+            });
+        }
+        if resp.content_length().is_some_and(|n| n > MAX_CERT_BODY as u64) {
+            return Err(refused(format!("body larger than {MAX_CERT_BODY} bytes")));
+        }
+        let ttl = http_ttl(resp.headers(), self.clock.now());
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(unreachable)? {
+            if body.len() + chunk.len() > MAX_CERT_BODY {
+                return Err(refused(format!("body larger than {MAX_CERT_BODY} bytes")));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((body, ttl))
+    }
+}
+
+/// Cache lifetime from `Cache-Control: max-age` or `Expires`.
+fn http_ttl(h: &http::HeaderMap, now: UnixTime) -> Option<Duration> {
+    if let Some(cc) = h.get(http::header::CACHE_CONTROL).and_then(|v| v.to_str().ok()) {
+        for d in cc.split(',') {
+            if let Some(v) = d.trim().strip_prefix("max-age=") {
+                if let Ok(n) = v.trim_matches('"').parse::<u64>() {
+                    return Some(Duration::from_secs(n));
+                }
+            }
+        }
+    }
+    let exp = h.get(http::header::EXPIRES).and_then(|v| v.to_str().ok())?;
+    let t = parse_sip_date(exp)?;
+    u64::try_from(t.0 - now.0).ok().map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_patterns() {
+        assert!(host_matches("*.example.com", "cr.example.com"));
+        assert!(!host_matches("*.example.com", "badexample.com"));
+        assert!(host_matches("cr.example.com", "CR.example.com"));
+    }
+
+    #[test]
+    fn ttl_from_headers() {
+        let mut h = http::HeaderMap::new();
+        h.insert(http::header::CACHE_CONTROL, "public, max-age=172800".parse().unwrap());
+        assert_eq!(http_ttl(&h, UnixTime(0)), Some(Duration::from_secs(172_800)));
+    }
+}
+
+/// Verifies one request: local checks, then the credentials (cache first,
+/// then single-flight fetches), then the signature.
+pub async fn verify_request(
+    verifier: &crate::verify::Verifier,
+    fetcher: &Arc<CertFetcher>,
+    msg: &crate::sip::Message<'_>,
+    now: UnixTime,
+) -> crate::verify::Outcome {
+    let prepared = verifier.prepare(msg, now);
+    let mut creds: Vec<(String, CredentialResult)> = Vec::new();
+    for url in prepared.urls() {
+        if creds.iter().any(|(u, _)| u == url) {
+            continue;
+        }
+        let r = match fetcher.cached(url) {
+            Some(r) => r,
+            None => fetcher.get(url).await,
+        };
+        creds.push((url.to_owned(), r));
+    }
+    verifier.finish(prepared, now, |url| {
+        creds.iter().find(|(u, _)| u == url).map(|(_, r)| r.clone())
+    })
+}

@@ -1,0 +1,426 @@
+//! PASSporT decoding (RFC 8225, SHAKEN claims RFC 8588) and signing.
+//!
+//! The signature is always checked over the *received* `header.payload`
+//! bytes; JSON is never re-serialised for verification, so a validly signed
+//! but non-canonical payload verifies (RFC 8225 §9 makes canonical form a
+//! signer's duty).
+
+use std::borrow::Cow;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+
+use crate::limits::{MAX_DEST_TNS, MAX_JWS_HEADER_JSON, MAX_JWS_PAYLOAD_JSON};
+
+/// Why a PASSporT cannot be decoded or fails its claim checks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PassportError {
+    #[error("{part} of {len} bytes exceeds the {max}-byte limit")]
+    TooLarge {
+        part: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("{part} is not strict base64url")]
+    Base64 { part: &'static str },
+    #[error("{part} is not a JSON object: {detail}")]
+    Json { part: &'static str, detail: String },
+    #[error("JWS header lacks `{0}`")]
+    MissingHeader(&'static str),
+    #[error("PASSporT lacks claim `{0}`")]
+    MissingClaim(&'static str),
+    #[error("claim `{claim}` is invalid: {why}")]
+    InvalidClaim { claim: &'static str, why: String },
+    #[error("`crit` lists `{0}`, which this verifier does not understand")]
+    UnknownCritical(String),
+    #[error("signature is not 64 bytes (raw r||s) but {0}")]
+    SignatureLength(usize),
+}
+
+/// The JWS protected header of a PASSporT.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct JwsHeader<'a> {
+    #[serde(borrow, default)]
+    pub alg: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub typ: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub ppt: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub x5u: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub crit: Option<Vec<Cow<'a, str>>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawOrig<'a> {
+    #[serde(borrow, default)]
+    tn: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    uri: Option<Cow<'a, str>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawDest<'a> {
+    #[serde(borrow, default)]
+    tn: Option<Vec<Cow<'a, str>>>,
+    #[serde(borrow, default)]
+    uri: Option<Vec<Cow<'a, str>>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawClaims<'a> {
+    #[serde(borrow, default)]
+    attest: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    dest: Option<RawDest<'a>>,
+    #[serde(default)]
+    iat: Option<serde_json::Value>,
+    #[serde(borrow, default)]
+    orig: Option<RawOrig<'a>>,
+    #[serde(borrow, default)]
+    origid: Option<Cow<'a, str>>,
+}
+
+/// SHAKEN attestation level (RFC 8588 §4, ATIS-1000074 §5.2.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Attest {
+    /// Full: the signer knows the customer and their right to the number.
+    A,
+    /// Partial: the customer is known, the number is not verified.
+    B,
+    /// Gateway: the call entered the network unauthenticated.
+    C,
+}
+
+impl Attest {
+    /// The letter.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Attest::A => "A",
+            Attest::B => "B",
+            Attest::C => "C",
+        }
+    }
+}
+
+/// The checked claims of a SHAKEN PASSporT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShakenClaims<'a> {
+    pub attest: Attest,
+    /// `dest.tn`, as signed.
+    pub dest: Vec<Cow<'a, str>>,
+    pub iat: i64,
+    /// `orig.tn`, as signed.
+    pub orig: Cow<'a, str>,
+    pub origid: Cow<'a, str>,
+}
+
+/// A decoded (not yet verified) full-form PASSporT.
+#[derive(Debug, Clone)]
+pub struct Decoded<'a> {
+    /// `header.payload` as received: the JWS signing input.
+    pub signing_input: &'a str,
+    pub header: JwsHeader<'a>,
+    /// The decoded payload JSON (claims are parsed from it on demand).
+    pub payload: Vec<u8>,
+    /// Raw r||s.
+    pub signature: [u8; 64],
+    /// The header and payload base64url segments: to compare against the
+    /// JWS `header_b64`. Kept for diagnostics.
+    pub header_json: Vec<u8>,
+}
+
+fn b64(part: &'static str, s: &str, max: usize) -> Result<Vec<u8>, PassportError> {
+    // Bound the decoded size before decoding: 4 chars -> 3 bytes.
+    let decoded_len = s.len() / 4 * 3 + (s.len() % 4).saturating_sub(1);
+    if decoded_len > max {
+        return Err(PassportError::TooLarge {
+            part,
+            len: decoded_len,
+            max,
+        });
+    }
+    URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|_| PassportError::Base64 { part })
+}
+
+/// Decodes a full-form token `header.payload.signature`.
+pub fn decode(token: &str) -> Result<Decoded<'_>, PassportError> {
+    let mut it = token.splitn(3, '.');
+    let (h, p, s) = (
+        it.next().unwrap_or_default(),
+        it.next().unwrap_or_default(),
+        it.next().unwrap_or_default(),
+    );
+    let signing_input = token.get(..h.len() + 1 + p.len()).unwrap_or_default();
+    let header_json = b64("JWS header", h, MAX_JWS_HEADER_JSON)?;
+    let payload = b64("PASSporT payload", p, MAX_JWS_PAYLOAD_JSON)?;
+    let sig = b64("signature", s, 1024)?;
+    let signature: [u8; 64] = sig
+        .as_slice()
+        .try_into()
+        .map_err(|_| PassportError::SignatureLength(sig.len()))?;
+    let header = parse_header(&header_json)?;
+    Ok(Decoded {
+        signing_input,
+        header,
+        payload,
+        signature,
+        header_json,
+    })
+}
+
+fn parse_header(json: &[u8]) -> Result<JwsHeader<'static>, PassportError> {
+    let h: JwsHeader<'_> = serde_json::from_slice(json).map_err(|e| PassportError::Json {
+        part: "JWS header",
+        detail: e.to_string(),
+    })?;
+    let own = |c: Option<Cow<'_, str>>| c.map(|c| Cow::Owned(c.into_owned()));
+    Ok(JwsHeader {
+        alg: own(h.alg),
+        typ: own(h.typ),
+        ppt: own(h.ppt),
+        x5u: own(h.x5u),
+        crit: h
+            .crit
+            .map(|v| v.into_iter().map(|c| Cow::Owned(c.into_owned())).collect()),
+    })
+}
+
+/// Claims this verifier understands; `crit` may list only these.
+const UNDERSTOOD: &[&str] = &["attest", "dest", "iat", "orig", "origid"];
+
+/// Parses and checks the SHAKEN claims (RFC 8588 §6; ATIS-1000074 §5.3.2:
+/// all five are mandatory; `orig` and `dest` are of type `tn`).
+pub fn shaken_claims<'p>(
+    payload: &'p [u8],
+    crit: Option<&[Cow<'_, str>]>,
+) -> Result<ShakenClaims<'p>, PassportError> {
+    if let Some(crit) = crit {
+        if let Some(unknown) = crit.iter().find(|c| !UNDERSTOOD.contains(&c.as_ref())) {
+            return Err(PassportError::UnknownCritical(unknown.chars().take(64).collect()));
+        }
+    }
+    let raw: RawClaims<'p> = serde_json::from_slice(payload).map_err(|e| PassportError::Json {
+        part: "PASSporT payload",
+        detail: e.to_string(),
+    })?;
+    let attest = match raw.attest.as_deref() {
+        None => return Err(PassportError::MissingClaim("attest")),
+        Some("A") => Attest::A,
+        Some("B") => Attest::B,
+        Some("C") => Attest::C,
+        Some(other) => {
+            return Err(PassportError::InvalidClaim {
+                claim: "attest",
+                why: format!("`{}` is not A, B or C", other.chars().take(16).collect::<String>()),
+            });
+        }
+    };
+    let iat = raw.iat.ok_or(PassportError::MissingClaim("iat"))?;
+    let iat = iat.as_i64().ok_or_else(|| PassportError::InvalidClaim {
+        claim: "iat",
+        why: format!("`{}` is not an integer NumericDate", iat.to_string().chars().take(24).collect::<String>()),
+    })?;
+    let orig = raw.orig.ok_or(PassportError::MissingClaim("orig"))?;
+    let orig = match (orig.tn, orig.uri) {
+        (Some(tn), None) => tn,
+        (None, Some(_)) => {
+            return Err(PassportError::InvalidClaim {
+                claim: "orig",
+                why: "SHAKEN requires `tn`, not `uri`".into(),
+            });
+        }
+        _ => {
+            return Err(PassportError::InvalidClaim {
+                claim: "orig",
+                why: "must hold exactly one `tn`".into(),
+            });
+        }
+    };
+    let dest = raw.dest.ok_or(PassportError::MissingClaim("dest"))?;
+    let dest = match (dest.tn, dest.uri) {
+        (Some(tns), _) if !tns.is_empty() => tns,
+        (None, Some(_)) => {
+            return Err(PassportError::InvalidClaim {
+                claim: "dest",
+                why: "SHAKEN requires `tn`, not `uri`".into(),
+            });
+        }
+        _ => {
+            return Err(PassportError::InvalidClaim {
+                claim: "dest",
+                why: "SHAKEN requires a non-empty `tn` array".into(),
+            });
+        }
+    };
+    if dest.len() > MAX_DEST_TNS {
+        return Err(PassportError::InvalidClaim {
+            claim: "dest",
+            why: format!("more than {MAX_DEST_TNS} numbers"),
+        });
+    }
+    let origid = raw.origid.ok_or(PassportError::MissingClaim("origid"))?;
+    if origid.is_empty() {
+        return Err(PassportError::InvalidClaim {
+            claim: "origid",
+            why: "empty".into(),
+        });
+    }
+    Ok(ShakenClaims {
+        attest,
+        dest,
+        iat,
+        orig,
+        origid,
+    })
+}
+
+/// What a lab STI-AS signs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignRequest {
+    pub attest: Attest,
+    pub orig: String,
+    pub dest: Vec<String>,
+    pub iat: i64,
+    pub origid: String,
+    pub x5u: String,
+}
+
+/// Serialises a JSON string value (RFC 8225 §9: escape only what JSON requires).
+fn json_str(out: &mut String, s: &str) {
+    out.push_str(&serde_json::Value::String(s.to_owned()).to_string());
+}
+
+/// The deterministic JSON of a SHAKEN header and payload (RFC 8225 §9:
+/// members sorted, no whitespace).
+pub fn canonical_json(req: &SignRequest) -> (String, String) {
+    let mut h = String::from("{\"alg\":\"ES256\",\"ppt\":\"shaken\",\"typ\":\"passport\",\"x5u\":");
+    json_str(&mut h, &req.x5u);
+    h.push('}');
+    let mut dest = req.dest.clone();
+    dest.sort();
+    let mut p = String::from("{\"attest\":");
+    json_str(&mut p, req.attest.as_str());
+    p.push_str(",\"dest\":{\"tn\":[");
+    for (i, d) in dest.iter().enumerate() {
+        if i > 0 {
+            p.push(',');
+        }
+        json_str(&mut p, d);
+    }
+    p.push_str("]},\"iat\":");
+    p.push_str(&req.iat.to_string());
+    p.push_str(",\"orig\":{\"tn\":");
+    json_str(&mut p, &req.orig);
+    p.push_str("},\"origid\":");
+    json_str(&mut p, &req.origid);
+    p.push('}');
+    (h, p)
+}
+
+/// Why signing failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignError {
+    #[error("the signing key is not a P-256 PKCS#8 private key")]
+    BadKey,
+    #[error("signing failed")]
+    Sign,
+}
+
+/// A P-256 signing key (lab STI-AS).
+#[derive(Debug)]
+pub struct SigningKey(aws_lc_rs::signature::EcdsaKeyPair);
+
+impl SigningKey {
+    /// From PKCS#8 DER.
+    pub fn from_pkcs8(der: &[u8]) -> Result<Self, SignError> {
+        aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            der,
+        )
+        .map(SigningKey)
+        .map_err(|_| SignError::BadKey)
+    }
+
+    /// Signs arbitrary JSON header and payload text as given (tests use
+    /// this to produce non-canonical and faulty PASSporTs).
+    pub fn sign_raw(&self, header_json: &str, payload_json: &str) -> Result<String, SignError> {
+        let mut token = URL_SAFE_NO_PAD.encode(header_json);
+        token.push('.');
+        token.push_str(&URL_SAFE_NO_PAD.encode(payload_json));
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let sig = self
+            .0
+            .sign(&rng, token.as_bytes())
+            .map_err(|_| SignError::Sign)?;
+        token.push('.');
+        token.push_str(&URL_SAFE_NO_PAD.encode(sig.as_ref()));
+        Ok(token)
+    }
+
+    /// Signs a canonical SHAKEN PASSporT and returns the token.
+    pub fn sign(&self, req: &SignRequest) -> Result<String, SignError> {
+        let (h, p) = canonical_json(req);
+        self.sign_raw(&h, &p)
+    }
+}
+
+/// The Identity header value for a token (RFC 8224 §4.1, SHAKEN full form).
+pub fn identity_header_value(token: &str, x5u: &str) -> String {
+    format!("{token};info=<{x5u}>;alg=ES256;ppt=shaken")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 8225 Appendix A header and payload: the base64url of the
+    /// deterministic serialisation (shared/reference/standards.md §4.1, §4.4).
+    #[test]
+    fn canonical_serialisation_matches_rfc_vectors() {
+        let req = SignRequest {
+            attest: Attest::A,
+            orig: "12155551212".into(),
+            dest: vec!["12125551213".into()],
+            iat: 1_443_208_345,
+            origid: "123e4567-e89b-12d3-a456-426655440000".into(),
+            x5u: "https://cert.example.org/passport.cer".into(),
+        };
+        let (h, p) = canonical_json(&req);
+        assert_eq!(URL_SAFE_NO_PAD.encode(h), "eyJhbGciOiJFUzI1NiIsInBwdCI6InNoYWtlbiIsInR5cCI6InBhc3Nwb3J0IiwieDV1IjoiaHR0cHM6Ly9jZXJ0LmV4YW1wbGUub3JnL3Bhc3Nwb3J0LmNlciJ9");
+        assert_eq!(URL_SAFE_NO_PAD.encode(p), "eyJhdHRlc3QiOiJBIiwiZGVzdCI6eyJ0biI6WyIxMjEyNTU1MTIxMyJdfSwiaWF0IjoxNDQzMjA4MzQ1LCJvcmlnIjp7InRuIjoiMTIxNTU1NTEyMTIifSwib3JpZ2lkIjoiMTIzZTQ1NjctZTg5Yi0xMmQzLWE0NTYtNDI2NjU1NDQwMDAwIn0");
+    }
+
+    #[test]
+    fn claims_checks() {
+        let ok = br#"{"attest":"B","dest":{"tn":["1"]},"iat":5,"orig":{"tn":"2"},"origid":"x","extra":[1]}"#;
+        assert_eq!(shaken_claims(ok, None).unwrap().attest, Attest::B);
+        let e = |p: &[u8]| shaken_claims(p, None).unwrap_err();
+        assert_eq!(e(br#"{"dest":{"tn":["1"]},"iat":5,"orig":{"tn":"2"},"origid":"x"}"#), PassportError::MissingClaim("attest"));
+        assert!(matches!(e(br#"{"attest":"D","dest":{"tn":["1"]},"iat":5,"orig":{"tn":"2"},"origid":"x"}"#), PassportError::InvalidClaim { claim: "attest", .. }));
+        assert!(matches!(e(br#"{"attest":"A","dest":{"tn":["1"]},"iat":"5","orig":{"tn":"2"},"origid":"x"}"#), PassportError::InvalidClaim { claim: "iat", .. }));
+        assert!(matches!(e(br#"{"attest":"A","dest":{"tn":["1"]},"iat":5.5,"orig":{"tn":"2"},"origid":"x"}"#), PassportError::InvalidClaim { claim: "iat", .. }));
+        assert!(matches!(e(br#"{"attest":"A","dest":{"uri":["sip:a@b"]},"iat":5,"orig":{"tn":"2"},"origid":"x"}"#), PassportError::InvalidClaim { claim: "dest", .. }));
+        assert!(matches!(e(br#"{"attest":"A","attest":"B","dest":{"tn":["1"]},"iat":5,"orig":{"tn":"2"},"origid":"x"}"#), PassportError::Json { .. }));
+        let crit = [Cow::Borrowed("rcd")];
+        assert_eq!(shaken_claims(ok, Some(&crit)).unwrap_err(), PassportError::UnknownCritical("rcd".into()));
+    }
+
+    /// RFC 8225 §7.1: a valid ES256 signature over claims with a string `iat`.
+    #[test]
+    fn rfc8225_compact_example_decodes_but_fails_claims() {
+        let t = "eyJhbGciOiJFUzI1NiIsInR5cCI6InBhc3Nwb3J0IiwieDV1IjoiaHR0cHM6Ly9jZXJ0LmV4YW1wbGUub3JnL3Bhc3Nwb3J0LmNlciJ9.eyJkZXN0Ijp7InVyaSI6WyJzaXA6YWxpY2VAZXhhbXBsZS5jb20iXX0sImlhdCI6IjE0NDMyMDgzNDUiLCJvcmlnIjp7InRuIjoiMTIxNTU1NTEyMTIifX0.rq3pjT1hoRwakEGjHCnWSwUnshd0-zJ6F1VOgFWSjHBr8Qjpjlk-cpFYpFYsojNCpTzO3QfPOlckGaS6hEck7w";
+        let d = decode(t).unwrap();
+        assert_eq!(d.header.typ.as_deref(), Some("passport"));
+        assert!(shaken_claims(&d.payload, None).is_err());
+        // The printed RFC 8225 Appendix A public key verifies it.
+        let spki = base64::engine::general_purpose::STANDARD.decode("MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE8HNbQd/TmvCKwPKHkMF9fScavGeH78YTU8qLS8I5HLHSSmlATLcslQMhNC/OhlWBYC626nIlo7XeebYS7Sb37g==").unwrap();
+        let point = &spki[spki.len() - 65..];
+        let key = aws_lc_rs::signature::ParsedPublicKey::new(&aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED, point).unwrap();
+        assert!(key.verify_sig(d.signing_input.as_bytes(), &d.signature).is_ok());
+    }
+}

@@ -1,0 +1,276 @@
+//! A lab STI PKI (root, intermediate, service-provider certificates with a
+//! TNAuthList SPC, and the failing variants tests need), made with rcgen.
+//! The keys are for labs only.
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, CrlDistributionPoint,
+    CustomExtension, DistinguishedName, DnType, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevokedCertParams, SanType, SerialNumber, date_time_ymd,
+};
+
+/// TNAuthList (RFC 8226 §9) holding one SPC: `SEQUENCE { [0] EXPLICIT IA5String }`.
+pub fn tn_auth_list_der(spc: &str) -> Vec<u8> {
+    let s = spc.as_bytes();
+    let len = |n: usize| u8::try_from(n).unwrap_or(0x7f);
+    let mut ia5 = vec![0x16, len(s.len())];
+    ia5.extend_from_slice(s);
+    let mut tagged = vec![0xa0, len(ia5.len())];
+    tagged.extend(ia5);
+    let mut seq = vec![0x30, len(tagged.len())];
+    seq.extend(tagged);
+    seq
+}
+
+/// certificatePolicies with one policy OID (the US SHAKEN CP v1.4,
+/// 2.16.840.1.114569.1.1.4).
+fn shaken_policy() -> CustomExtension {
+    let oid = [0x06, 0x0a, 0x60, 0x86, 0x48, 0x01, 0x86, 0xff, 0x09, 0x01, 0x01, 0x04];
+    let mut info = vec![0x30, oid.len() as u8];
+    info.extend_from_slice(&oid);
+    let mut seq = vec![0x30, info.len() as u8];
+    seq.extend(info);
+    CustomExtension::from_oid_content(&[2, 5, 29, 32], seq)
+}
+
+fn dn(cn: &str, org: &str) -> DistinguishedName {
+    let mut d = DistinguishedName::new();
+    d.push(DnType::CountryName, "US");
+    d.push(DnType::OrganizationName, org);
+    d.push(DnType::CommonName, cn);
+    d
+}
+
+fn serial(n: u8) -> SerialNumber {
+    SerialNumber::from_slice(&[0x5e, 0x11, 0x4b, 0x3a, 0x70, 0x00, 0x10, n])
+}
+
+/// Errors while generating.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("certificate generation: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("cannot write `{path}`: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+struct Ca {
+    params: CertificateParams,
+    key: KeyPair,
+    pem: String,
+}
+
+impl Ca {
+    fn issuer(&self) -> Issuer<'_, &KeyPair> {
+        Issuer::from_params(&self.params, &self.key)
+    }
+}
+
+fn years(p: &mut CertificateParams, from: i32, to: i32) {
+    p.not_before = date_time_ymd(from, 1, 1);
+    p.not_after = date_time_ymd(to, 1, 1);
+}
+
+fn make_root(cn: &str, org: &str, sn: u8) -> Result<Ca, PkiError> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut p = CertificateParams::default();
+    p.distinguished_name = dn(cn, org);
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    p.serial_number = Some(serial(sn));
+    p.key_identifier_method = KeyIdMethod::Sha256;
+    years(&mut p, 2020, 2070);
+    let pem = p.self_signed(&key)?.pem();
+    Ok(Ca { params: p, key, pem })
+}
+
+fn intermediate(cn: &str, org: &str, sn: u8, parent: &Ca) -> Result<Ca, PkiError> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut p = CertificateParams::default();
+    p.distinguished_name = dn(cn, org);
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    p.serial_number = Some(serial(sn));
+    p.use_authority_key_identifier_extension = true;
+    p.custom_extensions = vec![shaken_policy()];
+    p.crl_distribution_points = vec![CrlDistributionPoint {
+        uris: vec!["http://crl.sti-pa.example/demo.crl".into()],
+    }];
+    years(&mut p, 2020, 2070);
+    let pem = p.signed_by(&key, &parent.issuer())?.pem();
+    Ok(Ca { params: p, key, pem })
+}
+
+struct Leaf {
+    key: KeyPair,
+    pem: String,
+}
+
+fn leaf(
+    spc: Option<&str>,
+    org: &str,
+    sn: u8,
+    parent: &Ca,
+    (from, to): (i32, i32),
+    alg: &'static rcgen::SignatureAlgorithm,
+) -> Result<Leaf, PkiError> {
+    let key = KeyPair::generate_for(alg)?;
+    let mut p = CertificateParams::default();
+    p.distinguished_name = dn(&format!("SHAKEN {}", spc.unwrap_or("NOTN")), org);
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.serial_number = Some(serial(sn));
+    p.use_authority_key_identifier_extension = true;
+    p.crl_distribution_points = vec![CrlDistributionPoint {
+        uris: vec!["http://crl.sti-pa.example/demo.crl".into()],
+    }];
+    p.custom_extensions = vec![shaken_policy()];
+    if let Some(spc) = spc {
+        p.custom_extensions
+            .push(CustomExtension::from_oid_content(&[1, 3, 6, 1, 5, 5, 7, 1, 26], tn_auth_list_der(spc)));
+    }
+    years(&mut p, from, to);
+    let pem = p.signed_by(&key, &parent.issuer())?.pem();
+    Ok(Leaf { key, pem })
+}
+
+struct Out<'d> {
+    dir: &'d Path,
+    written: Vec<PathBuf>,
+}
+
+impl Out<'_> {
+    fn write(&mut self, name: &str, text: &str) -> Result<(), PkiError> {
+        let path = self.dir.join(name);
+        std::fs::write(&path, text).map_err(|source| PkiError::Write {
+            path: path.display().to_string(),
+            source,
+        })?;
+        self.written.push(path);
+        Ok(())
+    }
+
+    /// `name.pem` (leaf then issuing CA) and `name.key`.
+    fn leaf_set(&mut self, name: &str, l: &Leaf, ca: &Ca) -> Result<(), PkiError> {
+        self.write(&format!("{name}.pem"), &format!("{}{}", l.pem, ca.pem))?;
+        self.write(&format!("{name}.key"), &l.key.serialize_pem())
+    }
+}
+
+/// Writes the lab PKI into `dir`; returns the files written.
+pub fn generate(dir: &Path) -> Result<Vec<PathBuf>, PkiError> {
+    std::fs::create_dir_all(dir).map_err(|source| PkiError::Write {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    let mut out = Out {
+        dir,
+        written: Vec::new(),
+    };
+    let p256 = &rcgen::PKCS_ECDSA_P256_SHA256;
+    let life = (2020, 2070);
+
+    let sti_root = make_root("STIR Demo ROOT CA", "stirscreen lab STI-PA", 1)?;
+    out.write("sti-root.pem", &sti_root.pem)?;
+    let inter = intermediate("STIR Demo SHAKEN Intermediate CA", "stirscreen lab STI-CA", 2, &sti_root)?;
+    out.write("sti-intermediate.pem", &inter.pem)?;
+
+    let a = leaf(Some("1234"), "Demo Carrier A", 10, &inter, life, p256)?;
+    out.leaf_set("sp-a", &a, &inter)?;
+    let b = leaf(Some("5678"), "Demo Carrier B", 11, &inter, life, p256)?;
+    out.leaf_set("sp-b", &b, &inter)?;
+    let expired = leaf(Some("1234"), "Demo Carrier A", 12, &inter, (2020, 2021), p256)?;
+    out.leaf_set("sp-expired", &expired, &inter)?;
+    let future = leaf(Some("1234"), "Demo Carrier A", 13, &inter, (2060, 2070), p256)?;
+    out.leaf_set("sp-future", &future, &inter)?;
+    let notn = leaf(None, "Demo Carrier A", 14, &inter, life, p256)?;
+    out.leaf_set("sp-notn", &notn, &inter)?;
+    let p384 = leaf(Some("1234"), "Demo Carrier A", 15, &inter, life, &rcgen::PKCS_ECDSA_P384_SHA384)?;
+    out.leaf_set("sp-p384", &p384, &inter)?;
+    let revoked = leaf(Some("1234"), "Demo Carrier A", 16, &inter, life, p256)?;
+    out.leaf_set("sp-revoked", &revoked, &inter)?;
+    let crl = CertificateRevocationListParams {
+        this_update: date_time_ymd(2025, 1, 1),
+        next_update: date_time_ymd(2070, 1, 1),
+        crl_number: SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs: vec![RevokedCertParams {
+            serial_number: serial(16),
+            revocation_time: date_time_ymd(2025, 1, 1),
+            reason_code: None,
+            invalidity_date: None,
+        }],
+        key_identifier_method: KeyIdMethod::Sha256,
+    }
+    .signed_by(&inter.issuer())?;
+    out.write("sti-crl.pem", &crl.pem()?)?;
+
+    // An untrusted PKI: its own root, not a configured anchor.
+    let rogue_root = make_root("Rogue ROOT CA", "Rogue", 20)?;
+    out.write("rogue-root.pem", &rogue_root.pem)?;
+    let rogue_inter = intermediate("Rogue SHAKEN Intermediate CA", "Rogue", 21, &rogue_root)?;
+    let rogue = leaf(Some("6666"), "Rogue Carrier", 22, &rogue_inter, life, p256)?;
+    out.leaf_set("sp-rogue", &rogue, &rogue_inter)?;
+
+    // A look-alike: same names as the real root and intermediate, other
+    // keys; the x5u body carries the look-alike root too.
+    let fake_root = make_root("STIR Demo ROOT CA", "stirscreen lab STI-PA", 30)?;
+    let fake_inter =
+        intermediate("STIR Demo SHAKEN Intermediate CA", "stirscreen lab STI-CA", 31, &fake_root)?;
+    let fake = leaf(Some("1234"), "Demo Carrier A", 32, &fake_inter, life, p256)?;
+    out.write(
+        "sp-lookalike.pem",
+        &format!("{}{}{}", fake.pem, fake_inter.pem, fake_root.pem),
+    )?;
+    out.write("sp-lookalike.key", &fake.key.serialize_pem())?;
+
+    // The operator's own certificate (signs 608 jCards) and the TLS PKI of
+    // the lab x5u HTTPS server.
+    let op = leaf(Some("9999"), "Demo Terminating Operator", 40, &inter, life, p256)?;
+    out.leaf_set("operator", &op, &inter)?;
+    let tls_ca = make_root("stirscreen lab TLS CA", "stirscreen lab", 50)?;
+    out.write("tls-ca.pem", &tls_ca.pem)?;
+    let tls_key = KeyPair::generate_for(p256)?;
+    let mut p = CertificateParams::default();
+    p.distinguished_name = dn("localhost", "stirscreen lab");
+    p.subject_alt_names = vec![
+        SanType::DnsName("localhost".try_into()?),
+        SanType::IpAddress("127.0.0.1".parse().map_err(|_| rcgen::Error::InvalidIpAddressOctetLength(0))?),
+        SanType::IpAddress("::1".parse().map_err(|_| rcgen::Error::InvalidIpAddressOctetLength(0))?),
+    ];
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    p.serial_number = Some(serial(51));
+    years(&mut p, 2020, 2070);
+    let tls = p.signed_by(&tls_key, &tls_ca.issuer())?;
+    out.write("tls-server.pem", &tls.pem())?;
+    out.write("tls-server.key", &tls_key.serialize_pem())?;
+    out.write(
+        "README.md",
+        "# Demo STI PKI — for labs and tests only\n\n\
+         Generated by `stirscreen certs gen certs/demo`. The private keys are public: never use\n\
+         them outside a lab. Certificates are valid from 2020-01-01 to 2070-01-01 (TEST_NOW is\n\
+         2026-01-01) except where noted.\n\n\
+         | file | what |\n|---|---|\n\
+         | sti-root.pem | trust anchor (the lab STI-PA root) |\n\
+         | sti-intermediate.pem | STI-CA intermediate (pathLen 0) |\n\
+         | sp-a.pem / .key | SP certificate, SPC `1234`, chain leaf + intermediate (what x5u serves) |\n\
+         | sp-b.pem / .key | SP certificate, SPC `5678` |\n\
+         | sp-expired.pem | valid 2020–2021 only |\n\
+         | sp-future.pem | valid 2060–2070 only |\n\
+         | sp-notn.pem | no TNAuthList extension |\n\
+         | sp-p384.pem | P-384 signing key (SHAKEN requires P-256) |\n\
+         | sp-revoked.pem | revoked by sti-crl.pem |\n\
+         | sti-crl.pem | CRL of the intermediate revoking sp-revoked |\n\
+         | sp-rogue.pem | chains to rogue-root.pem, which is not an anchor |\n\
+         | sp-lookalike.pem | same names as the real intermediate and root, other keys; includes the fake root |\n\
+         | operator.pem / .key | the terminating operator's certificate (signs 608 jCards) |\n\
+         | tls-ca.pem, tls-server.pem / .key | TLS PKI of the lab x5u HTTPS server (localhost, 127.0.0.1, ::1) |\n",
+    )?;
+    Ok(out.written)
+}

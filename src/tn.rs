@@ -1,0 +1,137 @@
+//! Telephone-number canonicalisation (RFC 8224 §8.3) and extraction from
+//! SIP URIs (`tel:`, `sip:…;user=phone`, RFC 4904 trunk parameters).
+
+use std::fmt;
+
+use crate::limits::MAX_TN_DIGITS;
+use crate::sip::addr::{NameAddr, Uri};
+
+/// A canonical telephone number: ASCII digits with an optional leading `*`
+/// or `#`, no `+`, no separators. Stored inline: no allocation per call.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Tn {
+    len: u8,
+    buf: [u8; MAX_TN_DIGITS],
+}
+
+/// Why a string is not a telephone number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TnError {
+    #[error("no digits")]
+    Empty,
+    #[error("more than {MAX_TN_DIGITS} digits")]
+    TooLong,
+    #[error("character `{0}` is not a digit or visual separator")]
+    BadChar(char),
+}
+
+impl Tn {
+    /// Canonicalises per RFC 8224 §8.3: drops a leading `+` and the RFC 3966
+    /// visual separators (`-` `.` `(` `)` and spaces); keeps a leading `*`
+    /// or `#` (service codes); anything else is not a telephone number.
+    pub fn canonical(s: &str) -> Result<Tn, TnError> {
+        let mut tn = Tn {
+            len: 0,
+            buf: [0; MAX_TN_DIGITS],
+        };
+        let s = s.trim();
+        let s = s.strip_prefix('+').unwrap_or(s);
+        for (i, c) in s.chars().enumerate() {
+            let keep = match c {
+                '0'..='9' => true,
+                '*' | '#' if i == 0 => true,
+                '-' | '.' | '(' | ')' | ' ' => false,
+                other => return Err(TnError::BadChar(other)),
+            };
+            if keep {
+                let slot = tn
+                    .buf
+                    .get_mut(usize::from(tn.len))
+                    .ok_or(TnError::TooLong)?;
+                *slot = c as u8;
+                tn.len += 1;
+            }
+        }
+        if !tn.as_str().bytes().any(|b| b.is_ascii_digit()) {
+            return Err(TnError::Empty);
+        }
+        Ok(tn)
+    }
+
+    /// The canonical digits.
+    pub fn as_str(&self) -> &str {
+        let bytes = self.buf.get(..usize::from(self.len)).unwrap_or_default();
+        std::str::from_utf8(bytes).unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for Tn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Tn({})", self.as_str())
+    }
+}
+
+impl fmt::Display for Tn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for Tn {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// The telephone number a URI names, if it names one: a `tel:` URI, or a
+/// sip/sips URI whose user part is a number (`user=phone`, a leading `+`,
+/// or only digits and separators). User parameters (`;verstat=`, `;isub=`,
+/// `;tgrp=`, `;trunk-context=`, RFC 4904) are ignored.
+pub fn tn_of_uri(uri: &Uri<'_>) -> Option<Tn> {
+    let number = uri.number_part()?;
+    if uri.is_sip() {
+        let user_phone = uri
+            .sip_params()
+            .get("user")
+            .flatten()
+            .is_some_and(|v| v.eq_ignore_ascii_case("phone"));
+        let looks_numeric = number.starts_with('+')
+            || number
+                .bytes()
+                .all(|b| b.is_ascii_digit() || b"-.()*#".contains(&b));
+        if !user_phone && !looks_numeric {
+            return None;
+        }
+    }
+    Tn::canonical(number).ok()
+}
+
+/// The telephone number in a From/To/P-Asserted-Identity value.
+pub fn tn_of_header(value: &str) -> Option<Tn> {
+    NameAddr::parse(value).ok().and_then(|a| tn_of_uri(&a.uri))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_plus_and_visual_separators() {
+        assert_eq!(Tn::canonical("+1 (215) 555-1212").unwrap().as_str(), "12155551212");
+        assert_eq!(Tn::canonical("1.215.555.1212").unwrap().as_str(), "12155551212");
+        assert_eq!(Tn::canonical("*67").unwrap().as_str(), "*67");
+        assert_eq!(Tn::canonical("12a"), Err(TnError::BadChar('a')));
+        assert_eq!(Tn::canonical("+"), Err(TnError::Empty));
+        assert_eq!(Tn::canonical(&"1".repeat(40)), Err(TnError::TooLong));
+    }
+
+    #[test]
+    fn numbers_from_uris() {
+        let tn = |s| tn_of_header(s).map(|t| t.to_string());
+        assert_eq!(tn("<tel:+1-215-555-1212;verstat=TN-Validation-Passed>").as_deref(), Some("12155551212"));
+        assert_eq!(tn("<sip:+12155551212;npdi;rn=+12155550000@ex.com;user=phone>;tag=1").as_deref(), Some("12155551212"));
+        assert_eq!(tn("\"A\" <sip:12155551212@ex.com>").as_deref(), Some("12155551212"));
+        assert_eq!(tn("<sip:2155551212;tgrp=tg1;trunk-context=ex.com@ex.com;user=phone>").as_deref(), Some("2155551212"));
+        assert_eq!(tn("<sip:alice@ex.com>"), None);
+    }
+}

@@ -1,0 +1,1158 @@
+//! The verification service (RFC 8224 §6.2, ATIS-1000074 §5.3): from the
+//! bytes of a SIP request and the time it arrived to an [`Outcome`].
+//!
+//! Sans-IO in two steps. [`Verifier::prepare`] runs every local check
+//! (parsing, claims, freshness, numbers, x5u policy) and names the x5u URLs
+//! whose credentials it needs. The caller obtains those (from a cache or by
+//! fetching) and hands them to [`Verifier::finish`], which checks validity
+//! at `now` and the ES256 signature over the received bytes.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use crate::cert::{CertError, Credential, ProfileProblem};
+use crate::identity::{Form, IdentityError, IdentityHeader};
+use crate::limits::{MAX_IDENTITY_HEADERS, MAX_URL_LEN};
+use crate::passport::{self, Attest, PassportError};
+use crate::sip::addr::{split_values, Uri};
+use crate::sip::{HeaderId, Message, StartLine};
+use crate::time::{parse_sip_date, UnixTime};
+use crate::tn::{tn_of_header, tn_of_uri, Tn};
+
+/// The `verstat` values (3GPP TS 24.229 §7.2A.20).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum Verstat {
+    #[serde(rename = "TN-Validation-Passed")]
+    Passed,
+    #[serde(rename = "TN-Validation-Failed")]
+    Failed,
+    #[serde(rename = "No-TN-Validation")]
+    NoValidation,
+}
+
+impl Verstat {
+    /// The wire value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verstat::Passed => "TN-Validation-Passed",
+            Verstat::Failed => "TN-Validation-Failed",
+            Verstat::NoValidation => "No-TN-Validation",
+        }
+    }
+}
+
+/// What went wrong, one kind per check. The kebab-case name is stable: the
+/// policy engine and the JSON output use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureKind {
+    /// No Identity header with a supported `ppt`.
+    NoIdentity,
+    /// The Identity header or its PASSporT does not parse.
+    Malformed,
+    /// `info` missing or not an absolute URI in `<>`.
+    BadInfo,
+    /// Compact form under a SHAKEN profile (ATIS-1000074 v003 §5.3.3).
+    CompactForm,
+    /// JWS header lacks `alg`, `typ`, `ppt` or `x5u`, or lists an unknown `crit`.
+    BadJwsHeader,
+    /// `typ` is not `passport`.
+    WrongTyp,
+    /// `alg` is not ES256, or differs from the Identity `alg`.
+    UnsupportedAlg,
+    /// JWS `ppt` differs from the Identity `ppt`.
+    PptMismatch,
+    /// `x5u` differs from `info`.
+    X5uMismatch,
+    /// `x5u` breaks the URL policy (scheme, port, userinfo, query).
+    X5uRefused,
+    /// A claim is missing or has the wrong type or value.
+    InvalidClaims,
+    /// `iat` older than the freshness window.
+    Stale,
+    /// `iat` further in the future than the allowed skew.
+    FutureIat,
+    /// The Date header is outside the freshness window (when enforced).
+    StaleDate,
+    /// `orig.tn` is not the P-Asserted-Identity/From number.
+    OrigMismatch,
+    /// No To/Request-URI number is in `dest.tn`.
+    DestMismatch,
+    /// The credential could not be fetched (timeout, refused, 4xx/5xx).
+    X5uUnreachable,
+    /// Verification did not finish in time.
+    VerificationTimeout,
+    /// The body at x5u is not a certificate chain.
+    CertUnparseable,
+    /// No path to a configured trust anchor.
+    CertUntrusted,
+    /// A certificate on the path is expired at `now`.
+    CertExpired,
+    /// A certificate on the path is not yet valid at `now`.
+    CertNotYetValid,
+    /// A certificate on the path is revoked.
+    CertRevoked,
+    /// The leaf has no TNAuthList or no SPC in it.
+    NoTnAuthList,
+    /// The leaf key is not EC P-256 or lacks digitalSignature.
+    UnsupportedCredential,
+    /// The ES256 signature does not verify.
+    BadSignature,
+}
+
+impl FailureKind {
+    /// Every kind, for documentation and tests.
+    pub const ALL: [FailureKind; 26] = [
+        FailureKind::NoIdentity,
+        FailureKind::Malformed,
+        FailureKind::BadInfo,
+        FailureKind::CompactForm,
+        FailureKind::BadJwsHeader,
+        FailureKind::WrongTyp,
+        FailureKind::UnsupportedAlg,
+        FailureKind::PptMismatch,
+        FailureKind::X5uMismatch,
+        FailureKind::X5uRefused,
+        FailureKind::InvalidClaims,
+        FailureKind::Stale,
+        FailureKind::FutureIat,
+        FailureKind::StaleDate,
+        FailureKind::OrigMismatch,
+        FailureKind::DestMismatch,
+        FailureKind::X5uUnreachable,
+        FailureKind::VerificationTimeout,
+        FailureKind::CertUnparseable,
+        FailureKind::CertUntrusted,
+        FailureKind::CertExpired,
+        FailureKind::CertNotYetValid,
+        FailureKind::CertRevoked,
+        FailureKind::NoTnAuthList,
+        FailureKind::UnsupportedCredential,
+        FailureKind::BadSignature,
+    ];
+
+    /// The stable kebab-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureKind::NoIdentity => "no-identity",
+            FailureKind::Malformed => "malformed",
+            FailureKind::BadInfo => "bad-info",
+            FailureKind::CompactForm => "compact-form",
+            FailureKind::BadJwsHeader => "bad-jws-header",
+            FailureKind::WrongTyp => "wrong-typ",
+            FailureKind::UnsupportedAlg => "unsupported-alg",
+            FailureKind::PptMismatch => "ppt-mismatch",
+            FailureKind::X5uMismatch => "x5u-mismatch",
+            FailureKind::X5uRefused => "x5u-refused",
+            FailureKind::InvalidClaims => "invalid-claims",
+            FailureKind::Stale => "stale",
+            FailureKind::FutureIat => "future-iat",
+            FailureKind::StaleDate => "stale-date",
+            FailureKind::OrigMismatch => "orig-mismatch",
+            FailureKind::DestMismatch => "dest-mismatch",
+            FailureKind::X5uUnreachable => "x5u-unreachable",
+            FailureKind::VerificationTimeout => "verification-timeout",
+            FailureKind::CertUnparseable => "cert-unparseable",
+            FailureKind::CertUntrusted => "cert-untrusted",
+            FailureKind::CertExpired => "cert-expired",
+            FailureKind::CertNotYetValid => "cert-not-yet-valid",
+            FailureKind::CertRevoked => "cert-revoked",
+            FailureKind::NoTnAuthList => "no-tn-auth-list",
+            FailureKind::UnsupportedCredential => "unsupported-credential",
+            FailureKind::BadSignature => "bad-signature",
+        }
+    }
+
+    /// The RFC 8224 §6.2.2 response code, per code profile. One exhaustive
+    /// match: a new kind does not build until its code is decided.
+    pub fn stir_code(self, profile: CodeProfile) -> u16 {
+        use CodeProfile::{Atis1000082, Rfc8224};
+        match (self, profile) {
+            // §6.2.2: "428 Use Identity Header": no Identity with a supported ppt.
+            (FailureKind::NoIdentity, _) => 428,
+            // §6.2.2: "438 Invalid Identity Header": no valid, supported PASSporT.
+            (FailureKind::Malformed, _) => 438,
+            // §6.2.2: "436 Bad Identity Info": the credential cannot be obtained;
+            // ATIS-1000082 E6/E7 (info missing or invalid).
+            (FailureKind::BadInfo, _) => 436,
+            // ATIS-1000074 v003 §5.3.3 requires full form; E4 → 438.
+            (FailureKind::CompactForm, _) => 438,
+            // §6.2.2 allows "438 Invalid PASSporT" for missing header fields;
+            // ATIS-1000082 E9 answers 436.
+            (FailureKind::BadJwsHeader, Rfc8224) => 438,
+            (FailureKind::BadJwsHeader, Atis1000082) => 436,
+            // RFC 8225 §4: typ MUST be passport; 438 (invalid PASSporT), E11 → 437.
+            (FailureKind::WrongTyp, Rfc8224) => 438,
+            (FailureKind::WrongTyp, Atis1000082) => 437,
+            // §6.2.2: "437 Unsupported Credential": unsupported algorithm; E12.
+            (FailureKind::UnsupportedAlg, _) => 437,
+            // E13: JWS ppt ≠ Identity ppt → 438.
+            (FailureKind::PptMismatch, _) => 438,
+            // E10: x5u ≠ info → 436.
+            (FailureKind::X5uMismatch, _) => 436,
+            // The credential will not be fetched from this URL → 436.
+            (FailureKind::X5uRefused, _) => 436,
+            // ATIS-1000074 §5.3.2: a missing base or SHAKEN claim → 438 (E14, E19).
+            (FailureKind::InvalidClaims, _) => 438,
+            // §6.2.2 / ATIS-1000074: "403 Stale Date", also for iat (E15).
+            (FailureKind::Stale | FailureKind::FutureIat | FailureKind::StaleDate, _) => 403,
+            // ATIS-1000074 §5.3.1; E16 → 438.
+            (FailureKind::OrigMismatch | FailureKind::DestMismatch, _) => 438,
+            // §6.2.2: 436 when the credential cannot be obtained (E8).
+            (FailureKind::X5uUnreachable | FailureKind::VerificationTimeout, _) => 436,
+            // §6.2.2: 437 when the credential is not supported or not trusted (E17).
+            (
+                FailureKind::CertUnparseable
+                | FailureKind::CertUntrusted
+                | FailureKind::CertExpired
+                | FailureKind::CertNotYetValid
+                | FailureKind::CertRevoked
+                | FailureKind::NoTnAuthList
+                | FailureKind::UnsupportedCredential,
+                _,
+            ) => 437,
+            // §6.2.2: 438 on a signature that does not verify (E18).
+            (FailureKind::BadSignature, _) => 438,
+        }
+    }
+
+    /// The verstat a failed call carries (shared/reference/standards.md
+    /// §2.5, following ATIS-1000082 as implemented): `TN-Validation-Failed`
+    /// when the PASSporT was checked against a credential and failed on
+    /// trust or cryptography (E17, E18); `No-TN-Validation` when it could
+    /// not be validated at all (E3–E16, E19).
+    pub fn verstat(self) -> Verstat {
+        match self {
+            FailureKind::CertUntrusted
+            | FailureKind::CertExpired
+            | FailureKind::CertNotYetValid
+            | FailureKind::CertRevoked
+            | FailureKind::NoTnAuthList
+            | FailureKind::UnsupportedCredential
+            | FailureKind::CertUnparseable
+            | FailureKind::BadSignature => Verstat::Failed,
+            FailureKind::NoIdentity
+            | FailureKind::Malformed
+            | FailureKind::BadInfo
+            | FailureKind::CompactForm
+            | FailureKind::BadJwsHeader
+            | FailureKind::WrongTyp
+            | FailureKind::UnsupportedAlg
+            | FailureKind::PptMismatch
+            | FailureKind::X5uMismatch
+            | FailureKind::X5uRefused
+            | FailureKind::InvalidClaims
+            | FailureKind::Stale
+            | FailureKind::FutureIat
+            | FailureKind::StaleDate
+            | FailureKind::OrigMismatch
+            | FailureKind::DestMismatch
+            | FailureKind::X5uUnreachable
+            | FailureKind::VerificationTimeout => Verstat::NoValidation,
+        }
+    }
+
+    /// How far verification got before this failure: when several Identity
+    /// headers fail, the most specific failure is reported (webpki
+    /// `Error::most_specific`).
+    fn specificity(self) -> u8 {
+        match self {
+            FailureKind::NoIdentity => 0,
+            FailureKind::Malformed | FailureKind::BadInfo | FailureKind::CompactForm => 1,
+            FailureKind::BadJwsHeader
+            | FailureKind::WrongTyp
+            | FailureKind::UnsupportedAlg
+            | FailureKind::PptMismatch
+            | FailureKind::X5uMismatch
+            | FailureKind::X5uRefused => 2,
+            FailureKind::InvalidClaims => 3,
+            FailureKind::Stale | FailureKind::FutureIat | FailureKind::StaleDate => 4,
+            FailureKind::OrigMismatch | FailureKind::DestMismatch => 5,
+            FailureKind::X5uUnreachable | FailureKind::VerificationTimeout => 6,
+            FailureKind::CertUnparseable
+            | FailureKind::CertUntrusted
+            | FailureKind::CertExpired
+            | FailureKind::CertNotYetValid
+            | FailureKind::CertRevoked
+            | FailureKind::NoTnAuthList
+            | FailureKind::UnsupportedCredential => 7,
+            FailureKind::BadSignature => 8,
+        }
+    }
+
+    /// The RFC 8224 reason phrase for a code.
+    pub fn reason_phrase(code: u16) -> &'static str {
+        match code {
+            403 => "Stale Date",
+            428 => "Use Identity Header",
+            436 => "Bad Identity Info",
+            437 => "Unsupported Credential",
+            438 => "Invalid Identity Header",
+            _ => "Verification Failed",
+        }
+    }
+}
+
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which column of the code table applies (see shared/reference
+/// standards.md §2.2: peers disagree on a few rows).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CodeProfile {
+    /// RFC 8224 §6.2.2 semantics: 436 only for credential retrieval, 437 for
+    /// unsupported or untrusted credentials, 438 for everything wrong
+    /// inside the PASSporT.
+    #[default]
+    Rfc8224,
+    /// ATIS-1000082 E-cases as implemented by peers (missing JWS header
+    /// fields → 436, wrong `typ` → 437).
+    Atis1000082,
+}
+
+/// A failure with its human sentence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Failure {
+    pub kind: FailureKind,
+    /// One lowercase line for operators.
+    pub detail: String,
+}
+
+impl Failure {
+    fn new(kind: FailureKind, detail: impl Into<String>) -> Self {
+        Failure {
+            kind,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// How the Date header is used (RFC 8224 §6.2 step 3 vs ATIS-1000074 v003:
+/// under SHAKEN `iat` decides freshness).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DateCheck {
+    /// Not looked at.
+    Ignore,
+    /// Parsed and reported, never fails the call.
+    #[default]
+    Record,
+    /// A Date outside the window fails with `stale-date` (403).
+    Enforce,
+}
+
+/// The x5u URL rules (ATIS-1000074 v003 §5.3.1 as cited by Asterisk).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct X5uPolicy {
+    /// Ports allowed (an absent port means 443).
+    pub ports: Vec<u16>,
+    /// Allow `http:` (labs only).
+    pub allow_http: bool,
+    /// Allow any port when the host is `localhost` or a special-purpose
+    /// address (labs, where `allow_private_addresses` is on).
+    pub any_port_on_private: bool,
+}
+
+impl Default for X5uPolicy {
+    fn default() -> Self {
+        X5uPolicy {
+            ports: vec![443, 8443],
+            allow_http: false,
+            any_port_on_private: false,
+        }
+    }
+}
+
+/// The parts of an x5u URL the policy and the fetcher need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct X5uUrl<'a> {
+    pub https: bool,
+    pub host: &'a str,
+    pub port: u16,
+}
+
+impl X5uPolicy {
+    /// Checks an x5u URL and splits out its host and port.
+    pub fn check<'u>(&self, url: &'u str) -> Result<X5uUrl<'u>, String> {
+        if url.len() > MAX_URL_LEN {
+            return Err(format!("x5u is longer than {MAX_URL_LEN} bytes"));
+        }
+        let (https, rest) = if let Some(r) = strip_prefix_ci(url, "https://") {
+            (true, r)
+        } else if let Some(r) = strip_prefix_ci(url, "http://") {
+            if !self.allow_http {
+                return Err("x5u must use https".into());
+            }
+            (false, r)
+        } else {
+            return Err("x5u must be an https URL".into());
+        };
+        if url.contains('#') {
+            return Err("x5u must not have a fragment".into());
+        }
+        if url.contains('?') {
+            return Err("x5u must not have a query".into());
+        }
+        let authority = rest.split('/').next().unwrap_or_default();
+        if authority.contains('@') {
+            return Err("x5u must not carry userinfo".into());
+        }
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (h, after) = v6.split_once(']').ok_or("x5u has a malformed IPv6 host")?;
+            (h, after.strip_prefix(':'))
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            }
+        };
+        if host.is_empty()
+            || !host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b))
+        {
+            return Err("x5u has an invalid host".into());
+        }
+        let port = match port {
+            None => {
+                if https {
+                    443
+                } else {
+                    80
+                }
+            }
+            Some(p) => p.parse::<u16>().map_err(|_| "x5u has an invalid port".to_owned())?,
+        };
+        let lab_host = host.eq_ignore_ascii_case("localhost")
+            || host.parse().is_ok_and(crate::net::is_special);
+        if https && !self.ports.contains(&port) && !(self.any_port_on_private && lab_host) {
+            return Err(format!("x5u port {port} is not allowed"));
+        }
+        Ok(X5uUrl { https, host, port })
+    }
+}
+
+fn strip_prefix_ci<'a>(s: &'a str, p: &str) -> Option<&'a str> {
+    let head = s.get(..p.len())?;
+    head.eq_ignore_ascii_case(p).then(|| s.get(p.len()..)).flatten()
+}
+
+/// Verifier settings. Defaults follow shared/reference/standards.md §2.3.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyConfig {
+    /// Largest `now − iat`, seconds.
+    pub max_iat_age: i64,
+    /// Largest `iat − now`, seconds.
+    pub max_iat_future: i64,
+    pub date_check: DateCheck,
+    /// Largest |now − Date|, seconds, when the Date is enforced.
+    pub max_date_age: i64,
+    /// Accept compact-form PASSporTs (non-SHAKEN peers only).
+    pub allow_compact: bool,
+    pub x5u: X5uPolicy,
+    pub code_profile: CodeProfile,
+    /// Per-kind code overrides on top of the profile.
+    pub code_overrides: Vec<(FailureKind, u16)>,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        VerifyConfig {
+            max_iat_age: 60,
+            max_iat_future: 60,
+            date_check: DateCheck::Record,
+            max_date_age: 60,
+            allow_compact: false,
+            x5u: X5uPolicy::default(),
+            code_profile: CodeProfile::Rfc8224,
+            code_overrides: Vec::new(),
+        }
+    }
+}
+
+impl VerifyConfig {
+    /// The code for a failure kind, overrides first.
+    pub fn code(&self, kind: FailureKind) -> u16 {
+        self.code_overrides
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map_or_else(|| kind.stir_code(self.code_profile), |(_, c)| *c)
+    }
+}
+
+/// Why a credential is not available.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CredentialError {
+    #[error("x5u `{url}` could not be fetched: {why}")]
+    Unreachable { url: String, why: String },
+    #[error("x5u `{url}` answered HTTP {status}")]
+    HttpStatus { url: String, status: u16 },
+    #[error("x5u `{url}` refused: {why}")]
+    Refused { url: String, why: String },
+    #[error("verification timed out waiting for `{url}`")]
+    Timeout { url: String },
+    #[error("{0}")]
+    Cert(#[from] CertError),
+}
+
+impl CredentialError {
+    fn failure(&self) -> Failure {
+        let kind = match self {
+            CredentialError::Unreachable { .. }
+            | CredentialError::HttpStatus { .. }
+            | CredentialError::Refused { .. } => FailureKind::X5uUnreachable,
+            CredentialError::Timeout { .. } => FailureKind::VerificationTimeout,
+            CredentialError::Cert(e) => match e {
+                CertError::TooLarge { .. }
+                | CertError::Empty
+                | CertError::TooManyCerts { .. }
+                | CertError::Parse { .. } => FailureKind::CertUnparseable,
+                CertError::Untrusted { .. }
+                | CertError::BadChainSignature { .. }
+                | CertError::NotCa { .. }
+                | CertError::PathLen { .. }
+                | CertError::UnsupportedSignatureAlgorithm { .. }
+                | CertError::UnknownCriticalExtension { .. } => FailureKind::CertUntrusted,
+                CertError::Expired { .. } => FailureKind::CertExpired,
+                CertError::NotYetValid { .. } => FailureKind::CertNotYetValid,
+                CertError::Revoked { .. } => FailureKind::CertRevoked,
+                CertError::NoTnAuthList { .. }
+                | CertError::NoSpc { .. }
+                | CertError::BadTnAuthList { .. } => FailureKind::NoTnAuthList,
+                CertError::KeyNotP256 { .. } | CertError::KeyUsage { .. } => {
+                    FailureKind::UnsupportedCredential
+                }
+            },
+        };
+        Failure::new(kind, self.to_string())
+    }
+}
+
+/// A credential lookup result as the adapter supplies it.
+pub type CredentialResult = Result<Arc<Credential>, CredentialError>;
+
+/// What a successfully verified PASSporT establishes. Only the verifier
+/// builds one: a claimed number can never pass for a verified one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verified {
+    pub attest: Attest,
+    pub orig: Tn,
+    pub dest: Vec<String>,
+    pub origid: String,
+    pub spc: String,
+    pub signer: String,
+    pub iat: i64,
+    #[serde(skip)]
+    _sealed: (),
+}
+
+/// The result for one Identity header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HeaderResult {
+    /// Position among the request's Identity headers (0-based).
+    pub index: usize,
+    pub ppt: Option<String>,
+    pub form: Option<Form>,
+    /// `None` when it verified or was ignored.
+    pub failure: Option<Failure>,
+    /// Why it was not evaluated (`div` and unknown `ppt` values).
+    pub ignored: Option<String>,
+}
+
+/// The verification outcome of one request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Outcome {
+    pub verstat: Verstat,
+    /// The best verified PASSporT, if any.
+    pub verified: Option<Verified>,
+    /// The reported failure when nothing verified.
+    pub failure: Option<Failure>,
+    /// The RFC 8224 code of `failure`.
+    pub stir_code: Option<u16>,
+    /// Canonical originating number: verified when `verified` is set,
+    /// otherwise as claimed (PASSporT, else PAI/From). Never trust it
+    /// without `verified`.
+    pub orig: Option<String>,
+    /// Destination numbers: from the PASSporT, else To.
+    pub dest: Vec<String>,
+    pub origid: Option<String>,
+    /// `now − iat` of the reported PASSporT.
+    pub iat_age: Option<i64>,
+    /// Date header, as parsed (None when absent or unparseable).
+    pub date: Option<i64>,
+    /// Date header problem, recorded (never fails unless enforced).
+    pub date_note: Option<String>,
+    pub headers: Vec<HeaderResult>,
+    pub profile_problems: Vec<ProfileProblem>,
+}
+
+impl Outcome {
+    /// One line for operators.
+    pub fn reason(&self) -> String {
+        match (&self.verified, &self.failure) {
+            (Some(v), _) => format!(
+                "verified: attestation {} signed by SPC `{}`",
+                v.attest.as_str(),
+                v.spc
+            ),
+            (None, Some(f)) => format!("{}: {}", f.kind.name(), f.detail),
+            (None, None) => "not verified".into(),
+        }
+    }
+
+    /// Attestation, only when verification passed.
+    pub fn attest(&self) -> Option<Attest> {
+        self.verified.as_ref().map(|v| v.attest)
+    }
+
+    /// SPC of the verified signer.
+    pub fn spc(&self) -> Option<&str> {
+        self.verified.as_ref().map(|v| v.spc.as_str())
+    }
+
+    /// An outcome for a request whose verification did not complete in time.
+    pub fn timeout(config: &VerifyConfig, detail: &str) -> Outcome {
+        let f = Failure::new(FailureKind::VerificationTimeout, detail);
+        Outcome {
+            verstat: Verstat::NoValidation,
+            verified: None,
+            stir_code: Some(config.code(f.kind)),
+            failure: Some(f),
+            orig: None,
+            dest: Vec::new(),
+            origid: None,
+            iat_age: None,
+            date: None,
+            date_note: None,
+            headers: Vec::new(),
+            profile_problems: Vec::new(),
+        }
+    }
+}
+
+/// A PASSporT that passed every local check and awaits its credential.
+#[derive(Debug)]
+struct Ready<'m> {
+    index: usize,
+    x5u: &'m str,
+    /// The whole token: the memo key (signature included).
+    token: &'m str,
+    signing_input: &'m str,
+    signature: [u8; 64],
+    attest: Attest,
+    orig: Tn,
+    dest: Vec<String>,
+    origid: String,
+    iat: i64,
+}
+
+/// The result of [`Verifier::prepare`].
+#[derive(Debug)]
+pub struct Prepared<'m> {
+    ready: Vec<Ready<'m>>,
+    headers: Vec<HeaderResult>,
+    /// Claimed values for reporting when nothing verifies.
+    claimed_orig: Option<String>,
+    claimed_dest: Vec<String>,
+    claimed_origid: Option<String>,
+    claimed_iat: Option<i64>,
+    date: Option<i64>,
+    date_note: Option<String>,
+    date_failure: Option<Failure>,
+    /// Set when the request could not be examined at all.
+    fatal: Option<Failure>,
+}
+
+impl<'m> Prepared<'m> {
+    /// The x5u URLs whose credentials [`Verifier::finish`] needs.
+    pub fn urls(&self) -> impl Iterator<Item = &'m str> + '_ {
+        self.ready.iter().map(|r| r.x5u)
+    }
+}
+
+/// Memo of signatures already verified (UDP retransmissions of an INVITE
+/// carry the same PASSporT): ECDSA runs once per distinct token and key.
+/// Bounded; sharded so that threads rarely meet on a lock; no lock is held
+/// across anything but a hash-map probe.
+pub struct SignatureMemo {
+    shards: Vec<Mutex<HashMap<Box<str>, (u64, i64)>>>,
+    per_shard: usize,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl fmt::Debug for SignatureMemo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SignatureMemo")
+            .field("capacity", &(self.per_shard * self.shards.len()))
+            .finish()
+    }
+}
+
+impl SignatureMemo {
+    /// A memo holding about `capacity` tokens.
+    pub fn new(capacity: usize) -> Self {
+        let shards = 16;
+        SignatureMemo {
+            shards: (0..shards).map(|_| Mutex::new(HashMap::new())).collect(),
+            per_shard: capacity.div_ceil(shards).max(1),
+            hasher: foldhash::fast::RandomState::default(),
+        }
+    }
+
+    fn shard(&self, token: &str) -> Option<&Mutex<HashMap<Box<str>, (u64, i64)>>> {
+        let mut h = self.hasher.build_hasher();
+        token.hash(&mut h);
+        let n = self.shards.len();
+        self.shards.get(usize::try_from(h.finish()).unwrap_or(0) % n.max(1))
+    }
+
+    /// Was this exact token verified with this credential before?
+    fn contains(&self, token: &str, cred: u64) -> bool {
+        self.shard(token)
+            .and_then(|m| m.lock().ok())
+            .is_some_and(|m| m.get(token).is_some_and(|(c, _)| *c == cred))
+    }
+
+    /// Records a verified token; expired entries go first when full.
+    fn insert(&self, token: &str, cred: u64, expires: i64, now: i64) {
+        if let Some(mut m) = self.shard(token).and_then(|m| m.lock().ok()) {
+            if m.len() >= self.per_shard {
+                m.retain(|_, (_, e)| *e > now);
+                if m.len() >= self.per_shard {
+                    m.clear();
+                }
+            }
+            m.insert(token.into(), (cred, expires));
+        }
+    }
+}
+
+/// The verification service.
+#[derive(Debug)]
+pub struct Verifier {
+    pub config: VerifyConfig,
+    memo: Option<SignatureMemo>,
+}
+
+impl Verifier {
+    /// A verifier without a retransmission memo.
+    pub fn new(config: VerifyConfig) -> Self {
+        Verifier { config, memo: None }
+    }
+
+    /// A verifier that remembers up to `capacity` verified tokens.
+    pub fn with_memo(config: VerifyConfig, capacity: usize) -> Self {
+        Verifier {
+            config,
+            memo: Some(SignatureMemo::new(capacity)),
+        }
+    }
+
+    /// Runs every check that needs no credential.
+    pub fn prepare<'m>(&self, msg: &'m Message<'_>, now: UnixTime) -> Prepared<'m> {
+        let mut p = Prepared {
+            ready: Vec::new(),
+            headers: Vec::new(),
+            claimed_orig: None,
+            claimed_dest: Vec::new(),
+            claimed_origid: None,
+            claimed_iat: None,
+            date: None,
+            date_note: None,
+            date_failure: None,
+            fatal: None,
+        };
+        let StartLine::Request { uri, .. } = msg.start else {
+            p.fatal = Some(Failure::new(FailureKind::Malformed, "not a SIP request"));
+            return p;
+        };
+
+        // The numbers the PASSporT must match (ATIS-1000074 §5.3.1).
+        let pai: Vec<Tn> = msg
+            .values(HeaderId::PAssertedIdentity)
+            .flat_map(split_values)
+            .filter_map(tn_of_header)
+            .collect();
+        let from = msg.value(HeaderId::From).and_then(tn_of_header);
+        let orig_candidates: Vec<Tn> = if pai.is_empty() {
+            from.into_iter().collect()
+        } else {
+            pai
+        };
+        let to = msg.value(HeaderId::To).and_then(tn_of_header);
+        let ruri = Uri::parse(uri).ok().and_then(|u| tn_of_uri(&u));
+        p.claimed_orig = orig_candidates.first().map(Tn::to_string);
+        p.claimed_dest = to.iter().map(Tn::to_string).collect();
+
+        // Date (RFC 8224 §6.2 step 3; recorded unless enforced).
+        if self.config.date_check != DateCheck::Ignore {
+            match msg.value(HeaderId::Date) {
+                None => p.date_note = Some("no Date header".into()),
+                Some(d) => match parse_sip_date(d) {
+                    None => p.date_note = Some(format!("Date `{}` does not parse", clip(d))),
+                    Some(t) => {
+                        p.date = Some(t.0);
+                        let skew = (now.0 - t.0).abs();
+                        if skew > self.config.max_date_age {
+                            let note = format!(
+                                "Date is {skew} s from now (window {} s)",
+                                self.config.max_date_age
+                            );
+                            if self.config.date_check == DateCheck::Enforce {
+                                p.date_failure = Some(Failure::new(FailureKind::StaleDate, note.clone()));
+                            }
+                            p.date_note = Some(note);
+                        }
+                    }
+                },
+            }
+        }
+
+        for (index, h) in msg.all(HeaderId::Identity).enumerate() {
+            if index == MAX_IDENTITY_HEADERS {
+                p.headers.push(HeaderResult {
+                    index,
+                    ppt: None,
+                    form: None,
+                    failure: None,
+                    ignored: Some(format!("more than {MAX_IDENTITY_HEADERS} Identity headers")),
+                });
+                break;
+            }
+            let value = msg.text(h).unwrap_or_default();
+            let mut hr = HeaderResult {
+                index,
+                ppt: None,
+                form: None,
+                failure: None,
+                ignored: None,
+            };
+            match self.check_header(value, now, &orig_candidates, to, ruri, &mut hr, &mut p) {
+                Ok(Some(ready)) => p.ready.push(ready),
+                Ok(None) => {}
+                Err(f) => hr.failure = Some(f),
+            }
+            p.headers.push(hr);
+        }
+        p
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "one call site, all inputs of one check")]
+    fn check_header<'m>(
+        &self,
+        value: &'m str,
+        now: UnixTime,
+        orig_candidates: &[Tn],
+        to: Option<Tn>,
+        ruri: Option<Tn>,
+        hr: &mut HeaderResult,
+        p: &mut Prepared<'m>,
+    ) -> Result<Option<Ready<'m>>, Failure> {
+        let ih = IdentityHeader::parse(value).map_err(|e| {
+            let kind = match e {
+                IdentityError::InfoMissing | IdentityError::InfoInvalid => FailureKind::BadInfo,
+                IdentityError::TooLarge { .. }
+                | IdentityError::NoToken
+                | IdentityError::BadTokenChars
+                | IdentityError::BadTokenShape
+                | IdentityError::DuplicateParam(_)
+                | IdentityError::BadParam(_) => FailureKind::Malformed,
+            };
+            Failure::new(kind, e.to_string())
+        })?;
+        hr.form = Some(ih.form);
+        hr.ppt = ih.ppt.map(str::to_owned);
+        match ih.ppt {
+            Some(ppt) if ppt.eq_ignore_ascii_case("shaken") => {}
+            Some(ppt) if ppt.eq_ignore_ascii_case("div") => {
+                hr.ignored = Some("ppt `div`: diversion chains are not verified yet".into());
+                return Ok(None);
+            }
+            Some(ppt) => {
+                hr.ignored = Some(format!("unsupported ppt `{}` ignored", clip(ppt)));
+                return Ok(None);
+            }
+            None => {}
+        }
+        if ih.form == Form::Compact {
+            return Err(Failure::new(
+                FailureKind::CompactForm,
+                if self.config.allow_compact {
+                    "compact-form PASSporTs are not supported by this verifier"
+                } else {
+                    "compact-form PASSporT; SHAKEN requires the full form"
+                },
+            ));
+        }
+        if let Some(alg) = ih.alg {
+            if alg != "ES256" {
+                return Err(Failure::new(
+                    FailureKind::UnsupportedAlg,
+                    format!("Identity alg `{}` is not ES256", clip(alg)),
+                ));
+            }
+        }
+        let d = passport::decode(ih.token).map_err(|e| Failure::new(FailureKind::Malformed, e.to_string()))?;
+        let hdr = &d.header;
+        let missing = |f: &str| Failure::new(FailureKind::BadJwsHeader, format!("JWS header lacks `{f}`"));
+        let alg = hdr.alg.as_deref().ok_or_else(|| missing("alg"))?;
+        let typ = hdr.typ.as_deref().ok_or_else(|| missing("typ"))?;
+        let jppt = hdr.ppt.as_deref().ok_or_else(|| missing("ppt"))?;
+        let x5u = hdr.x5u.as_deref().ok_or_else(|| missing("x5u"))?;
+        if typ != "passport" {
+            return Err(Failure::new(
+                FailureKind::WrongTyp,
+                format!("typ `{}` is not `passport`", clip(typ)),
+            ));
+        }
+        if alg != "ES256" {
+            return Err(Failure::new(
+                FailureKind::UnsupportedAlg,
+                format!("alg `{}` is not ES256", clip(alg)),
+            ));
+        }
+        if jppt != "shaken" || ih.ppt.is_some_and(|p| p != jppt) {
+            return Err(Failure::new(
+                FailureKind::PptMismatch,
+                format!(
+                    "JWS ppt `{}` does not match Identity ppt `{}`",
+                    clip(jppt),
+                    ih.ppt.map_or("(absent)".into(), clip)
+                ),
+            ));
+        }
+        if x5u != ih.info {
+            return Err(Failure::new(
+                FailureKind::X5uMismatch,
+                format!("x5u `{}` differs from info `{}`", clip(x5u), clip(ih.info)),
+            ));
+        }
+        let claims = passport::shaken_claims(&d.payload, hdr.crit.as_deref()).map_err(|e| {
+            let kind = match e {
+                PassportError::UnknownCritical(_) => FailureKind::BadJwsHeader,
+                PassportError::TooLarge { .. }
+                | PassportError::Base64 { .. }
+                | PassportError::Json { .. }
+                | PassportError::MissingHeader(_)
+                | PassportError::MissingClaim(_)
+                | PassportError::InvalidClaim { .. }
+                | PassportError::SignatureLength(_) => FailureKind::InvalidClaims,
+            };
+            Failure::new(kind, e.to_string())
+        })?;
+        let orig = Tn::canonical(&claims.orig).map_err(|e| {
+            Failure::new(FailureKind::InvalidClaims, format!("orig.tn `{}`: {e}", clip(&claims.orig)))
+        })?;
+        let dest: Vec<Tn> = claims
+            .dest
+            .iter()
+            .map(|d| Tn::canonical(d))
+            .collect::<Result<_, _>>()
+            .map_err(|e| Failure::new(FailureKind::InvalidClaims, format!("dest.tn: {e}")))?;
+        p.claimed_orig = Some(orig.to_string());
+        p.claimed_dest = dest.iter().map(Tn::to_string).collect();
+        p.claimed_origid = Some(claims.origid.to_string());
+        p.claimed_iat = Some(claims.iat);
+
+        let age = now.0.saturating_sub(claims.iat);
+        if age > self.config.max_iat_age {
+            return Err(Failure::new(
+                FailureKind::Stale,
+                format!("iat is {age} s old (window {} s)", self.config.max_iat_age),
+            ));
+        }
+        if -age > self.config.max_iat_future {
+            return Err(Failure::new(
+                FailureKind::FutureIat,
+                format!("iat is {} s in the future (allowed {} s)", -age, self.config.max_iat_future),
+            ));
+        }
+        if let Some(f) = &p.date_failure {
+            return Err(f.clone());
+        }
+        if !orig_candidates.contains(&orig) {
+            let sip = orig_candidates
+                .iter()
+                .map(|t| format!("`{t}`"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(Failure::new(
+                FailureKind::OrigMismatch,
+                if sip.is_empty() {
+                    format!("orig.tn `{orig}` but P-Asserted-Identity/From carry no telephone number")
+                } else {
+                    format!("orig.tn `{orig}` is not the P-Asserted-Identity/From number {sip}")
+                },
+            ));
+        }
+        if !to.iter().chain(ruri.iter()).any(|t| dest.contains(t)) {
+            return Err(Failure::new(
+                FailureKind::DestMismatch,
+                format!(
+                    "neither To `{}` nor Request-URI `{}` is in dest.tn",
+                    to.map_or("(no number)".into(), |t| t.to_string()),
+                    ruri.map_or("(no number)".into(), |t| t.to_string())
+                ),
+            ));
+        }
+        self.config
+            .x5u
+            .check(x5u)
+            .map_err(|why| Failure::new(FailureKind::X5uRefused, why))?;
+        Ok(Some(Ready {
+            index: hr.index,
+            x5u: ih.info,
+            token: ih.token,
+            signing_input: d.signing_input,
+            signature: d.signature,
+            attest: claims.attest,
+            orig,
+            dest: p.claimed_dest.clone(),
+            origid: claims.origid.into_owned(),
+            iat: claims.iat,
+        }))
+    }
+
+    /// Completes verification with the credentials of [`Prepared::urls`].
+    /// `lookup` returns `None` for a URL that was not obtained.
+    pub fn finish(
+        &self,
+        mut p: Prepared<'_>,
+        now: UnixTime,
+        mut lookup: impl FnMut(&str) -> Option<CredentialResult>,
+    ) -> Outcome {
+        let mut best: Option<(Verified, Vec<ProfileProblem>)> = None;
+        for r in p.ready.drain(..) {
+            let res = match lookup(r.x5u) {
+                None => Err(CredentialError::Timeout {
+                    url: r.x5u.to_owned(),
+                }
+                .failure()),
+                Some(Err(e)) => Err(e.failure()),
+                Some(Ok(cred)) => self.check_signature(&r, &cred, now).map(|()| cred),
+            };
+            match res {
+                Ok(cred) => {
+                    let v = Verified {
+                        attest: r.attest,
+                        orig: r.orig,
+                        dest: r.dest,
+                        origid: r.origid,
+                        spc: cred.spc.clone(),
+                        signer: cred.subject.clone(),
+                        iat: r.iat,
+                        _sealed: (),
+                    };
+                    if best.as_ref().is_none_or(|(b, _)| v.attest < b.attest) {
+                        best = Some((v, cred.problems.clone()));
+                    }
+                }
+                Err(f) => {
+                    if let Some(h) = p.headers.iter_mut().find(|h| h.index == r.index) {
+                        h.failure = Some(f);
+                    }
+                }
+            }
+        }
+        if let Some((v, problems)) = best {
+            return Outcome {
+                verstat: Verstat::Passed,
+                orig: Some(v.orig.to_string()),
+                dest: v.dest.clone(),
+                origid: Some(v.origid.clone()),
+                iat_age: Some(now.0 - v.iat),
+                verified: Some(v),
+                failure: None,
+                stir_code: None,
+                date: p.date,
+                date_note: p.date_note,
+                headers: p.headers,
+                profile_problems: problems,
+            };
+        }
+        let failure = p.fatal.take().or_else(|| {
+            p.headers
+                .iter()
+                .filter_map(|h| h.failure.as_ref())
+                .max_by_key(|f| f.kind.specificity())
+                .cloned()
+        });
+        let failure = failure.unwrap_or_else(|| {
+            Failure::new(
+                FailureKind::NoIdentity,
+                if p.headers.is_empty() {
+                    "no Identity header"
+                } else {
+                    "no Identity header with ppt `shaken`"
+                },
+            )
+        });
+        Outcome {
+            verstat: failure.kind.verstat(),
+            verified: None,
+            stir_code: Some(self.config.code(failure.kind)),
+            failure: Some(failure),
+            orig: p.claimed_orig,
+            dest: p.claimed_dest,
+            origid: p.claimed_origid,
+            iat_age: p.claimed_iat.map(|iat| now.0 - iat),
+            date: p.date,
+            date_note: p.date_note,
+            headers: p.headers,
+            profile_problems: Vec::new(),
+        }
+    }
+
+    fn check_signature(&self, r: &Ready<'_>, cred: &Arc<Credential>, now: UnixTime) -> Result<(), Failure> {
+        cred.check_time(now)
+            .map_err(|e| CredentialError::Cert(e).failure())?;
+        let cred_id = cred.id();
+        if let Some(memo) = &self.memo {
+            if memo.contains(r.token, cred_id) {
+                return Ok(());
+            }
+        }
+        if !cred.verify_es256(r.signing_input.as_bytes(), &r.signature) {
+            return Err(Failure::new(
+                FailureKind::BadSignature,
+                format!("ES256 signature does not verify with the key of `{}`", cred.subject),
+            ));
+        }
+        if let Some(memo) = &self.memo {
+            memo.insert(
+                r.token,
+                cred_id,
+                r.iat + self.config.max_iat_age,
+                now.0,
+            );
+        }
+        Ok(())
+    }
+
+    /// Convenience for callers that hold every credential already.
+    pub fn verify(
+        &self,
+        msg: &Message<'_>,
+        now: UnixTime,
+        lookup: impl FnMut(&str) -> Option<CredentialResult>,
+    ) -> Outcome {
+        let p = self.prepare(msg, now);
+        self.finish(p, now, lookup)
+    }
+}
+
+fn clip(s: &str) -> String {
+    let mut out: String = s.chars().take(80).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    out
+}
