@@ -83,6 +83,9 @@ impl<'a> IdentityHeader<'a> {
             _ => return Err(IdentityError::BadTokenShape),
         };
         let (mut info, mut alg, mut ppt) = (None, None, None);
+        if params.trim().is_empty() {
+            return Err(IdentityError::InfoMissing);
+        }
         let mut seen_other: Vec<&str> = Vec::new();
         for raw in params.split(';') {
             let raw = raw.trim();
@@ -114,9 +117,6 @@ impl<'a> IdentityHeader<'a> {
             }
             let val = val.filter(|v| !v.is_empty()).ok_or_else(|| IdentityError::BadParam(clip(raw)))?;
             *slot = Some(val);
-        }
-        if params.trim().is_empty() {
-            return Err(IdentityError::InfoMissing);
         }
         let info = info.ok_or(IdentityError::InfoMissing)?;
         let info = info

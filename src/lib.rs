@@ -3,6 +3,8 @@
 
 pub mod cert;
 #[cfg(feature = "runtime")]
+pub mod certrepo;
+#[cfg(feature = "runtime")]
 pub mod config;
 #[cfg(feature = "runtime")]
 pub mod fetch;

@@ -315,6 +315,7 @@ pub enum CodeProfile {
     Rfc8224,
     /// ATIS-1000082 E-cases as implemented by peers (missing JWS header
     /// fields → 436, wrong `typ` → 437).
+    #[serde(rename = "atis-1000082")]
     Atis1000082,
 }
 

@@ -1,0 +1,163 @@
+//! A small HTTPS certificate repository (rustls): serves x5u bodies for
+//! labs, the demo and tests, with per-path request counters. Not a general
+//! web server: one request per connection, GET only.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpListener;
+
+/// What a path answers.
+#[derive(Debug, Clone)]
+pub enum Route {
+    /// 200 with this body and extra headers.
+    Body {
+        body: Vec<u8>,
+        headers: Vec<(String, String)>,
+    },
+    /// 200 after a delay.
+    Slow { body: Vec<u8>, delay: Duration },
+    /// This status with an empty body.
+    Status(u16),
+    /// 302 to this location.
+    Redirect(String),
+}
+
+/// A running repository.
+#[derive(Debug)]
+pub struct CertRepo {
+    pub addr: SocketAddr,
+    hits: Arc<HashMap<String, AtomicUsize>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for CertRepo {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Why the repository could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("bind: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl CertRepo {
+    /// Starts serving `routes` on `bind` with the PEM certificate chain and
+    /// PKCS#8 key given.
+    pub async fn start(
+        bind: SocketAddr,
+        cert_pem: &[u8],
+        key_pem: &[u8],
+        routes: HashMap<String, Route>,
+    ) -> Result<CertRepo, RepoError> {
+        let certs: Vec<rustls::pki_types::CertificateDer<'static>> = x509_parser::pem::Pem::iter_from_buffer(cert_pem)
+            .filter_map(Result::ok)
+            .filter(|p| p.label == "CERTIFICATE")
+            .map(|p| p.contents.into())
+            .collect();
+        let key = x509_parser::pem::Pem::iter_from_buffer(key_pem)
+            .filter_map(Result::ok)
+            .find(|p| p.label == "PRIVATE KEY")
+            .ok_or_else(|| RepoError::Tls("no PKCS#8 key".into()))?;
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.contents.into());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| RepoError::Tls(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| RepoError::Tls(e.to_string()))?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let listener = TcpListener::bind(bind).await?;
+        let addr = listener.local_addr()?;
+        let hits: Arc<HashMap<String, AtomicUsize>> = Arc::new(
+            routes
+                .keys()
+                .map(|k| (k.clone(), AtomicUsize::new(0)))
+                .collect(),
+        );
+        let routes = Arc::new(routes);
+        let hits2 = Arc::clone(&hits);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let acceptor = acceptor.clone();
+                let routes = Arc::clone(&routes);
+                let hits = Arc::clone(&hits2);
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut buf = vec![0u8; 8192];
+                    let mut n = 0;
+                    while n < buf.len() {
+                        match tls.read(buf.get_mut(n..).unwrap_or_default()).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => n += k,
+                        }
+                        if buf.get(..n).is_some_and(|b| b.windows(4).any(|w| w == b"\r\n\r\n")) {
+                            break;
+                        }
+                    }
+                    let req = String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).into_owned();
+                    let path = req.split(' ').nth(1).unwrap_or("/").to_owned();
+                    if let Some(h) = hits.get(&path) {
+                        h.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let resp = match routes.get(&path) {
+                        Some(Route::Body { body, headers }) => response(200, "OK", headers, body),
+                        Some(Route::Slow { body, delay }) => {
+                            tokio::time::sleep(*delay).await;
+                            response(200, "OK", &[], body)
+                        }
+                        Some(Route::Status(code)) => response(*code, "Status", &[], b""),
+                        Some(Route::Redirect(to)) => {
+                            response(302, "Found", &[("Location".into(), to.clone())], b"")
+                        }
+                        None => response(404, "Not Found", &[], b""),
+                    };
+                    let _ = tls.write_all(&resp).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        Ok(CertRepo { addr, hits, task })
+    }
+
+    /// How many requests a path has received.
+    pub fn hits(&self, path: &str) -> usize {
+        self.hits
+            .get(path)
+            .map_or(0, |h| h.load(Ordering::Relaxed))
+    }
+
+    /// The https URL of a path, by IP address.
+    pub fn url(&self, path: &str) -> String {
+        format!("https://{}{}", self.addr, path)
+    }
+}
+
+fn response(code: u16, reason: &str, headers: &[(String, String)], body: &[u8]) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: application/x-pem-file\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str("\r\n");
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(body);
+    bytes
+}
