@@ -35,6 +35,8 @@ pub enum Invalid {
     NotARequest,
     #[error("not a response")]
     NotAResponse,
+    #[error("Via sent-by `{0}` is a broadcast, multicast or unspecified address")]
+    UnroutableVia(String),
 }
 
 impl Invalid {
@@ -53,7 +55,8 @@ impl Invalid {
             | Invalid::CSeqMismatch { .. }
             | Invalid::MaxForwards
             | Invalid::NotARequest
-            | Invalid::NotAResponse => 400,
+            | Invalid::NotAResponse
+            | Invalid::UnroutableVia(_) => 400,
         }
     }
 }
@@ -165,6 +168,17 @@ pub fn check_response<'m>(msg: &'m Message<'_>) -> Result<ResponseInfo<'m>, Inva
     parse_name_addr(from, "From")?;
     parse_name_addr(to, "To")?;
     let top_via = vias(msg)?.ok_or(Invalid::Missing("Via"))?;
+    // A response travels back along the Vias: never toward a broadcast or
+    // multicast address (RFC 4475 §3.3.10 `bcast`).
+    for v in msg.values(HeaderId::Via) {
+        for one in crate::sip::addr::split_outside_quotes(v, b',') {
+            if let Ok(via) = Via::parse(one.trim()) {
+                if unroutable(via.sent_by) {
+                    return Err(Invalid::UnroutableVia(via.sent_by.chars().take(64).collect()));
+                }
+            }
+        }
+    }
     Ok(ResponseInfo {
         code,
         cseq,
@@ -233,4 +247,17 @@ fn vias<'m>(msg: &'m Message<'_>) -> Result<Option<Via<'m>>, Invalid> {
         }
     }
     Ok(top)
+}
+
+/// Is the host of a sent-by a broadcast, multicast or unspecified address?
+fn unroutable(sent_by: &str) -> bool {
+    let host = match sent_by.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => sent_by.split(':').next().unwrap_or(sent_by),
+    };
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(a)) => a.is_broadcast() || a.is_multicast() || a.is_unspecified(),
+        Ok(std::net::IpAddr::V6(a)) => a.is_multicast() || a.is_unspecified(),
+        Err(_) => false,
+    }
 }
