@@ -7,6 +7,7 @@
 //! window is checked against `now` per call ([`Credential::check_time`]).
 
 use std::fmt;
+use std::sync::Arc;
 
 use aws_lc_rs::signature::{self as sig, ParsedPublicKey};
 use x509_parser::certificate::X509Certificate;
@@ -124,9 +125,9 @@ pub struct Credential {
     id: u64,
     key: ParsedPublicKey,
     /// The SPC from the leaf's TNAuthList.
-    pub spc: String,
+    pub spc: Arc<str>,
     /// Subject DN of the leaf.
-    pub subject: String,
+    pub subject: Arc<str>,
     /// Subject DN of the anchor the path ends at.
     pub anchor: String,
     /// Latest notBefore and earliest notAfter on the path (anchor excluded),
@@ -182,7 +183,10 @@ impl Credential {
 
     /// Verifies a raw r||s ES256 signature over `message` with the leaf key.
     pub fn verify_es256(&self, message: &[u8], signature: &[u8; 64]) -> bool {
-        self.key.verify_sig(message, signature).is_ok()
+        // Hashing first and verifying the digest skips the EVP digest
+        // context that `verify_sig` sets up per call.
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, message);
+        self.key.verify_digest_sig(&digest, signature).is_ok()
     }
 }
 
@@ -603,8 +607,8 @@ impl TrustStore {
         Ok(Credential {
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             key,
-            spc,
-            subject,
+            spc: spc.into(),
+            subject: subject.into(),
             anchor: subject_of(anchor),
             not_before,
             not_after,

@@ -163,6 +163,20 @@ impl CertFetcher {
         }
     }
 
+    /// Puts a result in the cache for `ttl` (operators can pin credentials
+    /// for peers whose x5u is not reachable; benches and the demo preload).
+    pub fn insert(&self, url: &str, result: CredentialResult, ttl: Duration) {
+        if let Ok(mut c) = self.cache.write() {
+            c.insert(
+                url.to_owned(),
+                Entry::Done {
+                    result,
+                    expires: Instant::now() + ttl,
+                },
+            );
+        }
+    }
+
     /// A cached result, if one is fresh: the hot path (no await, one read
     /// lock held for a hash probe).
     pub fn cached(&self, url: &str) -> Option<CredentialResult> {

@@ -276,8 +276,12 @@ fn report(o: &Outcome) -> String {
         None => row(&mut s, "result", &o.reason()),
     }
     let verified = if o.verified.is_some() { "" } else { " (claimed, not verified)" };
-    row(&mut s, "orig", &format!("{}{verified}", o.orig.as_deref().unwrap_or("-")));
-    row(&mut s, "dest", &o.dest.join(", "));
+    row(&mut s, "orig", &format!("{}{verified}", o.orig.as_ref().map_or("-", |t| t.as_str())));
+    row(
+        &mut s,
+        "dest",
+        &o.dest.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", "),
+    );
     if let Some(v) = &o.verified {
         row(&mut s, "spc", &v.spc);
         row(&mut s, "signer", &v.signer);

@@ -7,6 +7,7 @@
 //! fetching) and hands them to [`Verifier::finish`], which checks validity
 //! at `now` and the ES256 signature over the received bytes.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -546,10 +547,10 @@ pub type CredentialResult = Result<Arc<Credential>, CredentialError>;
 pub struct Verified {
     pub attest: Attest,
     pub orig: Tn,
-    pub dest: Vec<String>,
+    pub dest: Vec<Tn>,
     pub origid: String,
-    pub spc: String,
-    pub signer: String,
+    pub spc: Arc<str>,
+    pub signer: Arc<str>,
     pub iat: i64,
     #[serde(skip)]
     _sealed: (),
@@ -581,16 +582,16 @@ pub struct Outcome {
     /// Canonical originating number: verified when `verified` is set,
     /// otherwise as claimed (PASSporT, else PAI/From). Never trust it
     /// without `verified`.
-    pub orig: Option<String>,
+    pub orig: Option<Tn>,
     /// Destination numbers: from the PASSporT, else To.
-    pub dest: Vec<String>,
+    pub dest: Vec<Tn>,
     pub origid: Option<String>,
     /// `now − iat` of the reported PASSporT.
     pub iat_age: Option<i64>,
     /// Date header, as parsed (None when absent or unparseable).
     pub date: Option<i64>,
     /// Date header problem, recorded (never fails unless enforced).
-    pub date_note: Option<String>,
+    pub date_note: Option<Cow<'static, str>>,
     pub headers: Vec<HeaderResult>,
     pub profile_problems: Vec<ProfileProblem>,
 }
@@ -616,7 +617,7 @@ impl Outcome {
 
     /// SPC of the verified signer.
     pub fn spc(&self) -> Option<&str> {
-        self.verified.as_ref().map(|v| v.spc.as_str())
+        self.verified.as_ref().map(|v| &*v.spc)
     }
 
     /// An outcome for a request whose verification did not complete in time.
@@ -650,7 +651,7 @@ struct Ready<'m> {
     signature: [u8; 64],
     attest: Attest,
     orig: Tn,
-    dest: Vec<String>,
+    dest: Vec<Tn>,
     origid: String,
     iat: i64,
 }
@@ -661,12 +662,12 @@ pub struct Prepared<'m> {
     ready: Vec<Ready<'m>>,
     headers: Vec<HeaderResult>,
     /// Claimed values for reporting when nothing verifies.
-    claimed_orig: Option<String>,
-    claimed_dest: Vec<String>,
+    claimed_orig: Option<Tn>,
+    claimed_dest: Vec<Tn>,
     claimed_origid: Option<String>,
     claimed_iat: Option<i64>,
     date: Option<i64>,
-    date_note: Option<String>,
+    date_note: Option<Cow<'static, str>>,
     date_failure: Option<Failure>,
     /// Set when the request could not be examined at all.
     fatal: Option<Failure>,
@@ -790,15 +791,15 @@ impl Verifier {
         };
         let to = msg.value(HeaderId::To).and_then(tn_of_header);
         let ruri = Uri::parse(uri).ok().and_then(|u| tn_of_uri(&u));
-        p.claimed_orig = orig_candidates.first().map(Tn::to_string);
-        p.claimed_dest = to.iter().map(Tn::to_string).collect();
+        p.claimed_orig = orig_candidates.first().copied();
+        p.claimed_dest = to.into_iter().collect();
 
         // Date (RFC 8224 §6.2 step 3; recorded unless enforced).
         if self.config.date_check != DateCheck::Ignore {
             match msg.value(HeaderId::Date) {
-                None => p.date_note = Some("no Date header".into()),
+                None => p.date_note = Some(Cow::Borrowed("no Date header")),
                 Some(d) => match parse_sip_date(d) {
-                    None => p.date_note = Some(format!("Date `{}` does not parse", clip(d))),
+                    None => p.date_note = Some(Cow::Owned(format!("Date `{}` does not parse", clip(d)))),
                     Some(t) => {
                         p.date = Some(t.0);
                         let skew = (now.0 - t.0).abs();
@@ -810,7 +811,7 @@ impl Verifier {
                             if self.config.date_check == DateCheck::Enforce {
                                 p.date_failure = Some(Failure::new(FailureKind::StaleDate, note.clone()));
                             }
-                            p.date_note = Some(note);
+                            p.date_note = Some(Cow::Owned(note));
                         }
                     }
                 },
@@ -902,7 +903,9 @@ impl Verifier {
             }
         }
         let d = passport::decode(ih.token).map_err(|e| Failure::new(FailureKind::Malformed, e.to_string()))?;
-        let hdr = &d.header;
+        let hdr = d
+            .header()
+            .map_err(|e| Failure::new(FailureKind::Malformed, e.to_string()))?;
         let missing = |f: &str| Failure::new(FailureKind::BadJwsHeader, format!("JWS header lacks `{f}`"));
         let alg = hdr.alg.as_deref().ok_or_else(|| missing("alg"))?;
         let typ = hdr.typ.as_deref().ok_or_else(|| missing("typ"))?;
@@ -958,8 +961,8 @@ impl Verifier {
             .map(|d| Tn::canonical(d))
             .collect::<Result<_, _>>()
             .map_err(|e| Failure::new(FailureKind::InvalidClaims, format!("dest.tn: {e}")))?;
-        p.claimed_orig = Some(orig.to_string());
-        p.claimed_dest = dest.iter().map(Tn::to_string).collect();
+        p.claimed_orig = Some(orig);
+        p.claimed_dest.clone_from(&dest);
         p.claimed_origid = Some(claims.origid.to_string());
         p.claimed_iat = Some(claims.iat);
 
@@ -1016,7 +1019,7 @@ impl Verifier {
             signature: d.signature,
             attest: claims.attest,
             orig,
-            dest: p.claimed_dest.clone(),
+            dest,
             origid: claims.origid.into_owned(),
             iat: claims.iat,
         }))
@@ -1047,8 +1050,8 @@ impl Verifier {
                         orig: r.orig,
                         dest: r.dest,
                         origid: r.origid,
-                        spc: cred.spc.clone(),
-                        signer: cred.subject.clone(),
+                        spc: Arc::clone(&cred.spc),
+                        signer: Arc::clone(&cred.subject),
                         iat: r.iat,
                         _sealed: (),
                     };
@@ -1066,7 +1069,7 @@ impl Verifier {
         if let Some((v, problems)) = best {
             return Outcome {
                 verstat: Verstat::Passed,
-                orig: Some(v.orig.to_string()),
+                orig: Some(v.orig),
                 dest: v.dest.clone(),
                 origid: Some(v.origid.clone()),
                 iat_age: Some(now.0 - v.iat),

@@ -33,7 +33,7 @@ async fn second_lookup_is_served_from_cache() {
     let f = fetcher(true);
     let url = repo.url("/sp-a.pem");
     let first = f.get(&url).await.unwrap();
-    assert_eq!(first.spc, "1234");
+    assert_eq!(&*first.spc, "1234");
     assert!(f.cached(&url).is_some());
     let second = f.get(&url).await.unwrap();
     assert!(Arc::ptr_eq(&first, &second));
@@ -62,7 +62,7 @@ async fn fifty_concurrent_misses_make_one_fetch() {
         tasks.push(tokio::spawn(async move { f.get(&url).await }));
     }
     for t in tasks {
-        assert_eq!(t.await.unwrap().unwrap().spc, "1234");
+        assert_eq!(&*t.await.unwrap().unwrap().spc, "1234");
     }
     assert_eq!(repo.hits("/slow.pem"), 1);
     assert_eq!(f.stats.fetches.load(Ordering::Relaxed), 1);

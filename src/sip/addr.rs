@@ -274,26 +274,51 @@ pub fn check_params(params: &str) -> Result<(), AddrError> {
     Ok(())
 }
 
-/// Splits on `sep` where it is outside quoted strings and `<...>`.
-pub fn split_outside_quotes(s: &str, sep: u8) -> impl Iterator<Item = &str> {
-    let mut parts = Vec::new();
-    let (mut start, mut in_q, mut esc, mut angle) = (0usize, false, false, 0u32);
-    for (i, b) in s.bytes().enumerate() {
-        match b {
-            _ if esc => esc = false,
-            b'\\' if in_q => esc = true,
-            b'"' => in_q = !in_q,
-            b'<' if !in_q => angle += 1,
-            b'>' if !in_q => angle = angle.saturating_sub(1),
-            _ if b == sep && !in_q && angle == 0 => {
-                parts.push(s.get(start..i).unwrap_or_default());
-                start = i + 1;
-            }
-            _ => {}
-        }
+/// Splits on `sep` where it is outside quoted strings and `<...>`,
+/// without allocating.
+pub fn split_outside_quotes(s: &str, sep: u8) -> SplitOutside<'_> {
+    SplitOutside {
+        s,
+        pos: 0,
+        sep,
+        done: false,
     }
-    parts.push(s.get(start..).unwrap_or_default());
-    parts.into_iter()
+}
+
+/// Iterator of [`split_outside_quotes`].
+#[derive(Debug, Clone)]
+pub struct SplitOutside<'a> {
+    s: &'a str,
+    pos: usize,
+    sep: u8,
+    done: bool,
+}
+
+impl<'a> Iterator for SplitOutside<'a> {
+    type Item = &'a str;
+    fn next(&mut self) -> Option<&'a str> {
+        if self.done {
+            return None;
+        }
+        let rest = self.s.get(self.pos..)?;
+        let (mut in_q, mut esc, mut angle) = (false, false, 0u32);
+        for (i, b) in rest.bytes().enumerate() {
+            match b {
+                _ if esc => esc = false,
+                b'\\' if in_q => esc = true,
+                b'"' => in_q = !in_q,
+                b'<' if !in_q => angle += 1,
+                b'>' if !in_q => angle = angle.saturating_sub(1),
+                _ if b == self.sep && !in_q && angle == 0 => {
+                    self.pos += i + 1;
+                    return rest.get(..i);
+                }
+                _ => {}
+            }
+        }
+        self.done = true;
+        Some(rest)
+    }
 }
 
 /// Splits a multi-valued header (`a, b, c`) into values.

@@ -91,43 +91,48 @@ pub enum HeaderId {
 impl HeaderId {
     /// Classifies a header name, case-insensitively, compact forms included.
     pub fn of(name: &str) -> Self {
-        if name.len() == 1 {
-            return match name.as_bytes().first().map(u8::to_ascii_lowercase) {
-                Some(b'v') => Self::Via,
-                Some(b'f') => Self::From,
-                Some(b't') => Self::To,
-                Some(b'i') => Self::CallId,
-                Some(b'l') => Self::ContentLength,
-                Some(b'c') => Self::ContentType,
-                Some(b'm') => Self::Contact,
-                Some(b'k') => Self::Supported,
-                Some(b'y') => Self::Identity,
+        let b = name.as_bytes();
+        let Some(first) = b.first().map(u8::to_ascii_lowercase) else {
+            return Self::Other;
+        };
+        if b.len() == 1 {
+            return match first {
+                b'v' => Self::Via,
+                b'f' => Self::From,
+                b't' => Self::To,
+                b'i' => Self::CallId,
+                b'l' => Self::ContentLength,
+                b'c' => Self::ContentType,
+                b'm' => Self::Contact,
+                b'k' => Self::Supported,
+                b'y' => Self::Identity,
                 _ => Self::Other,
             };
         }
-        const NAMES: &[(&str, HeaderId)] = &[
-            ("via", HeaderId::Via),
-            ("from", HeaderId::From),
-            ("to", HeaderId::To),
-            ("call-id", HeaderId::CallId),
-            ("cseq", HeaderId::CSeq),
-            ("max-forwards", HeaderId::MaxForwards),
-            ("content-length", HeaderId::ContentLength),
-            ("content-type", HeaderId::ContentType),
-            ("contact", HeaderId::Contact),
-            ("route", HeaderId::Route),
-            ("record-route", HeaderId::RecordRoute),
-            ("proxy-require", HeaderId::ProxyRequire),
-            ("require", HeaderId::Require),
-            ("supported", HeaderId::Supported),
-            ("identity", HeaderId::Identity),
-            ("p-asserted-identity", HeaderId::PAssertedIdentity),
-            ("date", HeaderId::Date),
-            ("reason", HeaderId::Reason),
-            ("warning", HeaderId::Warning),
-            ("call-info", HeaderId::CallInfo),
-        ];
-        NAMES
+        // Only names of the same length and first letter are compared.
+        let candidates: &[(&str, HeaderId)] = match (b.len(), first) {
+            (3, b'v') => &[("via", Self::Via)],
+            (4, b'f') => &[("from", Self::From)],
+            (2, b't') => &[("to", Self::To)],
+            (7, b'c') => &[("call-id", Self::CallId), ("contact", Self::Contact)],
+            (4, b'c') => &[("cseq", Self::CSeq)],
+            (12, b'm') => &[("max-forwards", Self::MaxForwards)],
+            (14, b'c') => &[("content-length", Self::ContentLength)],
+            (12, b'c') => &[("content-type", Self::ContentType)],
+            (5, b'r') => &[("route", Self::Route)],
+            (12, b'r') => &[("record-route", Self::RecordRoute)],
+            (13, b'p') => &[("proxy-require", Self::ProxyRequire)],
+            (7, b'r') => &[("require", Self::Require)],
+            (9, b's') => &[("supported", Self::Supported)],
+            (8, b'i') => &[("identity", Self::Identity)],
+            (19, b'p') => &[("p-asserted-identity", Self::PAssertedIdentity)],
+            (4, b'd') => &[("date", Self::Date)],
+            (6, b'r') => &[("reason", Self::Reason)],
+            (7, b'w') => &[("warning", Self::Warning)],
+            (9, b'c') => &[("call-info", Self::CallInfo)],
+            _ => &[],
+        };
+        candidates
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map_or(Self::Other, |(_, id)| *id)
@@ -147,6 +152,8 @@ pub struct Header<'a> {
     pub span: (usize, usize),
     /// Where the unfolded value lives in [`Message::unfolded`], if folded.
     fold: Option<(usize, usize)>,
+    /// The value continues on folded lines.
+    folded: bool,
 }
 
 impl fmt::Debug for Header<'_> {
@@ -206,7 +213,7 @@ impl<'a> Message<'a> {
         let (start, mut headers) = parse_head(head)?;
         let mut unfolded = String::new();
         for h in &mut headers {
-            if h.raw.contains(&b'\n') {
+            if h.folded {
                 if let Ok(text) = std::str::from_utf8(h.raw) {
                     let u = unfold(text);
                     h.fold = Some((unfolded.len(), unfolded.len() + u.len()));
@@ -318,14 +325,12 @@ pub fn frame_stream(buf: &[u8]) -> Result<Option<(usize, usize)>, ParseError> {
 /// Returns (end of last header line, start of body). Accepts CRLF CRLF and,
 /// leniently, LF LF.
 fn find_head_end(bytes: &[u8]) -> Option<(usize, usize)> {
-    let mut i = 0;
-    while let Some(off) = bytes.get(i..)?.iter().position(|b| *b == b'\n') {
-        let nl = i + off;
+    for nl in memchr::memchr_iter(b'\n', bytes) {
         match bytes.get(nl + 1) {
             Some(b'\n') => return Some((nl, nl + 2)),
             Some(b'\r') if bytes.get(nl + 2) == Some(&b'\n') => return Some((nl, nl + 3)),
             None => return None,
-            _ => i = nl + 1,
+            _ => {}
         }
     }
     None
@@ -364,6 +369,7 @@ fn parse_head(head: &[u8]) -> Result<(StartLine<'_>, Vec<Header<'_>>), ParseErro
                 last.raw = head.get(s + lead..e).unwrap_or_default();
             }
             last.span.1 = e;
+            last.folded = true;
             continue;
         }
         if headers.len() == MAX_SIP_HEADERS {
@@ -371,10 +377,7 @@ fn parse_head(head: &[u8]) -> Result<(StartLine<'_>, Vec<Header<'_>>), ParseErro
                 max: MAX_SIP_HEADERS,
             });
         }
-        let colon = line
-            .iter()
-            .position(|b| *b == b':')
-            .ok_or(ParseError::HeaderLine { line: idx + 2 })?;
+        let colon = memchr::memchr(b':', line).ok_or(ParseError::HeaderLine { line: idx + 2 })?;
         let name_bytes = line.get(..colon).unwrap_or_default();
         let name = std::str::from_utf8(name_bytes)
             .map_err(|_| ParseError::HeaderLine { line: idx + 2 })?
@@ -394,6 +397,7 @@ fn parse_head(head: &[u8]) -> Result<(StartLine<'_>, Vec<Header<'_>>), ParseErro
             raw: head.get(vstart..e).unwrap_or_default(),
             span: (s, e),
             fold: None,
+            folded: false,
         });
     }
     Ok((start, headers))
@@ -487,7 +491,7 @@ impl Iterator for LineIter<'_> {
             return None;
         }
         let rest = self.bytes.get(self.pos..)?;
-        let (end, next) = match rest.iter().position(|b| *b == b'\n') {
+        let (end, next) = match memchr::memchr(b'\n', rest) {
             Some(i) => (self.pos + i, self.pos + i + 1),
             None => (self.bytes.len(), self.bytes.len()),
         };
