@@ -3,22 +3,27 @@
 //!
 //! `cargo bench --bench verify`; `benches/compare_openssl.sh` adds the
 //! `openssl speed ecdsap256` reference measured in the same run.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::hint::black_box;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use stirscreen::cert::{split_chain, TrustStore};
-use stirscreen::config::{read_certs, FetchSection};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use stirscreen::cert::{TrustStore, split_chain};
+use stirscreen::config::{FetchSection, read_certs};
 use stirscreen::fetch::CertFetcher;
 use stirscreen::identity::IdentityHeader;
-use stirscreen::lab::{sign_identity, InviteSpec};
+use stirscreen::lab::{InviteSpec, sign_identity};
 use stirscreen::passport::{self, Attest, SigningKey};
 use stirscreen::sip::{HeaderId, Message};
-use stirscreen::time::{UnixTime, TEST_NOW};
+use stirscreen::time::{TEST_NOW, UnixTime};
 use stirscreen::verify::{Verifier, VerifyConfig, X5uPolicy};
 
 const X5U: &str = "https://cert.example.org/sp-a.pem";
@@ -36,7 +41,11 @@ fn setup() -> Setup {
     let chain = split_chain(&std::fs::read(demo.join("sp-a.pem")).unwrap()).unwrap();
     let cred = Arc::new(trust.credential(&chain).unwrap());
     let pem = std::fs::read(demo.join("sp-a.key")).unwrap();
-    let der = x509_parser::pem::Pem::iter_from_buffer(&pem).next().unwrap().unwrap().contents;
+    let der = x509_parser::pem::Pem::iter_from_buffer(&pem)
+        .next()
+        .unwrap()
+        .unwrap()
+        .contents;
     let key = SigningKey::from_pkcs8(&der).unwrap();
     let ident = sign_identity(
         &key,
@@ -52,7 +61,10 @@ fn setup() -> Setup {
     spec.call_id = "bench-call@192.0.2.10".into();
     spec.branch = "z9hG4bKbench".into();
     spec.identities.push(ident);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let fetch = FetchSection {
         system_tls_roots: false,
         ..FetchSection::default()
@@ -79,7 +91,10 @@ fn full_path(verifier: &Verifier, fetcher: &CertFetcher, bytes: &[u8]) -> bool {
 fn bench(c: &mut Criterion) {
     let s = setup();
     let verifier = Verifier::new(VerifyConfig::default());
-    assert!(full_path(&verifier, &s.fetcher, &s.invite), "the bench INVITE must verify");
+    assert!(
+        full_path(&verifier, &s.fetcher, &s.invite),
+        "the bench INVITE must verify"
+    );
 
     let mut g = c.benchmark_group("verify");
     g.throughput(Throughput::Elements(1));
@@ -127,7 +142,13 @@ fn bench(c: &mut Criterion) {
     let ih = IdentityHeader::parse(&value).unwrap();
     let decoded = passport::decode(ih.token).unwrap();
     g.bench_function("claims", |b| {
-        b.iter(|| black_box(passport::shaken_claims(black_box(&decoded.payload), None).unwrap().iat))
+        b.iter(|| {
+            black_box(
+                passport::shaken_claims(black_box(&decoded.payload), None)
+                    .unwrap()
+                    .iat,
+            )
+        })
     });
     g.bench_function("prepare_local_checks", |b| {
         b.iter(|| black_box(verifier.prepare(black_box(&msg), TEST_NOW).urls().count()))

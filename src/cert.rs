@@ -326,7 +326,10 @@ fn der_tlv(i: &[u8]) -> Option<(u8, &[u8], &[u8])> {
             return None;
         }
         let (lb, rest) = rest.split_at_checked(n)?;
-        (lb.iter().fold(0usize, |a, b| (a << 8) | usize::from(*b)), rest)
+        (
+            lb.iter().fold(0usize, |a, b| (a << 8) | usize::from(*b)),
+            rest,
+        )
     };
     let (content, rest) = rest.split_at_checked(len)?;
     Some((tag, content, rest))
@@ -382,9 +385,9 @@ impl TrustStore {
         for (index, der) in crls.iter().enumerate() {
             let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(der)
                 .map_err(|e| CertError::Parse {
-                    index,
-                    detail: format!("CRL: {e}"),
-                })?;
+                index,
+                detail: format!("CRL: {e}"),
+            })?;
             for r in crl.iter_revoked_certificates() {
                 revoked.push((crl.issuer().as_raw().to_vec(), r.raw_serial().to_vec()));
             }
@@ -501,8 +504,12 @@ impl TrustStore {
 
         let mut problems = Vec::new();
         // CA certificates on the path (excluding the leaf, including anchor).
-        let cas: Vec<&X509Certificate<'_>> =
-            path.iter().skip(1).copied().chain(std::iter::once(anchor)).collect();
+        let cas: Vec<&X509Certificate<'_>> = path
+            .iter()
+            .skip(1)
+            .copied()
+            .chain(std::iter::once(anchor))
+            .collect();
         for (depth, ca) in cas.iter().enumerate() {
             match ca.basic_constraints() {
                 Ok(Some(bc)) if bc.value.ca => {
@@ -578,16 +585,20 @@ impl TrustStore {
             Ok(None) => return Err(CertError::NoTnAuthList { subject }),
             Err(()) => return Err(CertError::BadTnAuthList { subject }),
         };
-        if !spc.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_uppercase()) {
+        if !spc
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
+        {
             problems.push(ProfileProblem {
                 cert: subject.clone(),
                 rule: "SPC holds characters other than digits and uppercase letters",
             });
         }
-        let key = ParsedPublicKey::new(&sig::ECDSA_P256_SHA256_FIXED, &spki.subject_public_key.data)
-            .map_err(|_| CertError::KeyNotP256 {
-                subject: subject.clone(),
-            })?;
+        let key =
+            ParsedPublicKey::new(&sig::ECDSA_P256_SHA256_FIXED, &spki.subject_public_key.data)
+                .map_err(|_| CertError::KeyNotP256 {
+                    subject: subject.clone(),
+                })?;
 
         let mut not_before = (i64::MIN, String::new());
         let mut not_after = (i64::MAX, String::new());
@@ -653,7 +664,11 @@ fn profile_problems(c: &X509Certificate<'_>, is_ca: bool, out: &mut Vec<ProfileP
     if c.signature_algorithm.algorithm.as_bytes() != oid::ECDSA_SHA256 {
         p("signature algorithm is not ecdsa-with-SHA256");
     }
-    let cn = c.subject().iter_common_name().next().and_then(|a| a.as_str().ok());
+    let cn = c
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|a| a.as_str().ok());
     if cn.is_none() {
         p("subject has no CN");
     }
@@ -690,7 +705,11 @@ fn profile_problems(c: &X509Certificate<'_>, is_ca: bool, out: &mut Vec<ProfileP
             _ => {}
         }
     }
-    if !c.extensions().iter().any(|e| e.oid.as_bytes() == [0x55, 0x1d, 0x13]) {
+    if !c
+        .extensions()
+        .iter()
+        .any(|e| e.oid.as_bytes() == [0x55, 0x1d, 0x13])
+    {
         p("basicConstraints is absent");
     }
     let self_signed = c.subject().as_raw() == c.issuer().as_raw();

@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -59,11 +59,12 @@ impl CertRepo {
         key_pem: &[u8],
         routes: HashMap<String, Route>,
     ) -> Result<CertRepo, RepoError> {
-        let certs: Vec<rustls::pki_types::CertificateDer<'static>> = x509_parser::pem::Pem::iter_from_buffer(cert_pem)
-            .filter_map(Result::ok)
-            .filter(|p| p.label == "CERTIFICATE")
-            .map(|p| p.contents.into())
-            .collect();
+        let certs: Vec<rustls::pki_types::CertificateDer<'static>> =
+            x509_parser::pem::Pem::iter_from_buffer(cert_pem)
+                .filter_map(Result::ok)
+                .filter(|p| p.label == "CERTIFICATE")
+                .map(|p| p.contents.into())
+                .collect();
         let key = x509_parser::pem::Pem::iter_from_buffer(key_pem)
             .filter_map(Result::ok)
             .find(|p| p.label == "PRIVATE KEY")
@@ -106,11 +107,15 @@ impl CertRepo {
                             Ok(0) | Err(_) => return,
                             Ok(k) => n += k,
                         }
-                        if buf.get(..n).is_some_and(|b| b.windows(4).any(|w| w == b"\r\n\r\n")) {
+                        if buf
+                            .get(..n)
+                            .is_some_and(|b| b.windows(4).any(|w| w == b"\r\n\r\n"))
+                        {
                             break;
                         }
                     }
-                    let req = String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).into_owned();
+                    let req =
+                        String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).into_owned();
                     let path = req.split(' ').nth(1).unwrap_or("/").to_owned();
                     if let Some(h) = hits.get(&path) {
                         h.fetch_add(1, Ordering::Relaxed);
@@ -137,9 +142,7 @@ impl CertRepo {
 
     /// How many requests a path has received.
     pub fn hits(&self, path: &str) -> usize {
-        self.hits
-            .get(path)
-            .map_or(0, |h| h.load(Ordering::Relaxed))
+        self.hits.get(path).map_or(0, |h| h.load(Ordering::Relaxed))
     }
 
     /// The https URL of a path, by IP address.

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::cert::{split_chain, TrustStore};
+use crate::cert::{TrustStore, split_chain};
 use crate::verify::{CodeProfile, DateCheck, FailureKind, VerifyConfig, X5uPolicy};
 
 /// The embedded default configuration (`serve` and `verify` without
@@ -91,6 +91,9 @@ pub struct FetchSection {
     pub allow_hosts: Vec<String>,
     /// Never fetched from.
     pub deny_hosts: Vec<String>,
+    /// Credentials served from local files instead of fetched: x5u URL →
+    /// PEM chain file. Still checked against the trust anchors and dates.
+    pub pinned: BTreeMap<String, PathBuf>,
 }
 
 impl Default for FetchSection {
@@ -106,6 +109,7 @@ impl Default for FetchSection {
             cache_capacity: 10_000,
             allow_hosts: Vec::new(),
             deny_hosts: Vec::new(),
+            pinned: BTreeMap::new(),
         }
     }
 }
@@ -200,6 +204,7 @@ impl Config {
             cfg.verify.intermediates.iter_mut().for_each(fix);
             cfg.verify.crls.iter_mut().for_each(fix);
             cfg.fetch.extra_tls_roots.iter_mut().for_each(fix);
+            cfg.fetch.pinned.values_mut().for_each(fix);
         }
         Ok(cfg)
     }
@@ -328,12 +333,19 @@ mod tests {
         for (table, line) in [("verify", 2), ("fetch", 2), ("proxy", 2)] {
             let text = format!("[{table}]\nbogus_key = 1\n");
             let e = Config::parse(&text, "x.toml").unwrap_err().to_string();
-            assert!(e.starts_with(&format!("x.toml:{line}:1: unknown field `bogus_key`")), "{e}");
+            assert!(
+                e.starts_with(&format!("x.toml:{line}:1: unknown field `bogus_key`")),
+                "{e}"
+            );
             assert!(e.contains("help: remove the key"), "{e}");
         }
-        let e = Config::parse("bogus = 1\n", "x.toml").unwrap_err().to_string();
+        let e = Config::parse("bogus = 1\n", "x.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("x.toml:1:1: unknown field `bogus`"), "{e}");
-        let e = Config::parse("[verify.codes]\nno-such-kind = 400\n", "x.toml").unwrap_err().to_string();
+        let e = Config::parse("[verify.codes]\nno-such-kind = 400\n", "x.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("x.toml:2:1:"), "{e}");
     }
 

@@ -14,11 +14,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::cert::{split_chain, TrustStore};
-use crate::config::{read_certs, ConfigError, FetchSection};
+use crate::cert::{TrustStore, split_chain};
+use crate::config::{ConfigError, FetchSection, read_certs};
 use crate::limits::MAX_CERT_BODY;
-use crate::time::{parse_sip_date, Clock, UnixTime};
 use crate::net::is_special;
+use crate::time::{Clock, UnixTime, parse_sip_date};
 use crate::verify::{CredentialError, CredentialResult, X5uPolicy};
 
 /// Counters for operators and tests.
@@ -71,9 +71,7 @@ impl reqwest::dns::Resolve for GuardedResolver {
 
 fn host_matches(pattern: &str, host: &str) -> bool {
     match pattern.strip_prefix("*.") {
-        Some(suffix) => host
-            .strip_suffix(suffix)
-            .is_some_and(|h| h.ends_with('.')),
+        Some(suffix) => host.strip_suffix(suffix).is_some_and(|h| h.ends_with('.')),
         None => pattern.eq_ignore_ascii_case(host),
     }
 }
@@ -103,7 +101,16 @@ pub enum FetcherError {
     Config(#[from] ConfigError),
     #[error("TLS setup: {0}")]
     Tls(String),
+    #[error("pinned credential `{path}` for `{url}`: {detail}")]
+    Pinned {
+        url: String,
+        path: String,
+        detail: String,
+    },
 }
+
+/// How long a pinned credential stays in the cache: until replaced.
+const PINNED_TTL: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 impl CertFetcher {
     /// Builds the HTTPS client (rustls, aws-lc-rs) and an empty cache.
@@ -141,26 +148,46 @@ impl CertFetcher {
             .user_agent(concat!("stirscreen/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| FetcherError::Tls(e.to_string()))?;
-        Ok(CertFetcher {
+        let fetcher = CertFetcher {
             client,
             cfg,
             policy,
-            trust: RwLock::new(trust),
+            trust: RwLock::new(Arc::clone(&trust)),
             cache: RwLock::new(HashMap::new()),
             clock: Clock,
             stats: FetchStats::default(),
-        })
+        };
+        fetcher.pin(&trust)?;
+        Ok(fetcher)
+    }
+
+    /// Loads the `pinned` credentials into the cache.
+    fn pin(&self, trust: &TrustStore) -> Result<(), FetcherError> {
+        for (url, path) in &self.cfg.pinned {
+            let err = |detail: String| FetcherError::Pinned {
+                url: url.clone(),
+                path: path.display().to_string(),
+                detail,
+            };
+            let body = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+            let chain = split_chain(&body).map_err(|e| err(e.to_string()))?;
+            let cred = trust.credential(&chain).map_err(|e| err(e.to_string()))?;
+            self.insert(url, Ok(Arc::new(cred)), PINNED_TTL);
+        }
+        Ok(())
     }
 
     /// Replaces the trust store and drops every cached credential (they
     /// were validated against the old anchors).
-    pub fn set_trust(&self, trust: Arc<TrustStore>) {
-        if let Ok(mut t) = self.trust.write() {
-            *t = trust;
-        }
+    pub fn set_trust(&self, trust: Arc<TrustStore>) -> Result<(), FetcherError> {
         if let Ok(mut c) = self.cache.write() {
             c.clear();
         }
+        self.pin(&trust)?;
+        if let Ok(mut t) = self.trust.write() {
+            *t = trust;
+        }
+        Ok(())
     }
 
     /// Puts a result in the cache for `ttl` (operators can pin credentials
@@ -268,7 +295,15 @@ impl CertFetcher {
                 };
                 let trust = match self.trust.read() {
                     Ok(t) => Arc::clone(&t),
-                    Err(_) => return (Err(CredentialError::Unreachable { url: url.into(), why: "trust store unavailable".into() }), negative),
+                    Err(_) => {
+                        return (
+                            Err(CredentialError::Unreachable {
+                                url: url.into(),
+                                why: "trust store unavailable".into(),
+                            }),
+                            negative,
+                        );
+                    }
                 };
                 match trust.credential(&chain) {
                     Ok(cred) => {
@@ -278,7 +313,11 @@ impl CertFetcher {
                         let cap = Duration::from_secs(u64::try_from(until_expiry).unwrap_or(0));
                         // An already expired credential is kept briefly so the
                         // precise `cert-expired` answer is not re-fetched per call.
-                        let ttl = if cap.is_zero() { negative } else { ttl.min(cap) };
+                        let ttl = if cap.is_zero() {
+                            negative
+                        } else {
+                            ttl.min(cap)
+                        };
                         (Ok(Arc::new(cred)), ttl)
                     }
                     // Chain problems do not change until the body does.
@@ -320,15 +359,24 @@ impl CertFetcher {
                 src = s.source();
             }
             if why.contains("special-purpose") {
-                CredentialError::Refused { url: url.to_owned(), why }
+                CredentialError::Refused {
+                    url: url.to_owned(),
+                    why,
+                }
             } else {
-                CredentialError::Unreachable { url: url.to_owned(), why }
+                CredentialError::Unreachable {
+                    url: url.to_owned(),
+                    why,
+                }
             }
         };
         let mut resp = self.client.get(url).send().await.map_err(unreachable)?;
         let status = resp.status();
         if status.is_redirection() {
-            return Err(refused(format!("HTTP {} redirect is not followed", status.as_u16())));
+            return Err(refused(format!(
+                "HTTP {} redirect is not followed",
+                status.as_u16()
+            )));
         }
         if !status.is_success() {
             return Err(CredentialError::HttpStatus {
@@ -336,7 +384,10 @@ impl CertFetcher {
                 status: status.as_u16(),
             });
         }
-        if resp.content_length().is_some_and(|n| n > MAX_CERT_BODY as u64) {
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_CERT_BODY as u64)
+        {
             return Err(refused(format!("body larger than {MAX_CERT_BODY} bytes")));
         }
         let ttl = http_ttl(resp.headers(), self.clock.now());
@@ -353,7 +404,10 @@ impl CertFetcher {
 
 /// Cache lifetime from `Cache-Control: max-age` or `Expires`.
 fn http_ttl(h: &http::HeaderMap, now: UnixTime) -> Option<Duration> {
-    if let Some(cc) = h.get(http::header::CACHE_CONTROL).and_then(|v| v.to_str().ok()) {
+    if let Some(cc) = h
+        .get(http::header::CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+    {
         for d in cc.split(',') {
             if let Some(v) = d.trim().strip_prefix("max-age=") {
                 if let Ok(n) = v.trim_matches('"').parse::<u64>() {
@@ -381,8 +435,14 @@ mod tests {
     #[test]
     fn ttl_from_headers() {
         let mut h = http::HeaderMap::new();
-        h.insert(http::header::CACHE_CONTROL, "public, max-age=172800".parse().unwrap());
-        assert_eq!(http_ttl(&h, UnixTime(0)), Some(Duration::from_secs(172_800)));
+        h.insert(
+            http::header::CACHE_CONTROL,
+            "public, max-age=172800".parse().unwrap(),
+        );
+        assert_eq!(
+            http_ttl(&h, UnixTime(0)),
+            Some(Duration::from_secs(172_800))
+        );
     }
 }
 

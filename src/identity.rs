@@ -73,7 +73,8 @@ impl<'a> IdentityHeader<'a> {
             return Err(IdentityError::BadTokenChars);
         }
         let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(h), Some(p), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(IdentityError::BadTokenShape);
         };
@@ -115,7 +116,9 @@ impl<'a> IdentityHeader<'a> {
             if slot.is_some() {
                 return Err(IdentityError::DuplicateParam(name.to_ascii_lowercase()));
             }
-            let val = val.filter(|v| !v.is_empty()).ok_or_else(|| IdentityError::BadParam(clip(raw)))?;
+            let val = val
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| IdentityError::BadParam(clip(raw)))?;
             *slot = Some(val);
         }
         let info = info.ok_or(IdentityError::InfoMissing)?;
@@ -149,8 +152,20 @@ mod tests {
 
     #[test]
     fn full_form_any_order_quoted_ppt_and_spaces() {
-        let h = IdentityHeader::parse("aa.bb.cc ; ppt=\"shaken\" ;alg = ES256; info=<https://x.example/c.pem>").unwrap();
-        assert_eq!((h.token, h.form, h.info, h.alg, h.ppt), ("aa.bb.cc", Form::Full, "https://x.example/c.pem", Some("ES256"), Some("shaken")));
+        let h = IdentityHeader::parse(
+            "aa.bb.cc ; ppt=\"shaken\" ;alg = ES256; info=<https://x.example/c.pem>",
+        )
+        .unwrap();
+        assert_eq!(
+            (h.token, h.form, h.info, h.alg, h.ppt),
+            (
+                "aa.bb.cc",
+                Form::Full,
+                "https://x.example/c.pem",
+                Some("ES256"),
+                Some("shaken")
+            )
+        );
     }
 
     #[test]
@@ -166,7 +181,10 @@ mod tests {
         assert_eq!(e("aa.bb.cc"), InfoMissing);
         assert_eq!(e("aa.bb.cc;alg=ES256"), InfoMissing);
         assert_eq!(e("aa.bb.cc;info=https://x"), InfoInvalid);
-        assert_eq!(e("aa.bb.cc;info=<https://x>;ppt=shaken;ppt=div"), DuplicateParam("ppt".into()));
+        assert_eq!(
+            e("aa.bb.cc;info=<https://x>;ppt=shaken;ppt=div"),
+            DuplicateParam("ppt".into())
+        );
         assert_eq!(e("aa+b.bb.cc;info=<https://x>"), BadTokenChars);
         assert_eq!(e("aa.bb;info=<https://x>"), BadTokenShape);
         assert_eq!(e(".bb.cc;info=<https://x>"), BadTokenShape);

@@ -1,8 +1,8 @@
 //! Lab helpers shared by `stirscreen sign --invite`, the demo and tests:
 //! building a signed SIP INVITE.
 
-use crate::passport::{identity_header_value, Attest, SignError, SignRequest, SigningKey};
-use crate::time::{format_sip_date, UnixTime};
+use crate::passport::{Attest, SignError, SignRequest, SigningKey, identity_header_value};
+use crate::time::{UnixTime, format_sip_date};
 
 /// What goes into a lab INVITE.
 #[derive(Debug, Clone)]

@@ -1,5 +1,36 @@
 //! stirscreen: STIR/SHAKEN verification and call screening.
-#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
+//!
+//! # Layout
+//!
+//! The sans-IO core (always built; no sockets, files or clock):
+//! - [`sip`]: zero-copy SIP parser, stream framing and the RFC 3261 §16.3
+//!   request checks ([`sip::validate`]); [`sip::addr`] parses URIs,
+//!   name-addr values and Via.
+//! - [`tn`]: telephone-number canonicalisation (RFC 8224 §8.3).
+//! - [`identity`]: the Identity header (RFC 8224 §4.1).
+//! - [`passport`]: PASSporT decoding, SHAKEN claims, lab signing.
+//! - [`cert`]: STI certificate chains, path building to trust anchors,
+//!   TNAuthList, the ATIS-1000080 profile.
+//! - [`verify`]: the verifier: [`verify::Verifier::prepare`] (local checks)
+//!   then [`verify::Verifier::finish`] (credential, ECDSA); the failure
+//!   kinds and their RFC 8224 codes in one exhaustive match.
+//! - [`limits`]: every size limit; [`time`]: time as a value; [`net`]:
+//!   address classes for the SSRF guard; [`lab`]: signed lab INVITEs.
+//!
+//! Adapters (feature `runtime`, on by default):
+//! - [`config`]: the TOML file; [`fetch`]: x5u fetching with cache,
+//!   single-flight and SSRF guard; [`certrepo`]: a lab HTTPS certificate
+//!   repository; [`pki`]: the lab STI PKI generator; `time::Clock`: the one
+//!   reader of the system clock.
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
 
 pub mod cert;
 #[cfg(feature = "runtime")]

@@ -5,12 +5,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{bail, Context as _};
+use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use stirscreen::cert::{describe_chain, profile_of, split_chain};
 use stirscreen::config::Config;
-use stirscreen::fetch::{verify_request, CertFetcher};
-use stirscreen::lab::{sign_identity, InviteSpec};
+use stirscreen::fetch::{CertFetcher, verify_request};
+use stirscreen::lab::{InviteSpec, sign_identity};
 use stirscreen::limits::MAX_SIP_MESSAGE;
 use stirscreen::passport::{Attest, SigningKey};
 use stirscreen::sip::Message;
@@ -18,7 +18,11 @@ use stirscreen::time::{Clock, UnixTime};
 use stirscreen::verify::{FailureKind, Outcome, Verifier};
 
 #[derive(Parser, Debug)]
-#[command(name = "stirscreen", version, about = "STIR/SHAKEN call screening: verify, sign and screen SIP calls")]
+#[command(
+    name = "stirscreen",
+    version,
+    about = "STIR/SHAKEN call screening: verify, sign and screen SIP calls"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -136,7 +140,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .with_context(|| format!("`{s}` is not a telephone number"))
             };
             let orig = canon(&orig)?;
-            let dest = dest.iter().map(|d| canon(d)).collect::<anyhow::Result<Vec<_>>>()?;
+            let dest = dest
+                .iter()
+                .map(|d| canon(d))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let iat = iat.map_or_else(|| Clock.now(), UnixTime);
             let ident = sign_identity(&key, &x5u, attest, &orig, &dest, iat, origid.as_deref())?;
             if invite {
@@ -194,7 +201,10 @@ fn read_input(path: &Path) -> anyhow::Result<Vec<u8>> {
             .with_context(|| format!("cannot read `{}`", path.display()))?;
     }
     if buf.len() > MAX_SIP_MESSAGE {
-        bail!("`{}` is larger than {MAX_SIP_MESSAGE} bytes", path.display());
+        bail!(
+            "`{}` is larger than {MAX_SIP_MESSAGE} bytes",
+            path.display()
+        );
     }
     Ok(buf)
 }
@@ -215,7 +225,12 @@ fn build_fetcher(cfg: &Config) -> anyhow::Result<Arc<CertFetcher>> {
     )?))
 }
 
-fn verify(config: Option<&Path>, json: bool, now: Option<i64>, message: &Path) -> anyhow::Result<ExitCode> {
+fn verify(
+    config: Option<&Path>,
+    json: bool,
+    now: Option<i64>,
+    message: &Path,
+) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(config)?;
     let bytes = read_input(message)?;
     let msg = Message::parse(&bytes)
@@ -269,18 +284,34 @@ fn report(o: &Outcome) -> String {
             row(
                 &mut s,
                 "failure",
-                &format!("{} ({code} {})", f.kind.name(), FailureKind::reason_phrase(code)),
+                &format!(
+                    "{} ({code} {})",
+                    f.kind.name(),
+                    FailureKind::reason_phrase(code)
+                ),
             );
             row(&mut s, "reason", &f.detail);
         }
         None => row(&mut s, "result", &o.reason()),
     }
-    let verified = if o.verified.is_some() { "" } else { " (claimed, not verified)" };
-    row(&mut s, "orig", &format!("{}{verified}", o.orig.as_ref().map_or("-", |t| t.as_str())));
+    let verified = if o.verified.is_some() {
+        ""
+    } else {
+        " (claimed, not verified)"
+    };
+    row(
+        &mut s,
+        "orig",
+        &format!("{}{verified}", o.orig.as_ref().map_or("-", |t| t.as_str())),
+    );
     row(
         &mut s,
         "dest",
-        &o.dest.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", "),
+        &o.dest
+            .iter()
+            .map(|t| t.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
     );
     if let Some(v) = &o.verified {
         row(&mut s, "spc", &v.spc);

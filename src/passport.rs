@@ -193,7 +193,9 @@ pub fn shaken_claims<'p>(
 ) -> Result<ShakenClaims<'p>, PassportError> {
     if let Some(crit) = crit {
         if let Some(unknown) = crit.iter().find(|c| !UNDERSTOOD.contains(&c.as_ref())) {
-            return Err(PassportError::UnknownCritical(unknown.chars().take(64).collect()));
+            return Err(PassportError::UnknownCritical(
+                unknown.chars().take(64).collect(),
+            ));
         }
     }
     let raw: RawClaims<'p> = serde_json::from_slice(payload).map_err(|e| PassportError::Json {
@@ -208,14 +210,20 @@ pub fn shaken_claims<'p>(
         Some(other) => {
             return Err(PassportError::InvalidClaim {
                 claim: "attest",
-                why: format!("`{}` is not A, B or C", other.chars().take(16).collect::<String>()),
+                why: format!(
+                    "`{}` is not A, B or C",
+                    other.chars().take(16).collect::<String>()
+                ),
             });
         }
     };
     let iat = raw.iat.ok_or(PassportError::MissingClaim("iat"))?;
     let iat = iat.as_i64().ok_or_else(|| PassportError::InvalidClaim {
         claim: "iat",
-        why: format!("`{}` is not an integer NumericDate", iat.to_string().chars().take(24).collect::<String>()),
+        why: format!(
+            "`{}` is not an integer NumericDate",
+            iat.to_string().chars().take(24).collect::<String>()
+        ),
     })?;
     let orig = raw.orig.ok_or(PassportError::MissingClaim("orig"))?;
     let orig = match (orig.tn, orig.uri) {
@@ -383,8 +391,14 @@ mod tests {
             x5u: "https://cert.example.org/passport.cer".into(),
         };
         let (h, p) = canonical_json(&req);
-        assert_eq!(URL_SAFE_NO_PAD.encode(h), "eyJhbGciOiJFUzI1NiIsInBwdCI6InNoYWtlbiIsInR5cCI6InBhc3Nwb3J0IiwieDV1IjoiaHR0cHM6Ly9jZXJ0LmV4YW1wbGUub3JnL3Bhc3Nwb3J0LmNlciJ9");
-        assert_eq!(URL_SAFE_NO_PAD.encode(p), "eyJhdHRlc3QiOiJBIiwiZGVzdCI6eyJ0biI6WyIxMjEyNTU1MTIxMyJdfSwiaWF0IjoxNDQzMjA4MzQ1LCJvcmlnIjp7InRuIjoiMTIxNTU1NTEyMTIifSwib3JpZ2lkIjoiMTIzZTQ1NjctZTg5Yi0xMmQzLWE0NTYtNDI2NjU1NDQwMDAwIn0");
+        assert_eq!(
+            URL_SAFE_NO_PAD.encode(h),
+            "eyJhbGciOiJFUzI1NiIsInBwdCI6InNoYWtlbiIsInR5cCI6InBhc3Nwb3J0IiwieDV1IjoiaHR0cHM6Ly9jZXJ0LmV4YW1wbGUub3JnL3Bhc3Nwb3J0LmNlciJ9"
+        );
+        assert_eq!(
+            URL_SAFE_NO_PAD.encode(p),
+            "eyJhdHRlc3QiOiJBIiwiZGVzdCI6eyJ0biI6WyIxMjEyNTU1MTIxMyJdfSwiaWF0IjoxNDQzMjA4MzQ1LCJvcmlnIjp7InRuIjoiMTIxNTU1NTEyMTIifSwib3JpZ2lkIjoiMTIzZTQ1NjctZTg5Yi0xMmQzLWE0NTYtNDI2NjU1NDQwMDAwIn0"
+        );
     }
 
     #[test]
@@ -392,14 +406,32 @@ mod tests {
         let ok = br#"{"attest":"B","dest":{"tn":["1"]},"iat":5,"orig":{"tn":"2"},"origid":"x","extra":[1]}"#;
         assert_eq!(shaken_claims(ok, None).unwrap().attest, Attest::B);
         let e = |p: &[u8]| shaken_claims(p, None).unwrap_err();
-        assert_eq!(e(br#"{"dest":{"tn":["1"]},"iat":5,"orig":{"tn":"2"},"origid":"x"}"#), PassportError::MissingClaim("attest"));
-        assert!(matches!(e(br#"{"attest":"D","dest":{"tn":["1"]},"iat":5,"orig":{"tn":"2"},"origid":"x"}"#), PassportError::InvalidClaim { claim: "attest", .. }));
-        assert!(matches!(e(br#"{"attest":"A","dest":{"tn":["1"]},"iat":"5","orig":{"tn":"2"},"origid":"x"}"#), PassportError::InvalidClaim { claim: "iat", .. }));
-        assert!(matches!(e(br#"{"attest":"A","dest":{"tn":["1"]},"iat":5.5,"orig":{"tn":"2"},"origid":"x"}"#), PassportError::InvalidClaim { claim: "iat", .. }));
+        assert_eq!(
+            e(br#"{"dest":{"tn":["1"]},"iat":5,"orig":{"tn":"2"},"origid":"x"}"#),
+            PassportError::MissingClaim("attest")
+        );
+        assert!(matches!(
+            e(br#"{"attest":"D","dest":{"tn":["1"]},"iat":5,"orig":{"tn":"2"},"origid":"x"}"#),
+            PassportError::InvalidClaim {
+                claim: "attest",
+                ..
+            }
+        ));
+        assert!(matches!(
+            e(br#"{"attest":"A","dest":{"tn":["1"]},"iat":"5","orig":{"tn":"2"},"origid":"x"}"#),
+            PassportError::InvalidClaim { claim: "iat", .. }
+        ));
+        assert!(matches!(
+            e(br#"{"attest":"A","dest":{"tn":["1"]},"iat":5.5,"orig":{"tn":"2"},"origid":"x"}"#),
+            PassportError::InvalidClaim { claim: "iat", .. }
+        ));
         assert!(matches!(e(br#"{"attest":"A","dest":{"uri":["sip:a@b"]},"iat":5,"orig":{"tn":"2"},"origid":"x"}"#), PassportError::InvalidClaim { claim: "dest", .. }));
         assert!(matches!(e(br#"{"attest":"A","attest":"B","dest":{"tn":["1"]},"iat":5,"orig":{"tn":"2"},"origid":"x"}"#), PassportError::Json { .. }));
         let crit = [Cow::Borrowed("rcd")];
-        assert_eq!(shaken_claims(ok, Some(&crit)).unwrap_err(), PassportError::UnknownCritical("rcd".into()));
+        assert_eq!(
+            shaken_claims(ok, Some(&crit)).unwrap_err(),
+            PassportError::UnknownCritical("rcd".into())
+        );
     }
 
     /// RFC 8225 §7.1: a valid ES256 signature over claims with a string `iat`.
@@ -412,8 +444,15 @@ mod tests {
         // The printed RFC 8225 Appendix A public key verifies it.
         let spki = base64::engine::general_purpose::STANDARD.decode("MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE8HNbQd/TmvCKwPKHkMF9fScavGeH78YTU8qLS8I5HLHSSmlATLcslQMhNC/OhlWBYC626nIlo7XeebYS7Sb37g==").unwrap();
         let point = &spki[spki.len() - 65..];
-        let key = aws_lc_rs::signature::ParsedPublicKey::new(&aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED, point).unwrap();
-        assert!(key.verify_sig(d.signing_input.as_bytes(), &d.signature).is_ok());
+        let key = aws_lc_rs::signature::ParsedPublicKey::new(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED,
+            point,
+        )
+        .unwrap();
+        assert!(
+            key.verify_sig(d.signing_input.as_bytes(), &d.signature)
+                .is_ok()
+        );
     }
 }
 

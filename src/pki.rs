@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, CrlDistributionPoint,
-    CustomExtension, DistinguishedName, DnType, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
-    RevokedCertParams, SanType, SerialNumber, date_time_ymd,
+    CustomExtension, DistinguishedName, DnType, IsCa, Issuer, KeyIdMethod, KeyPair,
+    KeyUsagePurpose, RevokedCertParams, SanType, SerialNumber, date_time_ymd,
 };
 
 /// TNAuthList (RFC 8226 §9) holding one SPC: `SEQUENCE { [0] EXPLICIT IA5String }`.
@@ -26,7 +26,9 @@ pub fn tn_auth_list_der(spc: &str) -> Vec<u8> {
 /// certificatePolicies with one policy OID (the US SHAKEN CP v1.4,
 /// 2.16.840.1.114569.1.1.4).
 fn shaken_policy() -> CustomExtension {
-    let oid = [0x06, 0x0a, 0x60, 0x86, 0x48, 0x01, 0x86, 0xff, 0x09, 0x01, 0x01, 0x04];
+    let oid = [
+        0x06, 0x0a, 0x60, 0x86, 0x48, 0x01, 0x86, 0xff, 0x09, 0x01, 0x01, 0x04,
+    ];
     let mut info = vec![0x30, oid.len() as u8];
     info.extend_from_slice(&oid);
     let mut seq = vec![0x30, info.len() as u8];
@@ -85,7 +87,11 @@ fn make_root(cn: &str, org: &str, sn: u8) -> Result<Ca, PkiError> {
     p.key_identifier_method = KeyIdMethod::Sha256;
     years(&mut p, 2020, 2070);
     let pem = p.self_signed(&key)?.pem();
-    Ok(Ca { params: p, key, pem })
+    Ok(Ca {
+        params: p,
+        key,
+        pem,
+    })
 }
 
 fn intermediate(cn: &str, org: &str, sn: u8, parent: &Ca) -> Result<Ca, PkiError> {
@@ -102,7 +108,11 @@ fn intermediate(cn: &str, org: &str, sn: u8, parent: &Ca) -> Result<Ca, PkiError
     }];
     years(&mut p, 2020, 2070);
     let pem = p.signed_by(&key, &parent.issuer())?.pem();
-    Ok(Ca { params: p, key, pem })
+    Ok(Ca {
+        params: p,
+        key,
+        pem,
+    })
 }
 
 struct Leaf {
@@ -130,8 +140,10 @@ fn leaf(
     }];
     p.custom_extensions = vec![shaken_policy()];
     if let Some(spc) = spc {
-        p.custom_extensions
-            .push(CustomExtension::from_oid_content(&[1, 3, 6, 1, 5, 5, 7, 1, 26], tn_auth_list_der(spc)));
+        p.custom_extensions.push(CustomExtension::from_oid_content(
+            &[1, 3, 6, 1, 5, 5, 7, 1, 26],
+            tn_auth_list_der(spc),
+        ));
     }
     years(&mut p, from, to);
     let pem = p.signed_by(&key, &parent.issuer())?.pem();
@@ -176,20 +188,46 @@ pub fn generate(dir: &Path) -> Result<Vec<PathBuf>, PkiError> {
 
     let sti_root = make_root("STIR Demo ROOT CA", "stirscreen lab STI-PA", 1)?;
     out.write("sti-root.pem", &sti_root.pem)?;
-    let inter = intermediate("STIR Demo SHAKEN Intermediate CA", "stirscreen lab STI-CA", 2, &sti_root)?;
+    let inter = intermediate(
+        "STIR Demo SHAKEN Intermediate CA",
+        "stirscreen lab STI-CA",
+        2,
+        &sti_root,
+    )?;
     out.write("sti-intermediate.pem", &inter.pem)?;
 
     let a = leaf(Some("1234"), "Demo Carrier A", 10, &inter, life, p256)?;
     out.leaf_set("sp-a", &a, &inter)?;
     let b = leaf(Some("5678"), "Demo Carrier B", 11, &inter, life, p256)?;
     out.leaf_set("sp-b", &b, &inter)?;
-    let expired = leaf(Some("1234"), "Demo Carrier A", 12, &inter, (2020, 2021), p256)?;
+    let expired = leaf(
+        Some("1234"),
+        "Demo Carrier A",
+        12,
+        &inter,
+        (2020, 2021),
+        p256,
+    )?;
     out.leaf_set("sp-expired", &expired, &inter)?;
-    let future = leaf(Some("1234"), "Demo Carrier A", 13, &inter, (2060, 2070), p256)?;
+    let future = leaf(
+        Some("1234"),
+        "Demo Carrier A",
+        13,
+        &inter,
+        (2060, 2070),
+        p256,
+    )?;
     out.leaf_set("sp-future", &future, &inter)?;
     let notn = leaf(None, "Demo Carrier A", 14, &inter, life, p256)?;
     out.leaf_set("sp-notn", &notn, &inter)?;
-    let p384 = leaf(Some("1234"), "Demo Carrier A", 15, &inter, life, &rcgen::PKCS_ECDSA_P384_SHA384)?;
+    let p384 = leaf(
+        Some("1234"),
+        "Demo Carrier A",
+        15,
+        &inter,
+        life,
+        &rcgen::PKCS_ECDSA_P384_SHA384,
+    )?;
     out.leaf_set("sp-p384", &p384, &inter)?;
     let revoked = leaf(Some("1234"), "Demo Carrier A", 16, &inter, life, p256)?;
     out.leaf_set("sp-revoked", &revoked, &inter)?;
@@ -219,8 +257,12 @@ pub fn generate(dir: &Path) -> Result<Vec<PathBuf>, PkiError> {
     // A look-alike: same names as the real root and intermediate, other
     // keys; the x5u body carries the look-alike root too.
     let fake_root = make_root("STIR Demo ROOT CA", "stirscreen lab STI-PA", 30)?;
-    let fake_inter =
-        intermediate("STIR Demo SHAKEN Intermediate CA", "stirscreen lab STI-CA", 31, &fake_root)?;
+    let fake_inter = intermediate(
+        "STIR Demo SHAKEN Intermediate CA",
+        "stirscreen lab STI-CA",
+        31,
+        &fake_root,
+    )?;
     let fake = leaf(Some("1234"), "Demo Carrier A", 32, &fake_inter, life, p256)?;
     out.write(
         "sp-lookalike.pem",
@@ -230,7 +272,14 @@ pub fn generate(dir: &Path) -> Result<Vec<PathBuf>, PkiError> {
 
     // The operator's own certificate (signs 608 jCards) and the TLS PKI of
     // the lab x5u HTTPS server.
-    let op = leaf(Some("9999"), "Demo Terminating Operator", 40, &inter, life, p256)?;
+    let op = leaf(
+        Some("9999"),
+        "Demo Terminating Operator",
+        40,
+        &inter,
+        life,
+        p256,
+    )?;
     out.leaf_set("operator", &op, &inter)?;
     let tls_ca = make_root("stirscreen lab TLS CA", "stirscreen lab", 50)?;
     out.write("tls-ca.pem", &tls_ca.pem)?;
@@ -239,8 +288,16 @@ pub fn generate(dir: &Path) -> Result<Vec<PathBuf>, PkiError> {
     p.distinguished_name = dn("localhost", "stirscreen lab");
     p.subject_alt_names = vec![
         SanType::DnsName("localhost".try_into()?),
-        SanType::IpAddress("127.0.0.1".parse().map_err(|_| rcgen::Error::InvalidIpAddressOctetLength(0))?),
-        SanType::IpAddress("::1".parse().map_err(|_| rcgen::Error::InvalidIpAddressOctetLength(0))?),
+        SanType::IpAddress(
+            "127.0.0.1"
+                .parse()
+                .map_err(|_| rcgen::Error::InvalidIpAddressOctetLength(0))?,
+        ),
+        SanType::IpAddress(
+            "::1"
+                .parse()
+                .map_err(|_| rcgen::Error::InvalidIpAddressOctetLength(0))?,
+        ),
     ];
     p.is_ca = IsCa::ExplicitNoCa;
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];

@@ -117,8 +117,14 @@ mod tests {
 
     #[test]
     fn strips_plus_and_visual_separators() {
-        assert_eq!(Tn::canonical("+1 (215) 555-1212").unwrap().as_str(), "12155551212");
-        assert_eq!(Tn::canonical("1.215.555.1212").unwrap().as_str(), "12155551212");
+        assert_eq!(
+            Tn::canonical("+1 (215) 555-1212").unwrap().as_str(),
+            "12155551212"
+        );
+        assert_eq!(
+            Tn::canonical("1.215.555.1212").unwrap().as_str(),
+            "12155551212"
+        );
         assert_eq!(Tn::canonical("*67").unwrap().as_str(), "*67");
         assert_eq!(Tn::canonical("12a"), Err(TnError::BadChar('a')));
         assert_eq!(Tn::canonical("+"), Err(TnError::Empty));
@@ -128,10 +134,22 @@ mod tests {
     #[test]
     fn numbers_from_uris() {
         let tn = |s| tn_of_header(s).map(|t| t.to_string());
-        assert_eq!(tn("<tel:+1-215-555-1212;verstat=TN-Validation-Passed>").as_deref(), Some("12155551212"));
-        assert_eq!(tn("<sip:+12155551212;npdi;rn=+12155550000@ex.com;user=phone>;tag=1").as_deref(), Some("12155551212"));
-        assert_eq!(tn("\"A\" <sip:12155551212@ex.com>").as_deref(), Some("12155551212"));
-        assert_eq!(tn("<sip:2155551212;tgrp=tg1;trunk-context=ex.com@ex.com;user=phone>").as_deref(), Some("2155551212"));
+        assert_eq!(
+            tn("<tel:+1-215-555-1212;verstat=TN-Validation-Passed>").as_deref(),
+            Some("12155551212")
+        );
+        assert_eq!(
+            tn("<sip:+12155551212;npdi;rn=+12155550000@ex.com;user=phone>;tag=1").as_deref(),
+            Some("12155551212")
+        );
+        assert_eq!(
+            tn("\"A\" <sip:12155551212@ex.com>").as_deref(),
+            Some("12155551212")
+        );
+        assert_eq!(
+            tn("<sip:2155551212;tgrp=tg1;trunk-context=ex.com@ex.com;user=phone>").as_deref(),
+            Some("2155551212")
+        );
         assert_eq!(tn("<sip:alice@ex.com>"), None);
     }
 }

@@ -19,10 +19,10 @@ use crate::cert::{CertError, Credential, ProfileProblem};
 use crate::identity::{Form, IdentityError, IdentityHeader};
 use crate::limits::{MAX_IDENTITY_HEADERS, MAX_URL_LEN};
 use crate::passport::{self, Attest, PassportError};
-use crate::sip::addr::{split_values, Uri};
+use crate::sip::addr::{Uri, split_values};
 use crate::sip::{HeaderId, Message, StartLine};
-use crate::time::{parse_sip_date, UnixTime};
-use crate::tn::{tn_of_header, tn_of_uri, Tn};
+use crate::time::{UnixTime, parse_sip_date};
+use crate::tn::{Tn, tn_of_header, tn_of_uri};
 
 /// The `verstat` values (3GPP TS 24.229 §7.2A.20).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -48,7 +48,9 @@ impl Verstat {
 
 /// What went wrong, one kind per check. The kebab-case name is stable: the
 /// policy engine and the JSON output use it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum FailureKind {
     /// No Identity header with a supported `ppt`.
@@ -431,7 +433,9 @@ impl X5uPolicy {
                     80
                 }
             }
-            Some(p) => p.parse::<u16>().map_err(|_| "x5u has an invalid port".to_owned())?,
+            Some(p) => p
+                .parse::<u16>()
+                .map_err(|_| "x5u has an invalid port".to_owned())?,
         };
         let lab_host = host.eq_ignore_ascii_case("localhost")
             || host.parse().is_ok_and(crate::net::is_special);
@@ -444,7 +448,9 @@ impl X5uPolicy {
 
 fn strip_prefix_ci<'a>(s: &'a str, p: &str) -> Option<&'a str> {
     let head = s.get(..p.len())?;
-    head.eq_ignore_ascii_case(p).then(|| s.get(p.len()..)).flatten()
+    head.eq_ignore_ascii_case(p)
+        .then(|| s.get(p.len()..))
+        .flatten()
 }
 
 /// Verifier settings. Defaults follow shared/reference/standards.md §2.3.
@@ -713,7 +719,8 @@ impl SignatureMemo {
         let mut h = self.hasher.build_hasher();
         token.hash(&mut h);
         let n = self.shards.len();
-        self.shards.get(usize::try_from(h.finish()).unwrap_or(0) % n.max(1))
+        self.shards
+            .get(usize::try_from(h.finish()).unwrap_or(0) % n.max(1))
     }
 
     /// Was this exact token verified with this credential before?
@@ -799,7 +806,9 @@ impl Verifier {
             match msg.value(HeaderId::Date) {
                 None => p.date_note = Some(Cow::Borrowed("no Date header")),
                 Some(d) => match parse_sip_date(d) {
-                    None => p.date_note = Some(Cow::Owned(format!("Date `{}` does not parse", clip(d)))),
+                    None => {
+                        p.date_note = Some(Cow::Owned(format!("Date `{}` does not parse", clip(d))))
+                    }
                     Some(t) => {
                         p.date = Some(t.0);
                         let skew = (now.0 - t.0).abs();
@@ -809,7 +818,8 @@ impl Verifier {
                                 self.config.max_date_age
                             );
                             if self.config.date_check == DateCheck::Enforce {
-                                p.date_failure = Some(Failure::new(FailureKind::StaleDate, note.clone()));
+                                p.date_failure =
+                                    Some(Failure::new(FailureKind::StaleDate, note.clone()));
                             }
                             p.date_note = Some(Cow::Owned(note));
                         }
@@ -847,7 +857,10 @@ impl Verifier {
         p
     }
 
-    #[expect(clippy::too_many_arguments, reason = "one call site, all inputs of one check")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site, all inputs of one check"
+    )]
     fn check_header<'m>(
         &self,
         value: &'m str,
@@ -902,11 +915,13 @@ impl Verifier {
                 ));
             }
         }
-        let d = passport::decode(ih.token).map_err(|e| Failure::new(FailureKind::Malformed, e.to_string()))?;
+        let d = passport::decode(ih.token)
+            .map_err(|e| Failure::new(FailureKind::Malformed, e.to_string()))?;
         let hdr = d
             .header()
             .map_err(|e| Failure::new(FailureKind::Malformed, e.to_string()))?;
-        let missing = |f: &str| Failure::new(FailureKind::BadJwsHeader, format!("JWS header lacks `{f}`"));
+        let missing =
+            |f: &str| Failure::new(FailureKind::BadJwsHeader, format!("JWS header lacks `{f}`"));
         let alg = hdr.alg.as_deref().ok_or_else(|| missing("alg"))?;
         let typ = hdr.typ.as_deref().ok_or_else(|| missing("typ"))?;
         let jppt = hdr.ppt.as_deref().ok_or_else(|| missing("ppt"))?;
@@ -953,7 +968,10 @@ impl Verifier {
             Failure::new(kind, e.to_string())
         })?;
         let orig = Tn::canonical(&claims.orig).map_err(|e| {
-            Failure::new(FailureKind::InvalidClaims, format!("orig.tn `{}`: {e}", clip(&claims.orig)))
+            Failure::new(
+                FailureKind::InvalidClaims,
+                format!("orig.tn `{}`: {e}", clip(&claims.orig)),
+            )
         })?;
         let dest: Vec<Tn> = claims
             .dest
@@ -976,7 +994,10 @@ impl Verifier {
         if -age > self.config.max_iat_future {
             return Err(Failure::new(
                 FailureKind::FutureIat,
-                format!("iat is {} s in the future (allowed {} s)", -age, self.config.max_iat_future),
+                format!(
+                    "iat is {} s in the future (allowed {} s)",
+                    -age, self.config.max_iat_future
+                ),
             ));
         }
         if let Some(f) = &p.date_failure {
@@ -991,7 +1012,9 @@ impl Verifier {
             return Err(Failure::new(
                 FailureKind::OrigMismatch,
                 if sip.is_empty() {
-                    format!("orig.tn `{orig}` but P-Asserted-Identity/From carry no telephone number")
+                    format!(
+                        "orig.tn `{orig}` but P-Asserted-Identity/From carry no telephone number"
+                    )
                 } else {
                     format!("orig.tn `{orig}` is not the P-Asserted-Identity/From number {sip}")
                 },
@@ -1115,7 +1138,12 @@ impl Verifier {
         }
     }
 
-    fn check_signature(&self, r: &Ready<'_>, cred: &Arc<Credential>, now: UnixTime) -> Result<(), Failure> {
+    fn check_signature(
+        &self,
+        r: &Ready<'_>,
+        cred: &Arc<Credential>,
+        now: UnixTime,
+    ) -> Result<(), Failure> {
         cred.check_time(now)
             .map_err(|e| CredentialError::Cert(e).failure())?;
         let cred_id = cred.id();
@@ -1127,16 +1155,14 @@ impl Verifier {
         if !cred.verify_es256(r.signing_input.as_bytes(), &r.signature) {
             return Err(Failure::new(
                 FailureKind::BadSignature,
-                format!("ES256 signature does not verify with the key of `{}`", cred.subject),
+                format!(
+                    "ES256 signature does not verify with the key of `{}`",
+                    cred.subject
+                ),
             ));
         }
         if let Some(memo) = &self.memo {
-            memo.insert(
-                r.token,
-                cred_id,
-                r.iat + self.config.max_iat_age,
-                now.0,
-            );
+            memo.insert(r.token, cred_id, r.iat + self.config.max_iat_age, now.0);
         }
         Ok(())
     }

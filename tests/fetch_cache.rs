@@ -1,11 +1,16 @@
 //! The x5u fetcher against a real HTTPS server: caching, single-flight,
 //! negative caching and refusals.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod common;
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use stirscreen::certrepo::Route;
@@ -75,7 +80,10 @@ async fn not_found_is_negatively_cached() {
     let url = repo.url("/gone.pem");
     for _ in 0..3 {
         let e = f.get(&url).await.unwrap_err();
-        assert!(matches!(e, CredentialError::HttpStatus { status: 404, .. }), "{e}");
+        assert!(
+            matches!(e, CredentialError::HttpStatus { status: 404, .. }),
+            "{e}"
+        );
     }
     assert_eq!(repo.hits("/gone.pem"), 1);
     assert_eq!(f.stats.negative_hits.load(Ordering::Relaxed), 2);
@@ -86,16 +94,28 @@ async fn redirects_oversize_bodies_and_private_addresses_are_refused() {
     let repo = common::start_repo(common::standard_routes()).await;
     let f = fetcher(true);
     let e = f.get(&repo.url("/moved.pem")).await.unwrap_err();
-    assert!(matches!(&e, CredentialError::Refused { why, .. } if why.contains("redirect")), "{e}");
+    assert!(
+        matches!(&e, CredentialError::Refused { why, .. } if why.contains("redirect")),
+        "{e}"
+    );
     assert_eq!(repo.hits("/sp-a.pem"), 0, "the redirect was not followed");
     let e = f.get(&repo.url("/huge.pem")).await.unwrap_err();
-    assert!(matches!(&e, CredentialError::Refused { why, .. } if why.contains("larger than")), "{e}");
+    assert!(
+        matches!(&e, CredentialError::Refused { why, .. } if why.contains("larger than")),
+        "{e}"
+    );
 
     let strict = fetcher(false);
     let e = strict.get(&repo.url("/sp-a.pem")).await.unwrap_err();
-    assert!(matches!(&e, CredentialError::Refused { why, .. } if why.contains("special-purpose")), "{e}");
+    assert!(
+        matches!(&e, CredentialError::Refused { why, .. } if why.contains("special-purpose")),
+        "{e}"
+    );
     let port = repo.addr.port();
-    let e = strict.get(&format!("https://localhost:{port}/sp-a.pem")).await.unwrap_err();
+    let e = strict
+        .get(&format!("https://localhost:{port}/sp-a.pem"))
+        .await
+        .unwrap_err();
     assert!(matches!(&e, CredentialError::Refused { .. }), "{e}");
     assert_eq!(repo.hits("/sp-a.pem"), 0);
 }
@@ -113,7 +133,8 @@ async fn the_tls_server_must_be_trusted() {
         any_port_on_private: true,
         ..X5uPolicy::default()
     };
-    let f = Arc::new(CertFetcher::new(fetch, policy, Arc::new(cfg.trust_store().unwrap())).unwrap());
+    let f =
+        Arc::new(CertFetcher::new(fetch, policy, Arc::new(cfg.trust_store().unwrap())).unwrap());
     let e = f.get(&repo.url("/sp-a.pem")).await.unwrap_err();
     assert!(matches!(e, CredentialError::Unreachable { .. }), "{e}");
 }

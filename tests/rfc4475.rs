@@ -1,12 +1,17 @@
 //! RFC 4475 torture messages (shared/conformance/rfc4475): the parser and
 //! the proxy request checks never panic, accept the valid messages and
 //! report the invalid ones with the status the table expects.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::path::PathBuf;
 
-use stirscreen::sip::validate::{check_request, check_response};
 use stirscreen::sip::Message;
+use stirscreen::sip::validate::{check_request, check_response};
 use stirscreen::time::TEST_NOW;
 use stirscreen::verify::{FailureKind, Verifier, VerifyConfig};
 
@@ -70,7 +75,11 @@ fn every_torture_message_gets_the_expected_verdict() {
                 let o = verifier.verify(&msg, TEST_NOW, |_| None);
                 // mpart01 carries an RFC 4474 (pre-PASSporT) Identity header.
                 let has_identity = msg.first(stirscreen::sip::HeaderId::Identity).is_some();
-                let want = if has_identity { FailureKind::Malformed } else { FailureKind::NoIdentity };
+                let want = if has_identity {
+                    FailureKind::Malformed
+                } else {
+                    FailureKind::NoIdentity
+                };
                 assert_eq!(o.failure.unwrap().kind, want, "{file}");
             }
         }

@@ -1,14 +1,19 @@
 //! `stirscreen verify --json` against a real local HTTPS x5u server: one
 //! vector per failure kind and the positive cases, through the binary.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod common;
 
 use std::process::Command;
 
 use stirscreen::lab::InviteSpec;
-use stirscreen::passport::{identity_header_value, Attest, SignRequest};
-use stirscreen::time::{UnixTime, TEST_NOW};
+use stirscreen::passport::{Attest, SignRequest, identity_header_value};
+use stirscreen::time::{TEST_NOW, UnixTime};
 
 const ORIG: &str = "12155551212";
 const DEST: &str = "12125551213";
@@ -45,11 +50,22 @@ fn req(x5u: &str) -> SignRequest {
 }
 
 /// Runs `stirscreen verify --json --now TEST_NOW` on a message.
-fn verify(env: &Env, name: &str, message: &str, config: Option<&std::path::Path>) -> serde_json::Value {
+fn verify(
+    env: &Env,
+    name: &str,
+    message: &str,
+    config: Option<&std::path::Path>,
+) -> serde_json::Value {
     let file = env.dir.path().join(format!("{name}.sip"));
     std::fs::write(&file, message).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_stirscreen"))
-        .args(["verify", "--json", "--now", &TEST_NOW.0.to_string(), "--config"])
+        .args([
+            "verify",
+            "--json",
+            "--now",
+            &TEST_NOW.0.to_string(),
+            "--config",
+        ])
         .arg(config.unwrap_or(&env.config))
         .arg(&file)
         .output()
@@ -78,7 +94,13 @@ fn signed(env: &Env, key: &str, path: &str, edit: impl FnOnce(&mut SignRequest))
 }
 
 #[track_caller]
-fn expect(v: &serde_json::Value, verstat: &str, attest: Option<&str>, code: Option<u16>, failure: Option<&str>) {
+fn expect(
+    v: &serde_json::Value,
+    verstat: &str,
+    attest: Option<&str>,
+    code: Option<u16>,
+    failure: Option<&str>,
+) {
     assert_eq!(v["verstat"], verstat, "{v:#}");
     assert_eq!(v["attest"].as_str(), attest, "{v:#}");
     assert_eq!(v["stir_code"].as_u64(), code.map(u64::from), "{v:#}");
@@ -115,25 +137,49 @@ fn numbers_match_through_pai_tel_uris_and_separators() {
             "Max-Forwards: 70\r\n",
             &format!("Max-Forwards: 70\r\nP-Asserted-Identity: <sip:alice@example.net>, <tel:+1-215-555-1212>\r\n"),
         );
-    expect(&verify(&env, "pai", &pai, None), "TN-Validation-Passed", Some("A"), None, None);
+    expect(
+        &verify(&env, "pai", &pai, None),
+        "TN-Validation-Passed",
+        Some("A"),
+        None,
+        None,
+    );
     // tel: To with visual separators and a phone-context.
     let tel = base.replace(
         &format!("To: <sip:+{DEST}@example.net;user=phone>"),
         "To: <tel:+1 (212) 555.1213>",
     );
-    expect(&verify(&env, "tel", &tel, None), "TN-Validation-Passed", Some("A"), None, None);
+    expect(
+        &verify(&env, "tel", &tel, None),
+        "TN-Validation-Passed",
+        Some("A"),
+        None,
+        None,
+    );
     // The number only in the Request-URI, To is a name.
     let ruri = base.replace(
         &format!("To: <sip:+{DEST}@example.net;user=phone>"),
         "To: <sip:bob@example.net>",
     );
-    expect(&verify(&env, "ruri", &ruri, None), "TN-Validation-Passed", Some("A"), None, None);
+    expect(
+        &verify(&env, "ruri", &ruri, None),
+        "TN-Validation-Passed",
+        Some("A"),
+        None,
+        None,
+    );
     // A PAI that does not match wins over a From that does.
     let wrong_pai = base.replace(
         "Max-Forwards: 70\r\n",
         "Max-Forwards: 70\r\nP-Asserted-Identity: <tel:+12155550000>\r\n",
     );
-    expect(&verify(&env, "wrong-pai", &wrong_pai, None), "No-TN-Validation", None, Some(438), Some("orig-mismatch"));
+    expect(
+        &verify(&env, "wrong-pai", &wrong_pai, None),
+        "No-TN-Validation",
+        None,
+        Some(438),
+        Some("orig-mismatch"),
+    );
 }
 
 #[test]
@@ -141,13 +187,20 @@ fn rfc8588_claims_in_non_canonical_json_verify() {
     let env = env();
     let url = env.repo.url("/sp-a.pem");
     // Keys out of order, spaces, an unknown claim: signed as received.
-    let header = format!("{{ \"x5u\": \"{url}\", \"typ\": \"passport\", \"ppt\": \"shaken\", \"alg\": \"ES256\" }}");
+    let header = format!(
+        "{{ \"x5u\": \"{url}\", \"typ\": \"passport\", \"ppt\": \"shaken\", \"alg\": \"ES256\" }}"
+    );
     let payload = format!(
         "{{\"origid\":\"x-1\", \"orig\":{{\"tn\":\"{ORIG}\"}}, \"iat\": {}, \"dest\":{{\"tn\":[\"{DEST}\"]}}, \"attest\":\"B\", \"rcd\":{{\"nam\":\"Alice\"}}}}",
         TEST_NOW.0 - 1
     );
     let token = common::key("sp-a.key").sign_raw(&header, &payload).unwrap();
-    let v = verify(&env, "noncanon", &invite_with(vec![identity_header_value(&token, &url)]).build(), None);
+    let v = verify(
+        &env,
+        "noncanon",
+        &invite_with(vec![identity_header_value(&token, &url)]).build(),
+        None,
+    );
     expect(&v, "TN-Validation-Passed", Some("B"), None, None);
 }
 
@@ -156,15 +209,35 @@ fn two_identity_headers_best_one_wins() {
     let env = env();
     let bad = signed(&env, "sp-b.key", "/sp-a.pem", |_| {});
     let good = signed(&env, "sp-a.key", "/sp-a.pem", |r| r.attest = Attest::B);
-    let v = verify(&env, "two", &invite_with(vec![bad.clone(), good]).build(), None);
+    let v = verify(
+        &env,
+        "two",
+        &invite_with(vec![bad.clone(), good]).build(),
+        None,
+    );
     expect(&v, "TN-Validation-Passed", Some("B"), None, None);
     assert_eq!(v["identity_headers"][0]["failure"]["kind"], "bad-signature");
     // Two failures: the most specific one (the signature) is reported.
     let stale = signed(&env, "sp-a.key", "/sp-a.pem", |r| r.iat -= 3600);
-    let v = verify(&env, "two-bad", &invite_with(vec![stale, bad]).build(), None);
-    expect(&v, "TN-Validation-Failed", None, Some(438), Some("bad-signature"));
+    let v = verify(
+        &env,
+        "two-bad",
+        &invite_with(vec![stale, bad]).build(),
+        None,
+    );
+    expect(
+        &v,
+        "TN-Validation-Failed",
+        None,
+        Some(438),
+        Some("bad-signature"),
+    );
     // A div PASSporT beside the shaken one does not fail the call.
-    let div = format!("{};info=<{}>;alg=ES256;ppt=div", "e30.e30.c2ln", env.repo.url("/sp-a.pem"));
+    let div = format!(
+        "{};info=<{}>;alg=ES256;ppt=div",
+        "e30.e30.c2ln",
+        env.repo.url("/sp-a.pem")
+    );
     let ok = signed(&env, "sp-a.key", "/sp-a.pem", |_| {});
     let v = verify(&env, "div", &invite_with(vec![div, ok]).build(), None);
     expect(&v, "TN-Validation-Passed", Some("A"), None, None);
@@ -190,48 +263,270 @@ fn every_failure_kind_gets_its_code_and_verstat() {
     };
     let a = url("/sp-a.pem");
     let cases: Vec<(&str, Vec<String>, &str, u16, &str)> = vec![
-        ("no identity", vec![], "No-TN-Validation", 428, "no-identity"),
-        ("unknown ppt only", vec![format!("e30.e30.c2ln;info=<{a}>;ppt=foo")], "No-TN-Validation", 428, "no-identity"),
-        ("garbage", vec!["!!not a passport!!;info=<https://x.example/c>".into()], "No-TN-Validation", 438, "malformed"),
-        ("no info", vec![format!("{}", k.sign_raw(&hdr("passport", "ES256", "shaken", &a), &claims("A", true)).unwrap())], "No-TN-Validation", 436, "bad-info"),
-        ("compact form", vec![format!("..c2ln;info=<{a}>;alg=ES256;ppt=shaken")], "No-TN-Validation", 438, "compact-form"),
-        ("wrong typ", vec![raw(hdr("JWT", "ES256", "shaken", &a), claims("A", true), &a)], "No-TN-Validation", 438, "wrong-typ"),
-        ("alg ES384", vec![raw(hdr("passport", "ES384", "shaken", &a), claims("A", true), &a)], "No-TN-Validation", 437, "unsupported-alg"),
-        ("jws ppt div", vec![raw(hdr("passport", "ES256", "div", &a), claims("A", true), &a)], "No-TN-Validation", 438, "ppt-mismatch"),
-        ("x5u differs from info", vec![raw(hdr("passport", "ES256", "shaken", &url("/sp-b.pem")), claims("A", true), &a)], "No-TN-Validation", 436, "x5u-mismatch"),
-        ("missing origid", vec![raw(hdr("passport", "ES256", "shaken", &a), claims("A", false), &a)], "No-TN-Validation", 438, "invalid-claims"),
-        ("attest D", vec![raw(hdr("passport", "ES256", "shaken", &a), claims("D", true), &a)], "No-TN-Validation", 438, "invalid-claims"),
-        ("stale iat", vec![signed(&env, "sp-a.key", "/sp-a.pem", |r| r.iat = TEST_NOW.0 - 61)], "No-TN-Validation", 403, "stale"),
-        ("future iat", vec![signed(&env, "sp-a.key", "/sp-a.pem", |r| r.iat = TEST_NOW.0 + 3600)], "No-TN-Validation", 403, "future-iat"),
-        ("spoofed caller", vec![signed(&env, "sp-a.key", "/sp-a.pem", |r| r.orig = "12155550000".into())], "No-TN-Validation", 438, "orig-mismatch"),
-        ("other callee", vec![signed(&env, "sp-a.key", "/sp-a.pem", |r| r.dest = vec!["19995551213".into()])], "No-TN-Validation", 438, "dest-mismatch"),
-        ("http x5u", vec![{
-            let http = a.replace("https://", "http://");
-            identity_header_value(&k.sign(&req(&http)).unwrap(), &http)
-        }], "No-TN-Validation", 436, "x5u-refused"),
-        ("404", vec![signed(&env, "sp-a.key", "/gone.pem", |_| {})], "No-TN-Validation", 436, "x5u-unreachable"),
-        ("503", vec![signed(&env, "sp-a.key", "/error.pem", |_| {})], "No-TN-Validation", 436, "x5u-unreachable"),
-        ("redirect", vec![signed(&env, "sp-a.key", "/moved.pem", |_| {})], "No-TN-Validation", 436, "x5u-unreachable"),
-        ("oversize body", vec![signed(&env, "sp-a.key", "/huge.pem", |_| {})], "No-TN-Validation", 436, "x5u-unreachable"),
-        ("not a certificate", vec![signed(&env, "sp-a.key", "/garbage.pem", |_| {})], "TN-Validation-Failed", 437, "cert-unparseable"),
-        ("bad signature", vec![signed(&env, "sp-b.key", "/sp-a.pem", |_| {})], "TN-Validation-Failed", 438, "bad-signature"),
-        ("untrusted root", vec![signed(&env, "sp-rogue.key", "/sp-rogue.pem", |_| {})], "TN-Validation-Failed", 437, "cert-untrusted"),
-        ("look-alike root in x5u", vec![signed(&env, "sp-lookalike.key", "/sp-lookalike.pem", |_| {})], "TN-Validation-Failed", 437, "cert-untrusted"),
-        ("expired", vec![signed(&env, "sp-expired.key", "/sp-expired.pem", |_| {})], "TN-Validation-Failed", 437, "cert-expired"),
-        ("not yet valid", vec![signed(&env, "sp-future.key", "/sp-future.pem", |_| {})], "TN-Validation-Failed", 437, "cert-not-yet-valid"),
-        ("revoked", vec![signed(&env, "sp-revoked.key", "/sp-revoked.pem", |_| {})], "TN-Validation-Failed", 437, "cert-revoked"),
-        ("no TNAuthList", vec![signed(&env, "sp-notn.key", "/sp-notn.pem", |_| {})], "TN-Validation-Failed", 437, "no-tn-auth-list"),
-        ("P-384 key", vec![{
-            let u = url("/sp-p384.pem");
-            // Signed with the P-256 key: the credential is refused first.
-            identity_header_value(&k.sign(&req(&u)).unwrap(), &u)
-        }], "TN-Validation-Failed", 437, "unsupported-credential"),
+        (
+            "no identity",
+            vec![],
+            "No-TN-Validation",
+            428,
+            "no-identity",
+        ),
+        (
+            "unknown ppt only",
+            vec![format!("e30.e30.c2ln;info=<{a}>;ppt=foo")],
+            "No-TN-Validation",
+            428,
+            "no-identity",
+        ),
+        (
+            "garbage",
+            vec!["!!not a passport!!;info=<https://x.example/c>".into()],
+            "No-TN-Validation",
+            438,
+            "malformed",
+        ),
+        (
+            "no info",
+            vec![format!(
+                "{}",
+                k.sign_raw(&hdr("passport", "ES256", "shaken", &a), &claims("A", true))
+                    .unwrap()
+            )],
+            "No-TN-Validation",
+            436,
+            "bad-info",
+        ),
+        (
+            "compact form",
+            vec![format!("..c2ln;info=<{a}>;alg=ES256;ppt=shaken")],
+            "No-TN-Validation",
+            438,
+            "compact-form",
+        ),
+        (
+            "wrong typ",
+            vec![raw(
+                hdr("JWT", "ES256", "shaken", &a),
+                claims("A", true),
+                &a,
+            )],
+            "No-TN-Validation",
+            438,
+            "wrong-typ",
+        ),
+        (
+            "alg ES384",
+            vec![raw(
+                hdr("passport", "ES384", "shaken", &a),
+                claims("A", true),
+                &a,
+            )],
+            "No-TN-Validation",
+            437,
+            "unsupported-alg",
+        ),
+        (
+            "jws ppt div",
+            vec![raw(
+                hdr("passport", "ES256", "div", &a),
+                claims("A", true),
+                &a,
+            )],
+            "No-TN-Validation",
+            438,
+            "ppt-mismatch",
+        ),
+        (
+            "x5u differs from info",
+            vec![raw(
+                hdr("passport", "ES256", "shaken", &url("/sp-b.pem")),
+                claims("A", true),
+                &a,
+            )],
+            "No-TN-Validation",
+            436,
+            "x5u-mismatch",
+        ),
+        (
+            "missing origid",
+            vec![raw(
+                hdr("passport", "ES256", "shaken", &a),
+                claims("A", false),
+                &a,
+            )],
+            "No-TN-Validation",
+            438,
+            "invalid-claims",
+        ),
+        (
+            "attest D",
+            vec![raw(
+                hdr("passport", "ES256", "shaken", &a),
+                claims("D", true),
+                &a,
+            )],
+            "No-TN-Validation",
+            438,
+            "invalid-claims",
+        ),
+        (
+            "stale iat",
+            vec![signed(&env, "sp-a.key", "/sp-a.pem", |r| {
+                r.iat = TEST_NOW.0 - 61
+            })],
+            "No-TN-Validation",
+            403,
+            "stale",
+        ),
+        (
+            "future iat",
+            vec![signed(&env, "sp-a.key", "/sp-a.pem", |r| {
+                r.iat = TEST_NOW.0 + 3600
+            })],
+            "No-TN-Validation",
+            403,
+            "future-iat",
+        ),
+        (
+            "spoofed caller",
+            vec![signed(&env, "sp-a.key", "/sp-a.pem", |r| {
+                r.orig = "12155550000".into()
+            })],
+            "No-TN-Validation",
+            438,
+            "orig-mismatch",
+        ),
+        (
+            "other callee",
+            vec![signed(&env, "sp-a.key", "/sp-a.pem", |r| {
+                r.dest = vec!["19995551213".into()]
+            })],
+            "No-TN-Validation",
+            438,
+            "dest-mismatch",
+        ),
+        (
+            "http x5u",
+            vec![{
+                let http = a.replace("https://", "http://");
+                identity_header_value(&k.sign(&req(&http)).unwrap(), &http)
+            }],
+            "No-TN-Validation",
+            436,
+            "x5u-refused",
+        ),
+        (
+            "404",
+            vec![signed(&env, "sp-a.key", "/gone.pem", |_| {})],
+            "No-TN-Validation",
+            436,
+            "x5u-unreachable",
+        ),
+        (
+            "503",
+            vec![signed(&env, "sp-a.key", "/error.pem", |_| {})],
+            "No-TN-Validation",
+            436,
+            "x5u-unreachable",
+        ),
+        (
+            "redirect",
+            vec![signed(&env, "sp-a.key", "/moved.pem", |_| {})],
+            "No-TN-Validation",
+            436,
+            "x5u-unreachable",
+        ),
+        (
+            "oversize body",
+            vec![signed(&env, "sp-a.key", "/huge.pem", |_| {})],
+            "No-TN-Validation",
+            436,
+            "x5u-unreachable",
+        ),
+        (
+            "not a certificate",
+            vec![signed(&env, "sp-a.key", "/garbage.pem", |_| {})],
+            "TN-Validation-Failed",
+            437,
+            "cert-unparseable",
+        ),
+        (
+            "bad signature",
+            vec![signed(&env, "sp-b.key", "/sp-a.pem", |_| {})],
+            "TN-Validation-Failed",
+            438,
+            "bad-signature",
+        ),
+        (
+            "untrusted root",
+            vec![signed(&env, "sp-rogue.key", "/sp-rogue.pem", |_| {})],
+            "TN-Validation-Failed",
+            437,
+            "cert-untrusted",
+        ),
+        (
+            "look-alike root in x5u",
+            vec![signed(
+                &env,
+                "sp-lookalike.key",
+                "/sp-lookalike.pem",
+                |_| {},
+            )],
+            "TN-Validation-Failed",
+            437,
+            "cert-untrusted",
+        ),
+        (
+            "expired",
+            vec![signed(&env, "sp-expired.key", "/sp-expired.pem", |_| {})],
+            "TN-Validation-Failed",
+            437,
+            "cert-expired",
+        ),
+        (
+            "not yet valid",
+            vec![signed(&env, "sp-future.key", "/sp-future.pem", |_| {})],
+            "TN-Validation-Failed",
+            437,
+            "cert-not-yet-valid",
+        ),
+        (
+            "revoked",
+            vec![signed(&env, "sp-revoked.key", "/sp-revoked.pem", |_| {})],
+            "TN-Validation-Failed",
+            437,
+            "cert-revoked",
+        ),
+        (
+            "no TNAuthList",
+            vec![signed(&env, "sp-notn.key", "/sp-notn.pem", |_| {})],
+            "TN-Validation-Failed",
+            437,
+            "no-tn-auth-list",
+        ),
+        (
+            "P-384 key",
+            vec![{
+                let u = url("/sp-p384.pem");
+                // Signed with the P-256 key: the credential is refused first.
+                identity_header_value(&k.sign(&req(&u)).unwrap(), &u)
+            }],
+            "TN-Validation-Failed",
+            437,
+            "unsupported-credential",
+        ),
     ];
     let mut failures = Vec::new();
     for (i, (name, ids, verstat, code, kind)) in cases.into_iter().enumerate() {
         let v = verify(&env, &format!("case{i}"), &invite_with(ids).build(), None);
-        if v["verstat"] != verstat || v["stir_code"] != code || v["failure"] != kind || !v["attest"].is_null() {
-            failures.push(format!("{name}: expected {verstat}/{code}/{kind}, got {}/{}/{}", v["verstat"], v["stir_code"], v["failure"]));
+        if v["verstat"] != verstat
+            || v["stir_code"] != code
+            || v["failure"] != kind
+            || !v["attest"].is_null()
+        {
+            failures.push(format!(
+                "{name}: expected {verstat}/{code}/{kind}, got {}/{}/{}",
+                v["verstat"], v["stir_code"], v["failure"]
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -244,18 +539,29 @@ fn private_address_is_refused_unless_allowed() {
     let strict = common::write_config(dir.path(), "").with_file_name("strict.toml");
     let text = std::fs::read_to_string(dir.path().join("stirscreen.toml"))
         .unwrap()
-        .replace("allow_private_addresses = true", "allow_private_addresses = false");
+        .replace(
+            "allow_private_addresses = true",
+            "allow_private_addresses = false",
+        );
     std::fs::write(&strict, text).unwrap();
     let id = signed(&env, "sp-a.key", "/sp-a.pem", |_| {});
     let v = verify(&env, "ssrf", &invite_with(vec![id]).build(), Some(&strict));
     expect(&v, "No-TN-Validation", None, Some(436), Some("x5u-refused"));
-    assert_eq!(env.repo.hits("/sp-a.pem"), 0, "nothing may reach a refused address");
+    assert_eq!(
+        env.repo.hits("/sp-a.pem"),
+        0,
+        "nothing may reach a refused address"
+    );
 }
 
 #[test]
 fn oversized_identity_header_fails_cleanly() {
     let env = env();
-    let huge = format!("{};info=<{}>;ppt=shaken", "a".repeat(60_000), env.repo.url("/sp-a.pem"));
+    let huge = format!(
+        "{};info=<{}>;ppt=shaken",
+        "a".repeat(60_000),
+        env.repo.url("/sp-a.pem")
+    );
     let v = verify(&env, "huge", &invite_with(vec![huge]).build(), None);
     expect(&v, "No-TN-Validation", None, Some(438), Some("malformed"));
 }
@@ -266,14 +572,33 @@ fn atis_code_profile_and_overrides_change_codes() {
     let k = common::key("sp-a.key");
     let a = env.repo.url("/sp-a.pem");
     let typ = format!("{{\"alg\":\"ES256\",\"ppt\":\"shaken\",\"typ\":\"JWT\",\"x5u\":\"{a}\"}}");
-    let claims = format!("{{\"attest\":\"A\",\"dest\":{{\"tn\":[\"{DEST}\"]}},\"iat\":{},\"orig\":{{\"tn\":\"{ORIG}\"}},\"origid\":\"o\"}}", TEST_NOW.0);
-    let msg = invite_with(vec![identity_header_value(&k.sign_raw(&typ, &claims).unwrap(), &a)]).build();
+    let claims = format!(
+        "{{\"attest\":\"A\",\"dest\":{{\"tn\":[\"{DEST}\"]}},\"iat\":{},\"orig\":{{\"tn\":\"{ORIG}\"}},\"origid\":\"o\"}}",
+        TEST_NOW.0
+    );
+    let msg = invite_with(vec![identity_header_value(
+        &k.sign_raw(&typ, &claims).unwrap(),
+        &a,
+    )])
+    .build();
     let dir = tempfile::tempdir().unwrap();
     let atis = common::write_config(dir.path(), "code_profile = \"atis-1000082\"");
-    expect(&verify(&env, "atis", &msg, Some(&atis)), "No-TN-Validation", None, Some(437), Some("wrong-typ"));
+    expect(
+        &verify(&env, "atis", &msg, Some(&atis)),
+        "No-TN-Validation",
+        None,
+        Some(437),
+        Some("wrong-typ"),
+    );
     let dir2 = tempfile::tempdir().unwrap();
     let over = common::write_config(dir2.path(), "[verify.codes]\nwrong-typ = 436");
-    expect(&verify(&env, "override", &msg, Some(&over)), "No-TN-Validation", None, Some(436), Some("wrong-typ"));
+    expect(
+        &verify(&env, "override", &msg, Some(&over)),
+        "No-TN-Validation",
+        None,
+        Some(436),
+        Some("wrong-typ"),
+    );
 }
 
 #[test]
@@ -295,8 +620,15 @@ fn cli_errors_are_clear_and_non_zero() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read `/no/such/file.sip`"));
     let out = run(&["verify", "-"], b"hello world\r\n\r\n");
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a SIP message"), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = run(&["verify", "-"], b"SIP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not a SIP message"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(
+        &["verify", "-"],
+        b"SIP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n",
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a request"));
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
@@ -304,7 +636,10 @@ fn cli_errors_are_clear_and_non_zero() {
     let out = run(&["verify", "--config", bad.to_str().unwrap(), "-"], b"");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.toml:3:1: unknown field `max_iat_agee`"), "{err}");
+    assert!(
+        err.contains("bad.toml:3:1: unknown field `max_iat_agee`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -312,15 +647,68 @@ fn sign_prints_an_identity_header_that_verifies() {
     let env = env();
     let url = env.repo.url("/sp-a.pem");
     let out = Command::new(env!("CARGO_BIN_EXE_stirscreen"))
-        .args(["sign", "--invite", "--attest", "B", "--orig", "+1 215 555 1212", "--dest", DEST, "--x5u", &url])
+        .args([
+            "sign",
+            "--invite",
+            "--attest",
+            "B",
+            "--orig",
+            "+1 215 555 1212",
+            "--dest",
+            DEST,
+            "--x5u",
+            &url,
+        ])
         .args(["--iat", &(TEST_NOW.0 - 2).to_string(), "--key"])
         .arg(common::demo("sp-a.key"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let invite = String::from_utf8(out.stdout).unwrap();
     assert!(invite.starts_with("INVITE sip:+12125551213@"));
     let v = verify(&env, "signed", &invite, None);
     expect(&v, "TN-Validation-Passed", Some("B"), None, None);
     let _ = UnixTime(0);
+}
+
+/// README's first command: the shipped sample call on the embedded default.
+#[test]
+fn shipped_sample_call_verifies_on_the_embedded_default() {
+    let out = Command::new(env!("CARGO_BIN_EXE_stirscreen"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "verify",
+            "--json",
+            "--now",
+            "1767225600",
+            "tests/data/sample-call.sip",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    expect(&v, "TN-Validation-Passed", Some("A"), None, None);
+    assert_eq!(v["spc"], "1234");
+    // The same call an hour later is stale.
+    let out = Command::new(env!("CARGO_BIN_EXE_stirscreen"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "verify",
+            "--json",
+            "--now",
+            "1767229200",
+            "tests/data/sample-call.sip",
+        ])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    expect(&v, "No-TN-Validation", None, Some(403), Some("stale"));
 }

@@ -130,12 +130,13 @@ pub struct Params<'a>(pub &'a str);
 impl<'a> Params<'a> {
     /// Iterates `(name, value)`, names trimmed; value `None` for a bare flag.
     pub fn iter(&self) -> impl Iterator<Item = (&'a str, Option<&'a str>)> {
-        self.0.split(';').filter(|p| !p.trim().is_empty()).map(|p| {
-            match p.split_once('=') {
+        self.0
+            .split(';')
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| match p.split_once('=') {
                 Some((n, v)) => (n.trim(), Some(v.trim())),
                 None => (p.trim(), None),
-            }
-        })
+            })
     }
 
     /// The value of a parameter, name compared case-insensitively.
@@ -176,7 +177,11 @@ impl<'a> NameAddr<'a> {
             if v.get(..lt).unwrap_or_default().contains('"') {
                 return Err(AddrError::UnterminatedQuote);
             }
-            if !disp.is_empty() && !disp.split([' ', '\t']).filter(|w| !w.is_empty()).all(is_token)
+            if !disp.is_empty()
+                && !disp
+                    .split([' ', '\t'])
+                    .filter(|w| !w.is_empty())
+                    .all(is_token)
             {
                 return Err(AddrError::BadDisplayName);
             }
@@ -256,7 +261,9 @@ pub fn check_params(params: &str) -> Result<(), AddrError> {
         if p.is_empty() {
             return Err(AddrError::BadParam);
         }
-        let (n, v) = p.split_once('=').map_or((p, None), |(n, v)| (n.trim(), Some(v.trim())));
+        let (n, v) = p
+            .split_once('=')
+            .map_or((p, None), |(n, v)| (n.trim(), Some(v.trim())));
         if !is_token(n) {
             return Err(AddrError::BadParam);
         }
@@ -264,7 +271,9 @@ pub fn check_params(params: &str) -> Result<(), AddrError> {
             let ok = if let Some(q) = v.strip_prefix('"') {
                 closing_quote(q).is_some_and(|e| e + 1 == q.len())
             } else {
-                !v.is_empty() && v.bytes().all(|b| !b.is_ascii_whitespace() && !b"\",;<>".contains(&b))
+                !v.is_empty()
+                    && v.bytes()
+                        .all(|b| !b.is_ascii_whitespace() && !b"\",;<>".contains(&b))
             };
             if !ok {
                 return Err(AddrError::BadParam);
@@ -386,7 +395,9 @@ mod tests {
 
     #[test]
     fn name_addr_forms() {
-        let a = NameAddr::parse("\"J Rosenberg \\\\\\\"\"  <sip:jdrosen@example.com> ; tag = 98asjd8").unwrap();
+        let a =
+            NameAddr::parse("\"J Rosenberg \\\\\\\"\"  <sip:jdrosen@example.com> ; tag = 98asjd8")
+                .unwrap();
         assert_eq!(a.uri.scheme, "sip");
         assert_eq!(a.tag(), Some("98asjd8"));
         let b = NameAddr::parse("sip:caller@example.net;tag=134161461246").unwrap();
@@ -423,16 +434,30 @@ mod tests {
 
     #[test]
     fn via_with_lws() {
-        let v = Via::parse("SIP  /   2.0\r\n /UDP\r\n    192.0.2.2;branch=390skdjuw".replace("\r\n", "").as_str())
-            .map(|v| (v.transport.to_owned(), v.sent_by.to_owned(), v.branch().map(str::to_owned)))
-            .unwrap();
-        assert_eq!(v, ("UDP".into(), "192.0.2.2".into(), Some("390skdjuw".into())));
+        let v = Via::parse(
+            "SIP  /   2.0\r\n /UDP\r\n    192.0.2.2;branch=390skdjuw"
+                .replace("\r\n", "")
+                .as_str(),
+        )
+        .map(|v| {
+            (
+                v.transport.to_owned(),
+                v.sent_by.to_owned(),
+                v.branch().map(str::to_owned),
+            )
+        })
+        .unwrap();
+        assert_eq!(
+            v,
+            ("UDP".into(), "192.0.2.2".into(), Some("390skdjuw".into()))
+        );
         assert!(Via::parse("SIP/2.0/UDP 192.0.2.15;;,;,,").is_err());
     }
 
     #[test]
     fn sip_uri_parts() {
-        let u = Uri::parse("sip:+12155551212;verstat=TN-Validation-Passed@example.com;user=phone").unwrap();
+        let u = Uri::parse("sip:+12155551212;verstat=TN-Validation-Passed@example.com;user=phone")
+            .unwrap();
         assert_eq!(u.number_part(), Some("+12155551212"));
         assert_eq!(u.sip_params().get("user"), Some(Some("phone")));
         assert_eq!(u.sip_hostport(), "example.com");

@@ -346,7 +346,10 @@ pub fn is_token(s: &str) -> bool {
 }
 
 fn parse_head(head: &[u8]) -> Result<(StartLine<'_>, Vec<Header<'_>>), ParseError> {
-    let mut lines = LineIter { bytes: head, pos: 0 };
+    let mut lines = LineIter {
+        bytes: head,
+        pos: 0,
+    };
     let (first, _) = lines.next().ok_or(ParseError::StartLine { why: "empty" })?;
     let first_bytes = head.get(first.0..first.1).unwrap_or_default();
     let start = parse_start_line(first_bytes)?;
@@ -434,7 +437,8 @@ fn parse_start_line(line: &[u8]) -> Result<StartLine<'_>, ParseError> {
         });
     }
     let mut it = line.split(' ');
-    let (Some(method), Some(uri), Some(version), None) = (it.next(), it.next(), it.next(), it.next())
+    let (Some(method), Some(uri), Some(version), None) =
+        (it.next(), it.next(), it.next(), it.next())
     else {
         return Err(ParseError::StartLine {
             why: "request line must be `Method SP Request-URI SP SIP-Version`",
@@ -537,7 +541,10 @@ v=0\r\nextra";
 
     #[test]
     fn frames_streams() {
-        assert_eq!(frame_stream(b"INVITE sip:a@b SIP/2.0\r\nContent-Length: 0\r\n"), Ok(None));
+        assert_eq!(
+            frame_stream(b"INVITE sip:a@b SIP/2.0\r\nContent-Length: 0\r\n"),
+            Ok(None)
+        );
         let msg = b"\r\n\r\nOPTIONS sip:a@b SIP/2.0\r\nl: 2\r\n\r\nabNEXT";
         assert_eq!(frame_stream(msg), Ok(Some((4, 35))));
         assert_eq!(
@@ -549,8 +556,14 @@ v=0\r\nextra";
     #[test]
     fn rejects_truncated_body_and_bad_lengths() {
         let m = b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 10\r\n\r\nab";
-        assert!(matches!(Message::parse(m), Err(ParseError::Truncated { .. })));
+        assert!(matches!(
+            Message::parse(m),
+            Err(ParseError::Truncated { .. })
+        ));
         let m = b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: -1\r\n\r\n";
-        assert!(matches!(Message::parse(m), Err(ParseError::ContentLength { .. })));
+        assert!(matches!(
+            Message::parse(m),
+            Err(ParseError::ContentLength { .. })
+        ));
     }
 }

@@ -5,7 +5,7 @@
 //! alone and forwarded (RFC 3261 §16.3 step 1). A bad `Date` is ignored here;
 //! the verifier records it and never uses it for freshness.
 
-use crate::sip::addr::{split_values, AddrError, NameAddr, Uri, Via};
+use crate::sip::addr::{AddrError, NameAddr, Uri, Via, split_values};
 use crate::sip::{HeaderId, Message, StartLine, is_token};
 
 /// Why a request or response is refused.
@@ -22,7 +22,10 @@ pub enum Invalid {
     #[error("header `{0}` appears more than once")]
     Duplicate(&'static str),
     #[error("header `{name}`: {error}")]
-    Header { name: &'static str, error: AddrError },
+    Header {
+        name: &'static str,
+        error: AddrError,
+    },
     #[error("header `{0}` is not valid UTF-8")]
     NotText(&'static str),
     #[error("CSeq is not `number method` with number below 2^31")]
@@ -174,7 +177,9 @@ pub fn check_response<'m>(msg: &'m Message<'_>) -> Result<ResponseInfo<'m>, Inva
         for one in crate::sip::addr::split_outside_quotes(v, b',') {
             if let Ok(via) = Via::parse(one.trim()) {
                 if unroutable(via.sent_by) {
-                    return Err(Invalid::UnroutableVia(via.sent_by.chars().take(64).collect()));
+                    return Err(Invalid::UnroutableVia(
+                        via.sent_by.chars().take(64).collect(),
+                    ));
                 }
             }
         }

@@ -9,7 +9,9 @@ use stirscreen::certrepo::{CertRepo, Route};
 use stirscreen::passport::SigningKey;
 
 pub fn demo(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("certs/demo").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("certs/demo")
+        .join(name)
 }
 
 pub fn read(name: &str) -> Vec<u8> {
@@ -30,7 +32,14 @@ pub fn key(name: &str) -> SigningKey {
 pub fn standard_routes() -> HashMap<String, Route> {
     let mut r = HashMap::new();
     for name in [
-        "sp-a", "sp-b", "sp-expired", "sp-future", "sp-notn", "sp-p384", "sp-revoked", "sp-rogue",
+        "sp-a",
+        "sp-b",
+        "sp-expired",
+        "sp-future",
+        "sp-notn",
+        "sp-p384",
+        "sp-revoked",
+        "sp-rogue",
         "sp-lookalike",
     ] {
         r.insert(
