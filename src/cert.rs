@@ -261,7 +261,7 @@ pub fn split_chain(body: &[u8]) -> Result<Vec<Vec<u8>>, CertError> {
 
 fn parse(index: usize, der: &[u8]) -> Result<X509Certificate<'_>, CertError> {
     match X509Certificate::from_der(der) {
-        Ok((rest, c)) if rest.is_empty() => Ok(c),
+        Ok(([], c)) => Ok(c),
         Ok(_) => Err(CertError::Parse {
             index,
             detail: "trailing bytes after the certificate".into(),
@@ -514,12 +514,12 @@ impl TrustStore {
             match ca.basic_constraints() {
                 Ok(Some(bc)) if bc.value.ca => {
                     // Intermediate certificates below this CA on the path.
-                    if let Some(max) = bc.value.path_len_constraint {
-                        if depth > usize::try_from(max).unwrap_or(usize::MAX) {
-                            return Err(CertError::PathLen {
-                                subject: subject_of(ca),
-                            });
-                        }
+                    if let Some(max) = bc.value.path_len_constraint
+                        && depth > usize::try_from(max).unwrap_or(usize::MAX)
+                    {
+                        return Err(CertError::PathLen {
+                            subject: subject_of(ca),
+                        });
                     }
                 }
                 _ => {
@@ -528,12 +528,12 @@ impl TrustStore {
                     });
                 }
             }
-            if let Ok(Some(ku)) = ca.key_usage() {
-                if !ku.value.key_cert_sign() {
-                    return Err(CertError::NotCa {
-                        subject: subject_of(ca),
-                    });
-                }
+            if let Ok(Some(ku)) = ca.key_usage()
+                && !ku.value.key_cert_sign()
+            {
+                return Err(CertError::NotCa {
+                    subject: subject_of(ca),
+                });
             }
         }
         for c in &path {

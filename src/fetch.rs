@@ -345,10 +345,11 @@ impl CertFetcher {
         {
             return Err(refused(format!("host `{host}` is not in allow_hosts")));
         }
-        if let Ok(ip) = host.parse::<IpAddr>() {
-            if !self.cfg.allow_private_addresses && is_special(ip) {
-                return Err(refused(format!("`{ip}` is a special-purpose address")));
-            }
+        if let Ok(ip) = host.parse::<IpAddr>()
+            && !self.cfg.allow_private_addresses
+            && is_special(ip)
+        {
+            return Err(refused(format!("`{ip}` is a special-purpose address")));
         }
         self.stats.fetches.fetch_add(1, Ordering::Relaxed);
         let unreachable = |e: reqwest::Error| {
@@ -409,41 +410,16 @@ fn http_ttl(h: &http::HeaderMap, now: UnixTime) -> Option<Duration> {
         .and_then(|v| v.to_str().ok())
     {
         for d in cc.split(',') {
-            if let Some(v) = d.trim().strip_prefix("max-age=") {
-                if let Ok(n) = v.trim_matches('"').parse::<u64>() {
-                    return Some(Duration::from_secs(n));
-                }
+            if let Some(v) = d.trim().strip_prefix("max-age=")
+                && let Ok(n) = v.trim_matches('"').parse::<u64>()
+            {
+                return Some(Duration::from_secs(n));
             }
         }
     }
     let exp = h.get(http::header::EXPIRES).and_then(|v| v.to_str().ok())?;
     let t = parse_sip_date(exp)?;
     u64::try_from(t.0 - now.0).ok().map(Duration::from_secs)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_patterns() {
-        assert!(host_matches("*.example.com", "cr.example.com"));
-        assert!(!host_matches("*.example.com", "badexample.com"));
-        assert!(host_matches("cr.example.com", "CR.example.com"));
-    }
-
-    #[test]
-    fn ttl_from_headers() {
-        let mut h = http::HeaderMap::new();
-        h.insert(
-            http::header::CACHE_CONTROL,
-            "public, max-age=172800".parse().unwrap(),
-        );
-        assert_eq!(
-            http_ttl(&h, UnixTime(0)),
-            Some(Duration::from_secs(172_800))
-        );
-    }
 }
 
 /// Verifies one request: local checks, then the credentials (cache first,
@@ -469,4 +445,29 @@ pub async fn verify_request(
     verifier.finish(prepared, now, |url| {
         creds.iter().find(|(u, _)| u == url).map(|(_, r)| r.clone())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_patterns() {
+        assert!(host_matches("*.example.com", "cr.example.com"));
+        assert!(!host_matches("*.example.com", "badexample.com"));
+        assert!(host_matches("cr.example.com", "CR.example.com"));
+    }
+
+    #[test]
+    fn ttl_from_headers() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            http::header::CACHE_CONTROL,
+            "public, max-age=172800".parse().unwrap(),
+        );
+        assert_eq!(
+            http_ttl(&h, UnixTime(0)),
+            Some(Duration::from_secs(172_800))
+        );
+    }
 }

@@ -191,12 +191,12 @@ pub fn shaken_claims<'p>(
     payload: &'p [u8],
     crit: Option<&[Cow<'_, str>]>,
 ) -> Result<ShakenClaims<'p>, PassportError> {
-    if let Some(crit) = crit {
-        if let Some(unknown) = crit.iter().find(|c| !UNDERSTOOD.contains(&c.as_ref())) {
-            return Err(PassportError::UnknownCritical(
-                unknown.chars().take(64).collect(),
-            ));
-        }
+    if let Some(crit) = crit
+        && let Some(unknown) = crit.iter().find(|c| !UNDERSTOOD.contains(&c.as_ref()))
+    {
+        return Err(PassportError::UnknownCritical(
+            unknown.chars().take(64).collect(),
+        ));
     }
     let raw: RawClaims<'p> = serde_json::from_slice(payload).map_err(|e| PassportError::Json {
         part: "PASSporT payload",

@@ -10,7 +10,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
@@ -550,6 +550,7 @@ pub type CredentialResult = Result<Arc<Credential>, CredentialError>;
 /// What a successfully verified PASSporT establishes. Only the verifier
 /// builds one: a claimed number can never pass for a verified one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Verified {
     pub attest: Attest,
     pub orig: Tn,
@@ -558,8 +559,6 @@ pub struct Verified {
     pub spc: Arc<str>,
     pub signer: Arc<str>,
     pub iat: i64,
-    #[serde(skip)]
-    _sealed: (),
 }
 
 /// The result for one Identity header.
@@ -686,12 +685,15 @@ impl<'m> Prepared<'m> {
     }
 }
 
+/// token → (credential id, expiry).
+type MemoShard = Mutex<HashMap<Box<str>, (u64, i64)>>;
+
 /// Memo of signatures already verified (UDP retransmissions of an INVITE
 /// carry the same PASSporT): ECDSA runs once per distinct token and key.
 /// Bounded; sharded so that threads rarely meet on a lock; no lock is held
 /// across anything but a hash-map probe.
 pub struct SignatureMemo {
-    shards: Vec<Mutex<HashMap<Box<str>, (u64, i64)>>>,
+    shards: Vec<MemoShard>,
     per_shard: usize,
     hasher: foldhash::fast::RandomState,
 }
@@ -715,12 +717,10 @@ impl SignatureMemo {
         }
     }
 
-    fn shard(&self, token: &str) -> Option<&Mutex<HashMap<Box<str>, (u64, i64)>>> {
-        let mut h = self.hasher.build_hasher();
-        token.hash(&mut h);
+    fn shard(&self, token: &str) -> Option<&MemoShard> {
         let n = self.shards.len();
         self.shards
-            .get(usize::try_from(h.finish()).unwrap_or(0) % n.max(1))
+            .get(usize::try_from(self.hasher.hash_one(token)).unwrap_or(0) % n.max(1))
     }
 
     /// Was this exact token verified with this credential before?
@@ -907,13 +907,13 @@ impl Verifier {
                 },
             ));
         }
-        if let Some(alg) = ih.alg {
-            if alg != "ES256" {
-                return Err(Failure::new(
-                    FailureKind::UnsupportedAlg,
-                    format!("Identity alg `{}` is not ES256", clip(alg)),
-                ));
-            }
+        if let Some(alg) = ih.alg
+            && alg != "ES256"
+        {
+            return Err(Failure::new(
+                FailureKind::UnsupportedAlg,
+                format!("Identity alg `{}` is not ES256", clip(alg)),
+            ));
         }
         let d = passport::decode(ih.token)
             .map_err(|e| Failure::new(FailureKind::Malformed, e.to_string()))?;
@@ -1076,7 +1076,6 @@ impl Verifier {
                         spc: Arc::clone(&cred.spc),
                         signer: Arc::clone(&cred.subject),
                         iat: r.iat,
-                        _sealed: (),
                     };
                     if best.as_ref().is_none_or(|(b, _)| v.attest < b.attest) {
                         best = Some((v, cred.problems.clone()));
@@ -1147,10 +1146,10 @@ impl Verifier {
         cred.check_time(now)
             .map_err(|e| CredentialError::Cert(e).failure())?;
         let cred_id = cred.id();
-        if let Some(memo) = &self.memo {
-            if memo.contains(r.token, cred_id) {
-                return Ok(());
-            }
+        if let Some(memo) = &self.memo
+            && memo.contains(r.token, cred_id)
+        {
+            return Ok(());
         }
         if !cred.verify_es256(r.signing_input.as_bytes(), &r.signature) {
             return Err(Failure::new(

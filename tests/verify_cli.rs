@@ -135,7 +135,7 @@ fn numbers_match_through_pai_tel_uris_and_separators() {
         )
         .replace(
             "Max-Forwards: 70\r\n",
-            &format!("Max-Forwards: 70\r\nP-Asserted-Identity: <sip:alice@example.net>, <tel:+1-215-555-1212>\r\n"),
+            "Max-Forwards: 70\r\nP-Asserted-Identity: <sip:alice@example.net>, <tel:+1-215-555-1212>\r\n",
         );
     expect(
         &verify(&env, "pai", &pai, None),

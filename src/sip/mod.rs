@@ -213,12 +213,12 @@ impl<'a> Message<'a> {
         let (start, mut headers) = parse_head(head)?;
         let mut unfolded = String::new();
         for h in &mut headers {
-            if h.folded {
-                if let Ok(text) = std::str::from_utf8(h.raw) {
-                    let u = unfold(text);
-                    h.fold = Some((unfolded.len(), unfolded.len() + u.len()));
-                    unfolded.push_str(&u);
-                }
+            if h.folded
+                && let Ok(text) = std::str::from_utf8(h.raw)
+            {
+                let u = unfold(text);
+                h.fold = Some((unfolded.len(), unfolded.len() + u.len()));
+                unfolded.push_str(&u);
             }
         }
         let rest = bytes.get(body_start..).unwrap_or_default();

@@ -175,12 +175,12 @@ pub fn check_response<'m>(msg: &'m Message<'_>) -> Result<ResponseInfo<'m>, Inva
     // multicast address (RFC 4475 §3.3.10 `bcast`).
     for v in msg.values(HeaderId::Via) {
         for one in crate::sip::addr::split_outside_quotes(v, b',') {
-            if let Ok(via) = Via::parse(one.trim()) {
-                if unroutable(via.sent_by) {
-                    return Err(Invalid::UnroutableVia(
-                        via.sent_by.chars().take(64).collect(),
-                    ));
-                }
+            if let Ok(via) = Via::parse(one.trim())
+                && unroutable(via.sent_by)
+            {
+                return Err(Invalid::UnroutableVia(
+                    via.sent_by.chars().take(64).collect(),
+                ));
             }
         }
     }
