@@ -88,18 +88,27 @@ impl serde::Serialize for Tn {
 /// or only digits and separators). User parameters (`;verstat=`, `;isub=`,
 /// `;tgrp=`, `;trunk-context=`, RFC 4904) are ignored.
 pub fn tn_of_uri(uri: &Uri<'_>) -> Option<Tn> {
-    let number = uri.number_part()?;
-    if uri.is_sip() {
-        let user_phone = uri
-            .sip_params()
+    if uri.is_tel() {
+        return Tn::canonical(uri.rest.split(';').next()?).ok();
+    }
+    if !uri.is_sip() {
+        return None;
+    }
+    let (user, host_params) = uri.rest.split_once('@')?;
+    let user = user.split(':').next().unwrap_or(user);
+    let number = user.split(';').next().unwrap_or(user);
+    let looks_numeric = number.starts_with('+')
+        || number
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b"-.()*#".contains(&b));
+    if !looks_numeric {
+        let host_params = host_params.split('?').next().unwrap_or(host_params);
+        let params = crate::sip::addr::Params(host_params.split_once(';').map_or("", |(_, p)| p));
+        let user_phone = params
             .get("user")
             .flatten()
             .is_some_and(|v| v.eq_ignore_ascii_case("phone"));
-        let looks_numeric = number.starts_with('+')
-            || number
-                .bytes()
-                .all(|b| b.is_ascii_digit() || b"-.()*#".contains(&b));
-        if !user_phone && !looks_numeric {
+        if !user_phone {
             return None;
         }
     }

@@ -876,7 +876,6 @@ impl Verifier {
                 IdentityError::InfoMissing | IdentityError::InfoInvalid => FailureKind::BadInfo,
                 IdentityError::TooLarge { .. }
                 | IdentityError::NoToken
-                | IdentityError::BadTokenChars
                 | IdentityError::BadTokenShape
                 | IdentityError::DuplicateParam(_)
                 | IdentityError::BadParam(_) => FailureKind::Malformed,
