@@ -98,8 +98,18 @@ fn bench(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("verify");
     g.throughput(Throughput::Elements(1));
+
     g.bench_function("full_path_cached", |b| {
         b.iter(|| black_box(full_path(&verifier, &s.fetcher, black_box(&s.invite))))
+    });
+    // Everything but the ECDSA check: the overhead around it.
+    g.bench_function("full_path_without_ecdsa", |b| {
+        b.iter(|| {
+            let msg = Message::parse(black_box(&s.invite)).unwrap();
+            let prepared = verifier.prepare(&msg, TEST_NOW);
+            let outcome = verifier.finish(prepared, TEST_NOW, |_| None);
+            black_box(outcome.failure.is_some())
+        })
     });
 
     g.bench_function("full_path_cached_2threads", |b| {

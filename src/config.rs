@@ -37,7 +37,6 @@ pub struct VerifySection {
     pub max_iat_future: i64,
     pub date_check: DateCheck,
     pub max_date_age: i64,
-    pub allow_compact: bool,
     pub x5u_ports: Vec<u16>,
     pub allow_http_x5u: bool,
     pub code_profile: CodeProfile,
@@ -58,7 +57,6 @@ impl Default for VerifySection {
             max_iat_future: v.max_iat_future,
             date_check: v.date_check,
             max_date_age: v.max_date_age,
-            allow_compact: v.allow_compact,
             x5u_ports: v.x5u.ports,
             allow_http_x5u: v.x5u.allow_http,
             code_profile: v.code_profile,
@@ -217,7 +215,6 @@ impl Config {
             max_iat_future: v.max_iat_future,
             date_check: v.date_check,
             max_date_age: v.max_date_age,
-            allow_compact: v.allow_compact,
             x5u: X5uPolicy {
                 ports: v.x5u_ports.clone(),
                 allow_http: v.allow_http_x5u,

@@ -463,8 +463,6 @@ pub struct VerifyConfig {
     pub date_check: DateCheck,
     /// Largest |now − Date|, seconds, when the Date is enforced.
     pub max_date_age: i64,
-    /// Accept compact-form PASSporTs (non-SHAKEN peers only).
-    pub allow_compact: bool,
     pub x5u: X5uPolicy,
     pub code_profile: CodeProfile,
     /// Per-kind code overrides on top of the profile.
@@ -478,7 +476,6 @@ impl Default for VerifyConfig {
             max_iat_future: 60,
             date_check: DateCheck::Record,
             max_date_age: 60,
-            allow_compact: false,
             x5u: X5uPolicy::default(),
             code_profile: CodeProfile::Rfc8224,
             code_overrides: Vec::new(),
@@ -899,11 +896,7 @@ impl Verifier {
         if ih.form == Form::Compact {
             return Err(Failure::new(
                 FailureKind::CompactForm,
-                if self.config.allow_compact {
-                    "compact-form PASSporTs are not supported by this verifier"
-                } else {
-                    "compact-form PASSporT; SHAKEN requires the full form"
-                },
+                "compact-form PASSporT; SHAKEN requires the full form",
             ));
         }
         if let Some(alg) = ih.alg
