@@ -1177,3 +1177,74 @@ fn clip(s: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invite_with_identity(value: &str) -> String {
+        format!(
+            "INVITE sip:+12125551213@ex.net SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\n\
+             From: <sip:+12155551212@ex.net>;tag=1\r\nTo: <sip:+12125551213@ex.net>\r\n\
+             Call-ID: c1\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\nIdentity: {value}\r\n\
+             Content-Length: 0\r\n\r\n"
+        )
+    }
+
+    /// A 64 KiB Identity header is refused by size before anything is decoded.
+    #[test]
+    fn identity_header_of_64_kib_fails_cleanly() {
+        let value = format!(
+            "{};info=<https://x.example/c.pem>",
+            "a".repeat(64 * 1024 - 40)
+        );
+        let text = invite_with_identity(&value);
+        // The message itself may exceed the datagram cap; the header check
+        // must hold on its own.
+        let err = crate::identity::IdentityHeader::parse(&value).unwrap_err();
+        assert!(matches!(err, IdentityError::TooLarge { .. }), "{err}");
+        if let Ok(msg) = Message::parse(text.as_bytes()) {
+            let o =
+                Verifier::new(VerifyConfig::default())
+                    .verify(&msg, crate::time::TEST_NOW, |_| None);
+            assert_eq!(o.failure.unwrap().kind, FailureKind::Malformed);
+        }
+    }
+
+    #[test]
+    fn every_kind_has_a_code_a_verstat_and_a_unique_name() {
+        let mut names = std::collections::HashSet::new();
+        for k in FailureKind::ALL {
+            assert!(names.insert(k.name()), "{k:?}");
+            for p in [CodeProfile::Rfc8224, CodeProfile::Atis1000082] {
+                assert!([403, 428, 436, 437, 438].contains(&k.stir_code(p)), "{k:?}");
+            }
+            // The serde name is the stable name.
+            assert_eq!(serde_json::to_value(k).unwrap(), k.name());
+            let _ = k.verstat();
+        }
+    }
+
+    #[test]
+    fn x5u_policy() {
+        let p = X5uPolicy::default();
+        assert!(p.check("https://cr.example.net/sp.pem").is_ok());
+        assert!(p.check("https://cr.example.net:8443/sp.pem").is_ok());
+        for bad in [
+            "http://cr.example.net/sp.pem",
+            "https://cr.example.net:9443/sp.pem",
+            "https://user@cr.example.net/sp.pem",
+            "https://cr.example.net/sp.pem?x=1",
+            "https://cr.example.net/sp.pem#f",
+            "ftp://cr.example.net/sp.pem",
+        ] {
+            assert!(p.check(bad).is_err(), "{bad}");
+        }
+        let lab = X5uPolicy {
+            any_port_on_private: true,
+            ..X5uPolicy::default()
+        };
+        assert!(lab.check("https://127.0.0.1:40123/sp.pem").is_ok());
+        assert!(lab.check("https://cr.example.net:40123/sp.pem").is_err());
+    }
+}

@@ -712,3 +712,39 @@ fn shipped_sample_call_verifies_on_the_embedded_default() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     expect(&v, "No-TN-Validation", None, Some(403), Some("stale"));
 }
+
+#[test]
+fn certs_show_reads_a_url_and_a_file() {
+    let env = env();
+    let show = |src: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_stirscreen"))
+            .args([
+                "certs",
+                "show",
+                "--now",
+                &TEST_NOW.0.to_string(),
+                "--config",
+            ])
+            .arg(&env.config)
+            .arg(src)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, text) = show(&env.repo.url("/sp-a.pem"));
+    assert!(ok, "{text}");
+    assert!(text.contains("trusted    yes"), "{text}");
+    assert!(text.contains("spc        1234"), "{text}");
+    let (ok, text) = show(common::demo("sp-rogue.pem").to_str().unwrap());
+    assert!(ok, "{text}");
+    assert!(text.contains("trusted    no: no path from"), "{text}");
+    let (ok, text) = show(common::demo("sp-expired.pem").to_str().unwrap());
+    assert!(ok);
+    assert!(
+        text.contains("valid now  no: `C=US, O=Demo Carrier A, CN=SHAKEN 1234` expired"),
+        "{text}"
+    );
+}
