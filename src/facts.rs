@@ -1,0 +1,249 @@
+//! The facts a screening policy tests: from verification, from the call and
+//! from stored state. Verified values come only from a verification
+//! [`Outcome`]; a claimed number is never presented as verified.
+
+use serde::{Deserialize, Serialize};
+
+use crate::passport::Attest;
+use crate::verify::{FailureKind, Outcome, Verstat};
+
+/// Everything a rule can test, for one call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Facts {
+    pub verstat: VerstatFact,
+    /// A, B or C when verification passed, else `none`.
+    #[serde(default)]
+    pub attest: AttestFact,
+    /// The failure kind, or `none`.
+    #[serde(default)]
+    pub failure: FailureFact,
+    /// The RFC 8224 code of the failure (0 when none).
+    #[serde(default)]
+    pub stir_code: u16,
+    /// The verified signer's SPC (empty when not verified).
+    #[serde(default)]
+    pub spc: String,
+    /// `now − iat` of the PASSporT, when there is one.
+    #[serde(default)]
+    pub iat_age: Option<i64>,
+    /// Canonical calling number (verified when `verstat` is passed).
+    #[serde(default)]
+    pub orig: String,
+    /// Canonical called number.
+    #[serde(default)]
+    pub dest: String,
+    /// The caller's display name, if any.
+    #[serde(default)]
+    pub display_name: String,
+    /// Named peer or trunk the call came from (`unknown` when none matched).
+    #[serde(default = "unknown")]
+    pub source: String,
+    #[serde(default = "invite")]
+    pub method: String,
+    /// A Diversion or History-Info header is present.
+    #[serde(default)]
+    pub diversion: bool,
+    /// The callee has flagged this caller (607 feedback or `flags add`).
+    #[serde(default)]
+    pub callee_flagged: bool,
+    /// Distinct callees that flagged or answered 607 to this caller recently.
+    #[serde(default)]
+    pub orig_unwanted_reports: u32,
+    /// Calls from this caller in the last minute.
+    #[serde(default)]
+    pub orig_calls_per_minute: u32,
+    /// The verified PASSporT's `origid` (for `P-Origination-ID`), else empty.
+    #[serde(default)]
+    pub origid: String,
+}
+
+fn unknown() -> String {
+    "unknown".into()
+}
+
+fn invite() -> String {
+    "INVITE".into()
+}
+
+/// `verstat` as a fact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum VerstatFact {
+    #[serde(rename = "TN-Validation-Passed")]
+    Passed,
+    #[serde(rename = "TN-Validation-Failed")]
+    Failed,
+    #[serde(rename = "No-TN-Validation")]
+    NoValidation,
+}
+
+impl VerstatFact {
+    pub const NAMES: [&'static str; 3] = [
+        "TN-Validation-Passed",
+        "TN-Validation-Failed",
+        "No-TN-Validation",
+    ];
+
+    /// Index for bit sets.
+    pub fn index(self) -> usize {
+        match self {
+            VerstatFact::Passed => 0,
+            VerstatFact::Failed => 1,
+            VerstatFact::NoValidation => 2,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        Self::NAMES
+            .get(self.index())
+            .copied()
+            .unwrap_or("No-TN-Validation")
+    }
+}
+
+impl From<Verstat> for VerstatFact {
+    fn from(v: Verstat) -> Self {
+        match v {
+            Verstat::Passed => VerstatFact::Passed,
+            Verstat::Failed => VerstatFact::Failed,
+            Verstat::NoValidation => VerstatFact::NoValidation,
+        }
+    }
+}
+
+/// `attest` as a fact.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AttestFact {
+    A,
+    B,
+    C,
+    #[default]
+    #[serde(rename = "none")]
+    None,
+}
+
+impl AttestFact {
+    pub const NAMES: [&'static str; 4] = ["A", "B", "C", "none"];
+
+    pub fn index(self) -> usize {
+        match self {
+            AttestFact::A => 0,
+            AttestFact::B => 1,
+            AttestFact::C => 2,
+            AttestFact::None => 3,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        Self::NAMES.get(self.index()).copied().unwrap_or("none")
+    }
+}
+
+impl From<Option<Attest>> for AttestFact {
+    fn from(a: Option<Attest>) -> Self {
+        match a {
+            Some(Attest::A) => AttestFact::A,
+            Some(Attest::B) => AttestFact::B,
+            Some(Attest::C) => AttestFact::C,
+            None => AttestFact::None,
+        }
+    }
+}
+
+/// `failure` as a fact: a failure kind or `none`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct FailureFact(pub Option<FailureKind>);
+
+impl FailureFact {
+    /// Number of distinct values (every kind and `none`).
+    pub const COUNT: usize = FailureKind::ALL.len() + 1;
+
+    pub fn index(self) -> usize {
+        match self.0 {
+            None => FailureKind::ALL.len(),
+            Some(k) => FailureKind::ALL.iter().position(|x| *x == k).unwrap_or(0),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.0.map_or("none", FailureKind::name)
+    }
+
+    /// Parses a kebab-case name or `none`.
+    pub fn parse(s: &str) -> Option<Self> {
+        if s == "none" {
+            return Some(FailureFact(None));
+        }
+        FailureKind::ALL
+            .iter()
+            .find(|k| k.name() == s)
+            .map(|k| FailureFact(Some(*k)))
+    }
+}
+
+impl Serialize for FailureFact {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for FailureFact {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        FailureFact::parse(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown failure kind `{s}`")))
+    }
+}
+
+/// What the call itself contributes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallInfo {
+    pub display_name: String,
+    pub source: String,
+    pub method: String,
+    pub diversion: bool,
+}
+
+/// What stored state contributes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateInfo {
+    pub callee_flagged: bool,
+    pub orig_unwanted_reports: u32,
+    pub orig_calls_per_minute: u32,
+}
+
+impl Facts {
+    /// Builds the facts of a call from its verification outcome.
+    pub fn from_outcome(o: &Outcome, call: &CallInfo, state: StateInfo) -> Facts {
+        Facts {
+            verstat: o.verstat.into(),
+            attest: o.attest().into(),
+            failure: FailureFact(o.failure.as_ref().map(|f| f.kind)),
+            stir_code: o.stir_code.unwrap_or(0),
+            spc: o.spc().unwrap_or_default().to_owned(),
+            iat_age: o.iat_age,
+            orig: o.orig.map(|t| t.to_string()).unwrap_or_default(),
+            dest: o.dest.first().map(|t| t.to_string()).unwrap_or_default(),
+            display_name: call.display_name.clone(),
+            source: if call.source.is_empty() {
+                unknown()
+            } else {
+                call.source.clone()
+            },
+            method: if call.method.is_empty() {
+                invite()
+            } else {
+                call.method.clone()
+            },
+            diversion: call.diversion,
+            callee_flagged: state.callee_flagged,
+            orig_unwanted_reports: state.orig_unwanted_reports,
+            orig_calls_per_minute: state.orig_calls_per_minute,
+            origid: o
+                .verified
+                .as_ref()
+                .map(|v| v.origid.clone())
+                .unwrap_or_default(),
+        }
+    }
+}

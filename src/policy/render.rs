@@ -1,0 +1,486 @@
+//! From a decision to SIP: the exact response of a rejection (RFC 3261
+//! §8.2.6, RFC 8688, ATIS-1000099) or the annotations of a forwarded INVITE
+//! (verstat per 3GPP TS 24.229 §7.2A.20 placement, RFC 8224 Reason).
+
+use serde_json::json;
+
+use super::lang::{Action, Forward, RejectCode, Template, fill};
+use crate::facts::{Facts, VerstatFact};
+use crate::passport::SigningKey;
+use crate::sip::addr::NameAddr;
+use crate::sip::{HeaderId, Message};
+use crate::time::UnixTime;
+use crate::verify::FailureKind;
+
+/// Who is rejecting: named in guidance, the Warning agent and the jCard.
+#[derive(Debug)]
+pub struct Operator {
+    pub name: String,
+    /// The Warning header's agent (a host name or pseudonym).
+    pub agent: String,
+    /// Where a blocked caller can seek redress (URL, phone or e-mail).
+    pub redress: String,
+    /// Signs the RFC 8688 jCard; none means no Call-Info is added.
+    pub jcard: Option<JcardSigner>,
+}
+
+impl Default for Operator {
+    fn default() -> Self {
+        Operator {
+            name: "this network".into(),
+            agent: "stirscreen".into(),
+            redress: "the network operator".into(),
+            jcard: None,
+        }
+    }
+}
+
+/// The operator's jCard signer (RFC 8688 §3.1: a JWS-signed jCard).
+#[derive(Debug)]
+pub struct JcardSigner {
+    pub key: SigningKey,
+    /// x5u of the operator's certificate.
+    pub x5u: String,
+    /// The jCard (RFC 7095) of the operator's redress contact.
+    pub card: serde_json::Value,
+    /// When set, Call-Info points here instead of carrying the JWS inline.
+    pub url: Option<String>,
+}
+
+/// How to forward.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardPlan {
+    /// The verstat value placed (`None`: upstream verstat is only removed).
+    pub verstat: Option<String>,
+    pub in_pai: bool,
+    pub in_from: bool,
+    /// Headers added to the forwarded INVITE.
+    pub add: Vec<(String, String)>,
+    pub strip_identity: bool,
+    /// A Reason header for the first response relayed upstream, carrying
+    /// the verification failure (ATIS-1000074 §5.3.2; RFC 8224 §6.2.2).
+    pub upstream_reason: Option<String>,
+}
+
+/// How to reject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectPlan {
+    pub code: u16,
+    pub phrase: String,
+    /// Reason, Warning and (608/603) Call-Info, in that order.
+    pub headers: Vec<(String, String)>,
+    pub guidance: String,
+}
+
+/// What to do with the call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Forward(ForwardPlan),
+    Reject(RejectPlan),
+}
+
+/// Standard reason phrases (RFC 3261 §21, RFC 8197, RFC 8688, RFC 8224).
+pub fn phrase(code: u16) -> &'static str {
+    match code {
+        400 => "Bad Request",
+        403 => "Stale Date",
+        404 => "Not Found",
+        408 => "Request Timeout",
+        416 => "Unsupported URI Scheme",
+        420 => "Bad Extension",
+        428 => "Use Identity Header",
+        433 => "Anonymity Disallowed",
+        436 => "Bad Identity Info",
+        437 => "Unsupported Credential",
+        438 => "Invalid Identity Header",
+        480 => "Temporarily Unavailable",
+        482 => "Loop Detected",
+        483 => "Too Many Hops",
+        486 => "Busy Here",
+        487 => "Request Terminated",
+        500 => "Server Internal Error",
+        503 => "Service Unavailable",
+        505 => "Version Not Supported",
+        600 => "Busy Everywhere",
+        603 => "Decline",
+        604 => "Does Not Exist Anywhere",
+        606 => "Not Acceptable",
+        607 => "Unwanted",
+        608 => "Rejected",
+        _ => "Rejected",
+    }
+}
+
+/// The shipped guidance for a code when the rule gives none.
+pub fn default_guidance(code: u16) -> &'static str {
+    match code {
+        607 => {
+            "The person you called has asked not to receive calls from {orig}. Please do not call this number again."
+        }
+        608 | 603 => {
+            "{operator} blocked this call from {orig} as suspected unwanted or illegal robocalling. If you are a legitimate caller, contact {redress} to have the block reviewed; having your provider sign your calls with full 'A' attestation helps."
+        }
+        403 => {
+            "The call's PASSporT was stale ({failure}): it must be signed within 60 seconds of the call. Check your provider's signing service and clock."
+        }
+        428 => {
+            "This network accepts only signed calls. Ask your provider to sign your calls with STIR/SHAKEN (an Identity header)."
+        }
+        436 => {
+            "The signing certificate could not be fetched from the PASSporT's x5u URL ({failure}). Ask your provider to publish it over HTTPS on port 443 or 8443."
+        }
+        437 => {
+            "The signing certificate is not accepted here ({failure}): it must be current, unrevoked, issued by an approved STI-CA, and carry a TNAuthList. Contact your provider."
+        }
+        438 => {
+            "The Identity header did not verify ({failure}): the signature, or the calling and called numbers, did not match what was signed. Ask your provider to sign the numbers it sends."
+        }
+        _ => {
+            "This call was rejected by {operator} (rule {rule}). If you believe this is a mistake, contact {redress}."
+        }
+    }
+}
+
+fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\r' | '\n' => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Turns an action into a verdict for this call.
+pub fn verdict(
+    action: &Action,
+    rule: &str,
+    facts: &Facts,
+    op: &Operator,
+    now: UnixTime,
+) -> Verdict {
+    match action {
+        Action::Forward(f) => Verdict::Forward(forward_plan(f, facts)),
+        Action::Reject(r) => {
+            let code = match r.code {
+                RejectCode::Fixed(c) => c,
+                RejectCode::Stir if facts.stir_code != 0 => facts.stir_code,
+                // Rejecting "with the RFC 8224 code" a call that has none:
+                // it carried no valid PASSporT.
+                RejectCode::Stir => 438,
+            };
+            let phrase = r.reason_phrase.clone().unwrap_or_else(|| {
+                if code == 603 && r.network_blocked {
+                    "Network Blocked".to_owned()
+                } else {
+                    phrase(code).to_owned()
+                }
+            });
+            let template = if r.guidance.0.is_empty() {
+                parse_default(code)
+            } else {
+                r.guidance.clone()
+            };
+            let guidance = fill(&template, |v| var(v, facts, rule, op, code));
+            let mut headers = vec![
+                (
+                    "Reason".to_owned(),
+                    format!("SIP;cause={code};text={}", quote(&guidance)),
+                ),
+                (
+                    "Warning".to_owned(),
+                    format!("399 {} {}", op.agent, quote(&guidance)),
+                ),
+            ];
+            // RFC 8688 §6: a jCard only for callers that verified.
+            if r.jcard && facts.verstat == VerstatFact::Passed {
+                if let Some(j) = &op.jcard {
+                    if let Some(v) = jcard_call_info(j, facts, now) {
+                        headers.push(("Call-Info".to_owned(), v));
+                    }
+                }
+            }
+            Verdict::Reject(RejectPlan {
+                code,
+                phrase,
+                headers,
+                guidance,
+            })
+        }
+    }
+}
+
+fn parse_default(code: u16) -> Template {
+    use super::lang::Part;
+    let mut parts = Vec::new();
+    let mut rest = default_guidance(code);
+    while let Some(open) = rest.find('{') {
+        if let Some(t) = rest.get(..open).filter(|t| !t.is_empty()) {
+            parts.push(Part::Text(t.to_owned()));
+        }
+        let after = rest.get(open + 1..).unwrap_or_default();
+        let close = after.find('}').unwrap_or(after.len());
+        let name = after.get(..close).unwrap_or_default();
+        if let Some(p) = super::lang::PLACEHOLDERS.iter().find(|p| **p == name) {
+            parts.push(Part::Var(p));
+        }
+        rest = after.get(close + 1..).unwrap_or_default();
+    }
+    if !rest.is_empty() {
+        parts.push(Part::Text(rest.to_owned()));
+    }
+    Template(parts)
+}
+
+fn var(name: &str, f: &Facts, rule: &str, op: &Operator, code: u16) -> String {
+    let or = |s: &str, d: &str| {
+        if s.is_empty() {
+            d.to_owned()
+        } else {
+            s.to_owned()
+        }
+    };
+    match name {
+        "orig" => or(&f.orig, "your number"),
+        "dest" => or(&f.dest, "the called number"),
+        "attest" => f.attest.as_str().to_owned(),
+        "verstat" => f.verstat.as_str().to_owned(),
+        "failure" => f.failure.as_str().to_owned(),
+        "code" => code.to_string(),
+        "spc" => or(&f.spc, "none"),
+        "rule" => rule.to_owned(),
+        "operator" => op.name.clone(),
+        "redress" => op.redress.clone(),
+        "source" => f.source.clone(),
+        _ => String::new(),
+    }
+}
+
+fn forward_plan(f: &Forward, facts: &Facts) -> ForwardPlan {
+    let mut verstat = facts.verstat.as_str().to_owned();
+    if f.attest_suffix && facts.verstat == VerstatFact::Passed {
+        verstat.push('-');
+        verstat.push_str(facts.attest.as_str());
+    }
+    let mut add = Vec::new();
+    if f.p_attestation_indicator && facts.verstat == VerstatFact::Passed {
+        add.push((
+            "P-Attestation-Indicator".to_owned(),
+            facts.attest.as_str().to_owned(),
+        ));
+    }
+    if f.p_origination_id && facts.verstat == VerstatFact::Passed && !facts.origid.is_empty() {
+        add.push(("P-Origination-ID".to_owned(), facts.origid.clone()));
+    }
+    let upstream_reason = (f.reason && facts.stir_code != 0).then(|| {
+        let text = facts.failure.0.map_or("Verification Failed", |k| {
+            FailureKind::reason_phrase(k.stir_code(Default::default()))
+        });
+        let text = if facts.stir_code == 0 {
+            text
+        } else {
+            FailureKind::reason_phrase(facts.stir_code)
+        };
+        format!("SIP;cause={};text={}", facts.stir_code, quote(text))
+    });
+    ForwardPlan {
+        verstat: (f.verstat.pai || f.verstat.from).then_some(verstat),
+        in_pai: f.verstat.pai,
+        in_from: f.verstat.from,
+        add,
+        strip_identity: f.strip_identity,
+        upstream_reason,
+    }
+}
+
+/// The operator's signed jCard as a Call-Info value (`purpose=jwscard`).
+fn jcard_call_info(j: &JcardSigner, f: &Facts, now: UnixTime) -> Option<String> {
+    if let Some(url) = &j.url {
+        return Some(format!("<{url}>;purpose=jwscard"));
+    }
+    let header =
+        json!({"alg": "ES256", "ppt": "jcard", "typ": "passport", "x5u": j.x5u}).to_string();
+    let payload = json!({
+        "dest": {"tn": [f.dest]},
+        "iat": now.0,
+        "jcard": j.card,
+        "orig": {"tn": f.orig},
+    })
+    .to_string();
+    let jws = j.key.sign_raw(&header, &payload).ok()?;
+    Some(format!("<data:application/jose,{jws}>;purpose=jwscard"))
+}
+
+/// Builds the response a proxy sends as UAS (RFC 3261 §8.2.6): Via, From,
+/// Call-ID and CSeq copied, To copied with a tag added when absent.
+pub fn build_response(
+    req: &Message<'_>,
+    code: u16,
+    phrase: &str,
+    headers: &[(String, String)],
+    to_tag: &str,
+) -> Vec<u8> {
+    let mut out = format!("SIP/2.0 {code} {phrase}\r\n");
+    for h in &req.headers {
+        let name = match h.id {
+            HeaderId::Via => "Via",
+            HeaderId::From => "From",
+            HeaderId::CallId => "Call-ID",
+            HeaderId::CSeq => "CSeq",
+            HeaderId::To => "To",
+            _ => continue,
+        };
+        let Some(v) = req.text(h) else { continue };
+        if h.id == HeaderId::To && code > 100 && NameAddr::parse(v).is_ok_and(|a| a.tag().is_none())
+        {
+            out.push_str(&format!("To: {v};tag={to_tag}\r\n"));
+        } else {
+            out.push_str(&format!("{name}: {v}\r\n"));
+        }
+    }
+    for (k, v) in headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str("Content-Length: 0\r\n\r\n");
+    out.into_bytes()
+}
+
+/// Replaces any `verstat` in the telephone-number URI of a From/PAI value
+/// and, when `verstat` is given, adds it (user part of a sip URI, parameter
+/// of a tel URI).
+pub fn set_verstat(value: &str, verstat: Option<&str>) -> String {
+    let Ok(addr) = NameAddr::parse(value) else {
+        return value.to_owned();
+    };
+    let uri_full = format!("{}:{}", addr.uri.scheme, addr.uri.rest);
+    let Some(pos) = value.find(&uri_full) else {
+        return value.to_owned();
+    };
+    let strip = |params: &str| -> String {
+        params
+            .split(';')
+            .filter(|p| !p.is_empty() && !p.trim().to_ascii_lowercase().starts_with("verstat="))
+            .map(|p| format!(";{p}"))
+            .collect()
+    };
+    let new_uri = if addr.uri.is_tel() {
+        let (num, params) = addr.uri.rest.split_once(';').unwrap_or((addr.uri.rest, ""));
+        let mut u = format!("{}:{num}{}", addr.uri.scheme, strip(params));
+        if let Some(v) = verstat {
+            u.push_str(&format!(";verstat={v}"));
+        }
+        u
+    } else if addr.uri.is_sip() && crate::tn::tn_of_uri(&addr.uri).is_some() {
+        let Some((user, host)) = addr.uri.rest.split_once('@') else {
+            return value.to_owned();
+        };
+        let (num, params) = user.split_once(';').unwrap_or((user, ""));
+        let mut u = format!("{}:{num}{}", addr.uri.scheme, strip(params));
+        if let Some(v) = verstat {
+            u.push_str(&format!(";verstat={v}"));
+        }
+        u.push('@');
+        u.push_str(host);
+        u
+    } else {
+        return value.to_owned();
+    };
+    let in_angles = value
+        .get(..pos)
+        .is_some_and(|b| b.trim_end().ends_with('<'));
+    if !in_angles && addr.uri.is_tel() && verstat.is_some() {
+        // An addr-spec tel URI with parameters must be enclosed in <> to
+        // keep header parameters apart.
+        return format!(
+            "{}<{new_uri}>{}",
+            value.get(..pos).unwrap_or_default(),
+            value.get(pos + uri_full.len()..).unwrap_or_default()
+        );
+    }
+    format!(
+        "{}{new_uri}{}",
+        value.get(..pos).unwrap_or_default(),
+        value.get(pos + uri_full.len()..).unwrap_or_default()
+    )
+}
+
+/// The forwarded INVITE: upstream verstat removed from From and every PAI,
+/// ours placed as planned, Identity stripped if asked, headers added;
+/// everything else, and the body, unchanged.
+pub fn build_forward(req: &Message<'_>, plan: &ForwardPlan) -> Vec<u8> {
+    let mut out = Vec::with_capacity(req.bytes.len() + 128);
+    let first_end = req.headers.first().map_or(req.body_start, |h| h.span.0);
+    out.extend_from_slice(req.bytes.get(..first_end).unwrap_or_default());
+    for h in &req.headers {
+        let raw = req.bytes.get(h.span.0..h.span.1).unwrap_or_default();
+        match h.id {
+            HeaderId::Identity if plan.strip_identity => continue,
+            HeaderId::From | HeaderId::PAssertedIdentity => {
+                let Some(v) = req.text(h) else {
+                    out.extend_from_slice(raw);
+                    out.extend_from_slice(b"\r\n");
+                    continue;
+                };
+                let place = if h.id == HeaderId::From {
+                    plan.in_from
+                } else {
+                    plan.in_pai
+                };
+                let vs = plan.verstat.as_deref().filter(|_| place);
+                let values: Vec<String> = if h.id == HeaderId::From {
+                    vec![set_verstat(v, vs)]
+                } else {
+                    crate::sip::addr::split_values(v)
+                        .map(|one| set_verstat(one, vs))
+                        .collect()
+                };
+                out.extend_from_slice(format!("{}: {}\r\n", h.name, values.join(", ")).as_bytes());
+            }
+            _ => {
+                out.extend_from_slice(raw);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+    for (k, v) in &plan.add {
+        out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(req.body);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verstat_placement_replaces_upstream_values() {
+        assert_eq!(
+            set_verstat(
+                "<sip:+12155551212;verstat=TN-Validation-Passed@ex.net;user=phone>;tag=1",
+                Some("No-TN-Validation")
+            ),
+            "<sip:+12155551212;verstat=No-TN-Validation@ex.net;user=phone>;tag=1"
+        );
+        assert_eq!(
+            set_verstat("<tel:+12155551212;verstat=X>", None),
+            "<tel:+12155551212>"
+        );
+        assert_eq!(
+            set_verstat("tel:+12155551212", Some("TN-Validation-Passed")),
+            "<tel:+12155551212;verstat=TN-Validation-Passed>"
+        );
+        assert_eq!(
+            set_verstat("\"Bob\" <sip:bob@ex.net>", Some("TN-Validation-Passed")),
+            "\"Bob\" <sip:bob@ex.net>"
+        );
+    }
+}
