@@ -21,6 +21,81 @@ pub struct Config {
     pub verify: VerifySection,
     pub fetch: FetchSection,
     pub proxy: ProxySection,
+    pub policy: PolicySection,
+    pub store: StoreSection,
+    pub operator: OperatorSection,
+}
+
+/// `[policy]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicySection {
+    /// The policy file (its lists are relative to it).
+    pub file: PathBuf,
+    /// How often the files are checked for changes (SIGHUP also reloads).
+    pub reload_check_ms: u64,
+}
+
+impl Default for PolicySection {
+    fn default() -> Self {
+        PolicySection {
+            file: PathBuf::from("policies/default.toml"),
+            reload_check_ms: 1000,
+        }
+    }
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    /// SQLite database of callee flags and caller reports.
+    pub path: PathBuf,
+    /// How long an unwanted-call report counts, in days.
+    pub report_window_days: i64,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection {
+            path: PathBuf::from("stirscreen.db"),
+            report_window_days: 30,
+        }
+    }
+}
+
+/// `[operator]`: who rejects calls, and how blocked callers reach you.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OperatorSection {
+    pub name: String,
+    /// The Warning header's agent.
+    pub agent: String,
+    /// Where a blocked caller seeks redress (URL).
+    pub redress_url: String,
+    pub redress_tel: String,
+    pub redress_email: String,
+    /// The operator's P-256 key (PKCS#8 PEM) that signs the 608/603 jCard.
+    pub jcard_key: Option<PathBuf>,
+    /// x5u of the operator's certificate.
+    pub jcard_x5u: String,
+    /// Point Call-Info at this URL instead of carrying the JWS inline.
+    pub jcard_url: Option<String>,
+}
+
+impl Default for OperatorSection {
+    fn default() -> Self {
+        OperatorSection {
+            name: "Demo Terminating Operator".into(),
+            agent: "stirscreen".into(),
+            redress_url: "https://redress.stirscreen.example/".into(),
+            redress_tel: "+18005550199".into(),
+            redress_email: "redress@stirscreen.example".into(),
+            jcard_key: Some(PathBuf::from("certs/demo/operator.key")),
+            jcard_x5u: "https://sti.stirscreen.example/operator.pem".into(),
+            jcard_url: None,
+        }
+    }
 }
 
 /// `[verify]`
@@ -203,6 +278,10 @@ impl Config {
             cfg.verify.crls.iter_mut().for_each(fix);
             cfg.fetch.extra_tls_roots.iter_mut().for_each(fix);
             cfg.fetch.pinned.values_mut().for_each(fix);
+            fix(&mut cfg.policy.file);
+            if let Some(k) = cfg.operator.jcard_key.as_mut() {
+                fix(k);
+            }
         }
         Ok(cfg)
     }
@@ -327,7 +406,14 @@ mod tests {
 
     #[test]
     fn unknown_key_in_every_table_is_located() {
-        for (table, line) in [("verify", 2), ("fetch", 2), ("proxy", 2)] {
+        for (table, line) in [
+            ("verify", 2),
+            ("fetch", 2),
+            ("proxy", 2),
+            ("policy", 2),
+            ("store", 2),
+            ("operator", 2),
+        ] {
             let text = format!("[{table}]\nbogus_key = 1\n");
             let e = Config::parse(&text, "x.toml").unwrap_err().to_string();
             assert!(
@@ -356,5 +442,56 @@ mod tests {
         assert_eq!(c.verify.max_iat_age, 30);
         assert!(c.fetch.allow_private_addresses);
         assert_eq!(c.verify_config().code(FailureKind::WrongTyp), 437);
+    }
+}
+
+impl Config {
+    /// The operator as the policy renderer needs it; loads the jCard key.
+    pub fn operator(&self) -> Result<crate::policy::render::Operator, ConfigError> {
+        let o = &self.operator;
+        let jcard = match &o.jcard_key {
+            None => None,
+            Some(path) => {
+                let pem = read(path)?;
+                let der = x509_parser::pem::Pem::iter_from_buffer(&pem)
+                    .filter_map(Result::ok)
+                    .find(|p| p.label == "PRIVATE KEY")
+                    .ok_or_else(|| ConfigError::Certificates {
+                        path: path.display().to_string(),
+                        detail: "no PKCS#8 `PRIVATE KEY`".into(),
+                    })?
+                    .contents;
+                let key = crate::passport::SigningKey::from_pkcs8(&der).map_err(|e| {
+                    ConfigError::Certificates {
+                        path: path.display().to_string(),
+                        detail: e.to_string(),
+                    }
+                })?;
+                Some(crate::policy::render::JcardSigner {
+                    key,
+                    x5u: o.jcard_x5u.clone(),
+                    card: serde_json::json!(["vcard", [
+                        ["version", {}, "text", "4.0"],
+                        ["fn", {}, "text", o.name],
+                        ["org", {}, "text", o.name],
+                        ["tel", {"type": ["work", "voice"]}, "uri", format!("tel:{}", o.redress_tel)],
+                        ["email", {}, "text", o.redress_email],
+                        ["url", {}, "uri", o.redress_url],
+                        ["note", {}, "text", "Contact us to dispute a blocked call."]
+                    ]]),
+                    url: o.jcard_url.clone(),
+                })
+            }
+        };
+        Ok(crate::policy::render::Operator {
+            name: o.name.clone(),
+            agent: o.agent.clone(),
+            redress: if o.redress_url.is_empty() {
+                o.redress_tel.clone()
+            } else {
+                o.redress_url.clone()
+            },
+            jcard,
+        })
     }
 }

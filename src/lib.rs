@@ -49,7 +49,11 @@ pub mod passport;
 #[cfg(feature = "runtime")]
 pub mod pki;
 pub mod policy;
+#[cfg(feature = "runtime")]
+pub mod policyfile;
 pub mod sip;
+#[cfg(feature = "runtime")]
+pub mod store;
 pub mod time;
 pub mod tn;
 pub mod verify;

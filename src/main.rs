@@ -76,6 +76,52 @@ enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// Screening policies: check, explain a decision, run regression cases.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Callee flags (the callee does not want calls from a caller).
+    Flags {
+        /// Configuration file (for `[store] path`).
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: FlagsCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCommand {
+    /// Validate a policy and its lists; report every problem (exit 3 if any).
+    Check { file: PathBuf },
+    /// Show the facts of a call, each rule with why it did or did not match,
+    /// the decision and the exact SIP it produces.
+    Explain {
+        file: PathBuf,
+        /// A SIP INVITE to verify and screen.
+        #[arg(long, conflicts_with = "facts", required_unless_present = "facts")]
+        call: Option<PathBuf>,
+        /// Facts as JSON (the keys of a policy's conditions).
+        #[arg(long)]
+        facts: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        now: Option<i64>,
+    },
+    /// Run regression cases (facts → expected action); non-zero on a mismatch.
+    Test { file: PathBuf, cases: PathBuf },
+}
+
+#[derive(Subcommand, Debug)]
+enum FlagsCommand {
+    /// The callee does not want calls from the caller.
+    Add { callee: String, caller: String },
+    /// Remove a flag.
+    Remove { callee: String, caller: String },
+    /// List flags, for one callee or all.
+    List { callee: Option<String> },
 }
 
 #[derive(Subcommand, Debug)]
@@ -157,6 +203,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Policy { command } => policy_cmd(command),
+        Command::Flags { config, command } => flags_cmd(config.as_deref(), command),
         Command::Certs { command } => match command {
             CertsCommand::Gen { dir } => {
                 let files = stirscreen::pki::generate(&dir)?;
@@ -412,4 +460,386 @@ fn print_summary(i: usize, c: &stirscreen::cert::CertSummary) {
     if let Some(spc) = &c.spc {
         println!("    spc      {spc}");
     }
+}
+
+fn print_diagnostics(diags: &[stirscreen::policy::Diagnostic]) {
+    for d in diags {
+        eprintln!("error: {d}\n");
+    }
+}
+
+fn policy_cmd(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
+    use stirscreen::policyfile::load_engine;
+    match cmd {
+        PolicyCommand::Check { file } => match load_engine(&file) {
+            Ok(engine) => {
+                let entries: usize = engine.lists.iter().map(|l| l.len()).sum();
+                println!(
+                    "ok: `{}`: {} rules, {} lists ({entries} entries)",
+                    file.display(),
+                    engine.policy.rules.len(),
+                    engine.lists.len()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(diags) => {
+                print_diagnostics(&diags);
+                eprintln!("`{}`: {} problem(s)", file.display(), diags.len());
+                Ok(ExitCode::from(3))
+            }
+        },
+        PolicyCommand::Explain {
+            file,
+            call,
+            facts,
+            config,
+            now,
+        } => {
+            let engine = match load_engine(&file) {
+                Ok(e) => e,
+                Err(diags) => {
+                    print_diagnostics(&diags);
+                    return Ok(ExitCode::from(3));
+                }
+            };
+            let cfg = Config::load(config.as_deref())?;
+            let operator = cfg.operator()?;
+            let now = now.map_or_else(|| Clock.now(), UnixTime);
+            let (facts, message) = match (facts, call) {
+                (Some(f), _) => {
+                    let text = std::fs::read_to_string(&f)
+                        .with_context(|| format!("cannot read `{}`", f.display()))?;
+                    let facts: stirscreen::facts::Facts = serde_json::from_str(&text)
+                        .with_context(|| format!("`{}` is not a facts object", f.display()))?;
+                    (facts, None)
+                }
+                (None, Some(c)) => {
+                    let bytes = read_input(&c)?;
+                    (call_facts(&cfg, &bytes, &c, now)?, Some(bytes))
+                }
+                (None, None) => bail!("give --call MESSAGE.sip or --facts FACTS.json"),
+            };
+            print!(
+                "{}",
+                explain_text(&engine, &facts, &operator, now, message.as_deref())
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCommand::Test { file, cases } => {
+            let engine = match load_engine(&file) {
+                Ok(e) => e,
+                Err(diags) => {
+                    print_diagnostics(&diags);
+                    return Ok(ExitCode::from(3));
+                }
+            };
+            let text = std::fs::read_to_string(&cases)
+                .with_context(|| format!("cannot read `{}`", cases.display()))?;
+            let cases_file: CaseFile = toml::from_str(&text).map_err(|e| {
+                let (line, col, snippet) = e.span().map_or((1, 1, String::new()), |s| {
+                    stirscreen::config::locate(&text, s.start)
+                });
+                anyhow::anyhow!(
+                    "{}:{line}:{col}: {}\n{snippet}",
+                    cases.display(),
+                    e.message().trim()
+                )
+            })?;
+            let (mut pass, mut fail) = (0, 0);
+            for c in &cases_file.case {
+                let d = engine.decide(&c.facts);
+                let (action, code) = match d.action {
+                    stirscreen::policy::Action::Forward(_) => ("forward", None),
+                    stirscreen::policy::Action::Reject(r) => (
+                        "reject",
+                        Some(match r.code {
+                            stirscreen::policy::RejectCode::Fixed(n) => n,
+                            stirscreen::policy::RejectCode::Stir => {
+                                if c.facts.stir_code == 0 {
+                                    438
+                                } else {
+                                    c.facts.stir_code
+                                }
+                            }
+                        }),
+                    ),
+                };
+                let mut wrong = Vec::new();
+                if c.expect.action != action {
+                    wrong.push(format!("action {action} (expected {})", c.expect.action));
+                }
+                if c.expect.code.is_some() && c.expect.code != code {
+                    wrong.push(format!(
+                        "code {} (expected {})",
+                        code.map_or("none".into(), |n| n.to_string()),
+                        c.expect.code.map_or("none".into(), |n| n.to_string())
+                    ));
+                }
+                if let Some(rule) = &c.expect.rule {
+                    if rule != d.rule_id() {
+                        wrong.push(format!("rule `{}` (expected `{rule}`)", d.rule_id()));
+                    }
+                }
+                if wrong.is_empty() {
+                    pass += 1;
+                    println!("ok    {}", c.name);
+                } else {
+                    fail += 1;
+                    println!("FAIL  {}: got {}", c.name, wrong.join(", "));
+                }
+            }
+            println!("cases: {pass} passed, {fail} failed");
+            Ok(if fail == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
+}
+
+#[derive(serde::Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct CaseFile {
+    case: Vec<Case>,
+}
+
+#[derive(serde::Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    name: String,
+    facts: stirscreen::facts::Facts,
+    expect: Expect,
+}
+
+#[derive(serde::Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct Expect {
+    action: String,
+    code: Option<u16>,
+    rule: Option<String>,
+}
+
+/// Verifies a call and builds its facts (state from the configured store
+/// when its database exists).
+fn call_facts(
+    cfg: &Config,
+    bytes: &[u8],
+    name: &Path,
+    now: UnixTime,
+) -> anyhow::Result<stirscreen::facts::Facts> {
+    use stirscreen::facts::{CallInfo, Facts, StateInfo};
+    let msg = Message::parse(bytes)
+        .with_context(|| format!("`{}` is not a SIP message", name.display()))?;
+    let Some(method) = msg.method() else {
+        bail!("`{}` is a SIP response, not a request", name.display());
+    };
+    let fetcher = build_fetcher(cfg)?;
+    let verifier = Verifier::new(cfg.verify_config());
+    let outcome = runtime()?.block_on(verify_request(&verifier, &fetcher, &msg, now));
+    let display_name = msg
+        .value(stirscreen::sip::HeaderId::From)
+        .and_then(|v| stirscreen::sip::addr::NameAddr::parse(v).ok())
+        .and_then(|a| a.display)
+        .unwrap_or_default()
+        .to_owned();
+    let diversion = msg.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("diversion") || h.name.eq_ignore_ascii_case("history-info")
+    });
+    let call = CallInfo {
+        display_name,
+        source: String::new(),
+        method: method.to_owned(),
+        diversion,
+    };
+    let mut state = StateInfo::default();
+    if cfg.store.path.exists() {
+        let store = stirscreen::store::Store::open(&cfg.store.path)?;
+        let orig = outcome.orig.map(|t| t.to_string()).unwrap_or_default();
+        let dest = outcome
+            .dest
+            .first()
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        state.callee_flagged = store.is_flagged(&dest, &orig);
+        state.orig_unwanted_reports = store.unwanted_reports(&orig, now)?;
+    }
+    Ok(Facts::from_outcome(&outcome, &call, state))
+}
+
+fn explain_text(
+    engine: &stirscreen::policy::Engine,
+    facts: &stirscreen::facts::Facts,
+    operator: &stirscreen::policy::render::Operator,
+    now: UnixTime,
+    message: Option<&[u8]>,
+) -> String {
+    use std::fmt::Write as _;
+    use stirscreen::policy::render::{Verdict, build_forward, build_response, verdict};
+    let mut s = String::new();
+    let _ = writeln!(s, "facts");
+    if let Ok(serde_json::Value::Object(map)) = serde_json::to_value(facts) {
+        for (k, v) in map {
+            let v = match v {
+                serde_json::Value::String(t) if t.is_empty() => "(empty)".to_owned(),
+                serde_json::Value::String(t) => t,
+                serde_json::Value::Null => "(none)".to_owned(),
+                other => other.to_string(),
+            };
+            let _ = writeln!(s, "  {k:<22} {v}");
+        }
+    }
+    let ex = engine.explain(facts);
+    let _ = writeln!(s, "rules");
+    for (i, r) in ex.rules.iter().enumerate() {
+        let state = match r.matched {
+            Some(true) => "MATCH",
+            Some(false) => "no",
+            None => "-",
+        };
+        let _ = writeln!(s, "  {:>3}. {:<28} {state}  (line {})", i + 1, r.id, r.line);
+        for reason in &r.reasons {
+            let _ = writeln!(s, "         {reason}");
+        }
+    }
+    let rule = ex.matched.and_then(|i| engine.policy.rules.get(i));
+    let action = ex.action(&engine.policy);
+    let rule_id = rule.map_or("default", |r| r.id.as_str());
+    let _ = writeln!(s, "decision");
+    match rule {
+        Some(r) => {
+            let _ = writeln!(
+                s,
+                "  rule `{}` (line {}): {}",
+                r.id,
+                r.line,
+                action.summary()
+            );
+            if !r.description.is_empty() {
+                let _ = writeln!(s, "  {}", r.description);
+            }
+        }
+        None => {
+            let _ = writeln!(s, "  no rule matched: default action, {}", action.summary());
+        }
+    }
+    let msg = message.and_then(|b| Message::parse(b).ok());
+    match verdict(action, rule_id, facts, operator, now) {
+        Verdict::Reject(p) => {
+            let _ = writeln!(s, "response");
+            let text = match &msg {
+                Some(m) => String::from_utf8_lossy(&build_response(
+                    m,
+                    p.code,
+                    &p.phrase,
+                    &p.headers,
+                    "stirscreen",
+                ))
+                .into_owned(),
+                None => {
+                    let mut t = format!("SIP/2.0 {} {}\r\n", p.code, p.phrase);
+                    for (k, v) in &p.headers {
+                        t.push_str(&format!("{k}: {v}\r\n"));
+                    }
+                    t
+                }
+            };
+            for line in text.split("\r\n").filter(|l| !l.is_empty()) {
+                let _ = writeln!(s, "  {line}");
+            }
+        }
+        Verdict::Forward(p) => {
+            let _ = writeln!(s, "forward");
+            let places: Vec<&str> = [("P-Asserted-Identity", p.in_pai), ("From", p.in_from)]
+                .iter()
+                .filter(|(_, on)| *on)
+                .map(|(n, _)| *n)
+                .collect();
+            match &p.verstat {
+                Some(v) => {
+                    let _ = writeln!(s, "  verstat {v} in {}", places.join(" and "));
+                }
+                None => {
+                    let _ = writeln!(s, "  no verstat added (upstream verstat removed)");
+                }
+            }
+            for (k, v) in &p.add {
+                let _ = writeln!(s, "  add {k}: {v}");
+            }
+            if p.strip_identity {
+                let _ = writeln!(s, "  Identity headers removed");
+            }
+            if let Some(r) = &p.upstream_reason {
+                let _ = writeln!(s, "  upstream, on the first response: Reason: {r}");
+            }
+            if let Some(m) = &msg {
+                let _ = writeln!(s, "forwarded headers");
+                let out = build_forward(m, &p);
+                if let Ok(fwd) = Message::parse(&out) {
+                    for h in &fwd.headers {
+                        if matches!(
+                            h.id,
+                            stirscreen::sip::HeaderId::From
+                                | stirscreen::sip::HeaderId::PAssertedIdentity
+                        ) || p.add.iter().any(|(k, _)| k.eq_ignore_ascii_case(h.name))
+                        {
+                            let _ =
+                                writeln!(s, "  {}: {}", h.name, fwd.text(h).unwrap_or_default());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    s
+}
+
+fn open_store(cfg: &Config) -> anyhow::Result<stirscreen::store::Store> {
+    let mut store = stirscreen::store::Store::open(&cfg.store.path)?;
+    store.report_window = cfg.store.report_window_days * 86_400;
+    Ok(store)
+}
+
+fn flags_cmd(config: Option<&Path>, cmd: FlagsCommand) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(config)?;
+    let canon = |s: &str| {
+        stirscreen::tn::Tn::canonical(s)
+            .map(|t| t.to_string())
+            .with_context(|| format!("`{s}` is not a telephone number"))
+    };
+    let store = open_store(&cfg)?;
+    match cmd {
+        FlagsCommand::Add { callee, caller } => {
+            let (callee, caller) = (canon(&callee)?, canon(&caller)?);
+            let now = Clock.now();
+            store.add_flag(&callee, &caller, "admin", now)?;
+            store.report_unwanted(&caller, &callee, now)?;
+            println!("flagged: {callee} does not want calls from {caller}");
+        }
+        FlagsCommand::Remove { callee, caller } => {
+            let (callee, caller) = (canon(&callee)?, canon(&caller)?);
+            if store.remove_flag(&callee, &caller)? {
+                println!("removed: {callee} / {caller}");
+            } else {
+                println!("no flag: {callee} / {caller}");
+                return Ok(ExitCode::from(1));
+            }
+        }
+        FlagsCommand::List { callee } => {
+            let callee = callee.map(|c| canon(&c)).transpose()?;
+            let flags = store.list_flags(callee.as_deref())?;
+            println!("{:<16} {:<16} {:<29} origin", "callee", "caller", "since");
+            for f in &flags {
+                println!(
+                    "{:<16} {:<16} {:<29} {}",
+                    f.callee,
+                    f.caller,
+                    stirscreen::time::format_sip_date(UnixTime(f.since)),
+                    f.origin
+                );
+            }
+            println!("{} flag(s)", flags.len());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -297,17 +297,29 @@ pub struct PolicySet {
 impl PolicySet {
     /// Parses and validates policy text; every problem is returned.
     pub fn compile(text: &str, file: &str) -> Result<PolicySet, Vec<Diagnostic>> {
+        Self::compile_with_lists(text, file).0
+    }
+
+    /// Like [`PolicySet::compile`], also returning the list declarations
+    /// that parsed, so that list files can be checked even when the policy
+    /// has other problems (all problems of a file are reported at once).
+    pub fn compile_with_lists(
+        text: &str,
+        file: &str,
+    ) -> (Result<PolicySet, Vec<Diagnostic>>, Vec<ListDecl>) {
         let mut c = Compiler {
             text,
             file,
             diags: Vec::new(),
+            lists: Vec::new(),
         };
         let set = c.policy();
+        let lists = std::mem::take(&mut c.lists);
         if c.diags.is_empty() {
-            set.ok_or_else(Vec::new)
+            (set.ok_or_else(Vec::new), lists)
         } else {
             c.diags.sort_by_key(|d| (d.line, d.col));
-            Err(c.diags)
+            (Err(c.diags), lists)
         }
     }
 
@@ -481,6 +493,8 @@ struct Compiler<'t> {
     text: &'t str,
     file: &'t str,
     diags: Vec<Diagnostic>,
+    /// List declarations seen (also when the policy has other problems).
+    lists: Vec<ListDecl>,
 }
 
 fn kind_name(v: &DeValue<'_>) -> &'static str {
@@ -683,6 +697,7 @@ impl<'t> Compiler<'t> {
             }
         }
         self.shadowed(&rules);
+        self.lists.clone_from(&lists);
         let mut set = PolicySet {
             name,
             rules,
