@@ -393,6 +393,57 @@ pub fn locate(text: &str, offset: usize) -> (usize, usize, String) {
     (line, col, snippet)
 }
 
+impl Config {
+    /// The operator as the policy renderer needs it; loads the jCard key.
+    pub fn operator(&self) -> Result<crate::policy::render::Operator, ConfigError> {
+        let o = &self.operator;
+        let jcard = match &o.jcard_key {
+            None => None,
+            Some(path) => {
+                let pem = read(path)?;
+                let der = x509_parser::pem::Pem::iter_from_buffer(&pem)
+                    .filter_map(Result::ok)
+                    .find(|p| p.label == "PRIVATE KEY")
+                    .ok_or_else(|| ConfigError::Certificates {
+                        path: path.display().to_string(),
+                        detail: "no PKCS#8 `PRIVATE KEY`".into(),
+                    })?
+                    .contents;
+                let key = crate::passport::SigningKey::from_pkcs8(&der).map_err(|e| {
+                    ConfigError::Certificates {
+                        path: path.display().to_string(),
+                        detail: e.to_string(),
+                    }
+                })?;
+                Some(crate::policy::render::JcardSigner {
+                    key,
+                    x5u: o.jcard_x5u.clone(),
+                    card: serde_json::json!(["vcard", [
+                        ["version", {}, "text", "4.0"],
+                        ["fn", {}, "text", o.name],
+                        ["org", {}, "text", o.name],
+                        ["tel", {"type": ["work", "voice"]}, "uri", format!("tel:{}", o.redress_tel)],
+                        ["email", {}, "text", o.redress_email],
+                        ["url", {}, "uri", o.redress_url],
+                        ["note", {}, "text", "Contact us to dispute a blocked call."]
+                    ]]),
+                    url: o.jcard_url.clone(),
+                })
+            }
+        };
+        Ok(crate::policy::render::Operator {
+            name: o.name.clone(),
+            agent: o.agent.clone(),
+            redress: if o.redress_url.is_empty() {
+                o.redress_tel.clone()
+            } else {
+                o.redress_url.clone()
+            },
+            jcard,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -442,56 +493,5 @@ mod tests {
         assert_eq!(c.verify.max_iat_age, 30);
         assert!(c.fetch.allow_private_addresses);
         assert_eq!(c.verify_config().code(FailureKind::WrongTyp), 437);
-    }
-}
-
-impl Config {
-    /// The operator as the policy renderer needs it; loads the jCard key.
-    pub fn operator(&self) -> Result<crate::policy::render::Operator, ConfigError> {
-        let o = &self.operator;
-        let jcard = match &o.jcard_key {
-            None => None,
-            Some(path) => {
-                let pem = read(path)?;
-                let der = x509_parser::pem::Pem::iter_from_buffer(&pem)
-                    .filter_map(Result::ok)
-                    .find(|p| p.label == "PRIVATE KEY")
-                    .ok_or_else(|| ConfigError::Certificates {
-                        path: path.display().to_string(),
-                        detail: "no PKCS#8 `PRIVATE KEY`".into(),
-                    })?
-                    .contents;
-                let key = crate::passport::SigningKey::from_pkcs8(&der).map_err(|e| {
-                    ConfigError::Certificates {
-                        path: path.display().to_string(),
-                        detail: e.to_string(),
-                    }
-                })?;
-                Some(crate::policy::render::JcardSigner {
-                    key,
-                    x5u: o.jcard_x5u.clone(),
-                    card: serde_json::json!(["vcard", [
-                        ["version", {}, "text", "4.0"],
-                        ["fn", {}, "text", o.name],
-                        ["org", {}, "text", o.name],
-                        ["tel", {"type": ["work", "voice"]}, "uri", format!("tel:{}", o.redress_tel)],
-                        ["email", {}, "text", o.redress_email],
-                        ["url", {}, "uri", o.redress_url],
-                        ["note", {}, "text", "Contact us to dispute a blocked call."]
-                    ]]),
-                    url: o.jcard_url.clone(),
-                })
-            }
-        };
-        Ok(crate::policy::render::Operator {
-            name: o.name.clone(),
-            agent: o.agent.clone(),
-            redress: if o.redress_url.is_empty() {
-                o.redress_tel.clone()
-            } else {
-                o.redress_url.clone()
-            },
-            jcard,
-        })
     }
 }

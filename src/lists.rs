@@ -177,10 +177,10 @@ impl List {
                 if set.is_empty() || n > tn.len() {
                     continue;
                 }
-                if let Some(pc) = tn.get(..n).and_then(code) {
-                    if set.binary_search(&pc).is_ok() {
-                        return true;
-                    }
+                if let Some(pc) = tn.get(..n).and_then(code)
+                    && set.binary_search(&pc).is_ok()
+                {
+                    return true;
                 }
             }
             return false;

@@ -575,10 +575,10 @@ fn policy_cmd(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
                         c.expect.code.map_or("none".into(), |n| n.to_string())
                     ));
                 }
-                if let Some(rule) = &c.expect.rule {
-                    if rule != d.rule_id() {
-                        wrong.push(format!("rule `{}` (expected `{rule}`)", d.rule_id()));
-                    }
+                if let Some(rule) = &c.expect.rule
+                    && rule != d.rule_id()
+                {
+                    wrong.push(format!("rule `{}` (expected `{rule}`)", d.rule_id()));
                 }
                 if wrong.is_empty() {
                     pass += 1;

@@ -248,13 +248,21 @@ pub struct Rule {
     pub line: usize,
 }
 
-/// Bit sets over rules for the enum-like facts (see `first_match`).
+/// Bit sets over rules (see `first_match`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Index {
     words: usize,
-    /// fact slot → value → bit set of rules whose `when` accepts the value.
+    /// enum-like fact slot → value → bit set of rules whose `when` accepts it.
     sets: Vec<Vec<Vec<u64>>>,
+    /// text fact slot → (rules without an equality test on it, value → rules
+    /// whose equality test names it).
+    text: Vec<TextIndex>,
 }
+
+/// (rules without an equality test on the fact, value → rules naming it).
+type TextIndex = (Vec<u64>, std::collections::HashMap<String, Vec<u64>>);
+
+const TEXT_INDEXED: [Fact; 3] = [Fact::Spc, Fact::Source, Fact::Method];
 
 const INDEXED: [Fact; 5] = [
     Fact::Verstat,
@@ -347,15 +355,27 @@ impl PolicySet {
                 }
             }
         }
+        for (f, (without, by_value)) in TEXT_INDEXED.iter().zip(&self.index.text) {
+            match by_value.get(text(*f, facts)) {
+                Some(named) => {
+                    for ((c, w), n) in cand.iter_mut().zip(without).zip(named) {
+                        *c &= *w | *n;
+                    }
+                }
+                None => {
+                    for (c, w) in cand.iter_mut().zip(without) {
+                        *c &= *w;
+                    }
+                }
+            }
+        }
         for (w, word) in cand.iter().enumerate() {
             let mut bits = *word;
             while bits != 0 {
                 let b = bits.trailing_zeros() as usize;
                 bits &= bits - 1;
                 let i = w * 64 + b;
-                let Some(rule) = self.rules.get(i) else {
-                    return None;
-                };
+                let rule = self.rules.get(i)?;
                 if rule_matches(rule, facts, lists) {
                     return Some(rule);
                 }
@@ -379,16 +399,48 @@ impl PolicySet {
                             Test::Mask(m) => ((m >> v) & 1 == 1) != c.negate,
                             _ => true,
                         });
-                    if ok {
-                        if let Some(word) = set.get_mut(i / 64) {
-                            *word |= 1 << (i % 64);
-                        }
+                    if ok && let Some(word) = set.get_mut(i / 64) {
+                        *word |= 1 << (i % 64);
                     }
                 }
             }
             sets.push(per_value);
         }
-        self.index = Index { words, sets };
+        let mut text_index = Vec::new();
+        for f in TEXT_INDEXED {
+            let mut without = vec![0u64; words];
+            let mut by_value: std::collections::HashMap<String, Vec<u64>> =
+                std::collections::HashMap::new();
+            for (i, rule) in self.rules.iter().enumerate() {
+                let eq = rule.when.iter().find_map(|c| match &c.test {
+                    Test::Text(vs) if c.fact == f && !c.negate => Some(vs),
+                    _ => None,
+                });
+                match eq {
+                    Some(values) => {
+                        for v in values {
+                            let set = by_value
+                                .entry(v.clone())
+                                .or_insert_with(|| vec![0u64; words]);
+                            if let Some(word) = set.get_mut(i / 64) {
+                                *word |= 1 << (i % 64);
+                            }
+                        }
+                    }
+                    None => {
+                        if let Some(word) = without.get_mut(i / 64) {
+                            *word |= 1 << (i % 64);
+                        }
+                    }
+                }
+            }
+            text_index.push((without, by_value));
+        }
+        self.index = Index {
+            words,
+            sets,
+            text: text_index,
+        };
     }
 }
 

@@ -200,12 +200,12 @@ pub fn verdict(
                 ),
             ];
             // RFC 8688 §6: a jCard only for callers that verified.
-            if r.jcard && facts.verstat == VerstatFact::Passed {
-                if let Some(j) = &op.jcard {
-                    if let Some(v) = jcard_call_info(j, facts, now) {
-                        headers.push(("Call-Info".to_owned(), v));
-                    }
-                }
+            if r.jcard
+                && facts.verstat == VerstatFact::Passed
+                && let Some(j) = &op.jcard
+                && let Some(v) = jcard_call_info(j, facts, now)
+            {
+                headers.push(("Call-Info".to_owned(), v));
             }
             Verdict::Reject(RejectPlan {
                 code,
