@@ -24,6 +24,27 @@ pub struct Config {
     pub policy: PolicySection,
     pub store: StoreSection,
     pub operator: OperatorSection,
+    /// Named peers and trunks, matched by source address (the `source` fact).
+    pub peers: Vec<Peer>,
+}
+
+/// `[[peers]]`: a named peer or trunk.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    pub name: String,
+    /// Addresses or CIDR blocks (`192.0.2.0/24`, `2001:db8::/32`).
+    pub addresses: Vec<String>,
+}
+
+impl Config {
+    /// The name of the first peer whose addresses contain `ip`, or `unknown`.
+    pub fn source_of(&self, ip: std::net::IpAddr) -> &str {
+        self.peers
+            .iter()
+            .find(|p| p.addresses.iter().any(|a| crate::net::cidr_contains(a, ip)))
+            .map_or("unknown", |p| p.name.as_str())
+    }
 }
 
 /// `[policy]`
@@ -481,6 +502,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("x.toml:2:1:"), "{e}");
+    }
+
+    #[test]
+    fn peers_match_by_cidr() {
+        let c = Config::parse(
+            "[[peers]]\nname = \"wholesale\"\naddresses = [\"192.0.2.0/24\", \"2001:db8::/32\"]\n[[peers]]\nname = \"retail\"\naddresses = [\"198.51.100.7\"]\n",
+            "x.toml",
+        )
+        .unwrap();
+        assert_eq!(c.source_of("192.0.2.77".parse().unwrap()), "wholesale");
+        assert_eq!(c.source_of("2001:db8::1".parse().unwrap()), "wholesale");
+        assert_eq!(c.source_of("198.51.100.7".parse().unwrap()), "retail");
+        assert_eq!(c.source_of("198.51.100.8".parse().unwrap()), "unknown");
     }
 
     #[test]

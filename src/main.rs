@@ -109,6 +109,9 @@ enum PolicyCommand {
         config: Option<PathBuf>,
         #[arg(long)]
         now: Option<i64>,
+        /// The address the call came from (matched against `[[peers]]`).
+        #[arg(long)]
+        from_address: Option<std::net::IpAddr>,
     },
     /// Run regression cases (facts → expected action); non-zero on a mismatch.
     Test { file: PathBuf, cases: PathBuf },
@@ -494,6 +497,7 @@ fn policy_cmd(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
             facts,
             config,
             now,
+            from_address,
         } => {
             let engine = match load_engine(&file) {
                 Ok(e) => e,
@@ -515,7 +519,10 @@ fn policy_cmd(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
                 }
                 (None, Some(c)) => {
                     let bytes = read_input(&c)?;
-                    (call_facts(&cfg, &bytes, &c, now)?, Some(bytes))
+                    (
+                        call_facts(&cfg, &bytes, &c, now, from_address)?,
+                        Some(bytes),
+                    )
                 }
                 (None, None) => bail!("give --call MESSAGE.sip or --facts FACTS.json"),
             };
@@ -627,6 +634,7 @@ fn call_facts(
     bytes: &[u8],
     name: &Path,
     now: UnixTime,
+    from: Option<std::net::IpAddr>,
 ) -> anyhow::Result<stirscreen::facts::Facts> {
     use stirscreen::facts::{CallInfo, Facts, StateInfo};
     let msg = Message::parse(bytes)
@@ -648,7 +656,9 @@ fn call_facts(
     });
     let call = CallInfo {
         display_name,
-        source: String::new(),
+        source: from
+            .map(|ip| cfg.source_of(ip).to_owned())
+            .unwrap_or_default(),
         method: method.to_owned(),
         diversion,
     };

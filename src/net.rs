@@ -38,6 +38,35 @@ pub fn is_special(ip: IpAddr) -> bool {
     }
 }
 
+/// Does `cidr` (`a.b.c.d/len`, `x::/len`, or a single address) contain `ip`?
+/// A malformed entry contains nothing.
+pub fn cidr_contains(cidr: &str, ip: IpAddr) -> bool {
+    let (addr, len) = match cidr.split_once('/') {
+        Some((a, l)) => (a, l.parse::<u32>().ok()),
+        None => (cidr, None),
+    };
+    let Ok(net) = addr.trim().parse::<IpAddr>() else {
+        return false;
+    };
+    match (net, ip) {
+        (IpAddr::V4(n), IpAddr::V4(i)) => {
+            let len = len.unwrap_or(32).min(32);
+            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+            u32::from(n) & mask == u32::from(i) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(i)) => {
+            let len = len.unwrap_or(128).min(128);
+            let mask = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len)
+            };
+            u128::from(n) & mask == u128::from(i) & mask
+        }
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -370,3 +370,34 @@ fn the_fast_path_agrees_with_the_explanation() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_watcher_reloads_on_file_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.toml");
+    std::fs::write(
+        &path,
+        "[[rule]]\nid = \"v1\"\n[rule.when]\ncallee_flagged = true\n[rule.then]\nreject = 607\n",
+    )
+    .unwrap();
+    let h = Arc::new(EngineHandle::load(&path).unwrap());
+    let task = h.spawn_watcher(std::time::Duration::from_millis(20));
+    let mut f = facts(VerstatFact::Passed, AttestFact::A);
+    f.callee_flagged = true;
+    std::fs::write(
+        &path,
+        "[[rule]]\nid = \"v2\"\n[rule.when]\ncallee_flagged = true\n[rule.then]\nreject = 607\n",
+    )
+    .unwrap();
+    set_mtime_forward(&path);
+    let mut seen = String::new();
+    for _ in 0..100 {
+        seen = h.current().decide(&f).rule_id().to_owned();
+        if seen == "v2" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    task.abort();
+    assert_eq!(seen, "v2");
+}
