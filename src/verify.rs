@@ -105,11 +105,14 @@ pub enum FailureKind {
     UnsupportedCredential,
     /// The ES256 signature does not verify.
     BadSignature,
+    /// A PASSporT already verified in another dialog (another Call-ID)
+    /// within its freshness window (RFC 8224 §12.1): a replayed token.
+    Replay,
 }
 
 impl FailureKind {
     /// Every kind, for documentation and tests.
-    pub const ALL: [FailureKind; 26] = [
+    pub const ALL: [FailureKind; 27] = [
         FailureKind::NoIdentity,
         FailureKind::Malformed,
         FailureKind::BadInfo,
@@ -136,6 +139,7 @@ impl FailureKind {
         FailureKind::NoTnAuthList,
         FailureKind::UnsupportedCredential,
         FailureKind::BadSignature,
+        FailureKind::Replay,
     ];
 
     /// The stable kebab-case name.
@@ -167,6 +171,7 @@ impl FailureKind {
             FailureKind::NoTnAuthList => "no-tn-auth-list",
             FailureKind::UnsupportedCredential => "unsupported-credential",
             FailureKind::BadSignature => "bad-signature",
+            FailureKind::Replay => "replay",
         }
     }
 
@@ -220,6 +225,8 @@ impl FailureKind {
             ) => 437,
             // §6.2.2: 438 on a signature that does not verify (E18).
             (FailureKind::BadSignature, _) => 438,
+            // §6.2.2: the PASSporT is not valid for this request.
+            (FailureKind::Replay, _) => 438,
         }
     }
 
@@ -237,7 +244,8 @@ impl FailureKind {
             | FailureKind::NoTnAuthList
             | FailureKind::UnsupportedCredential
             | FailureKind::CertUnparseable
-            | FailureKind::BadSignature => Verstat::Failed,
+            | FailureKind::BadSignature
+            | FailureKind::Replay => Verstat::Failed,
             FailureKind::NoIdentity
             | FailureKind::Malformed
             | FailureKind::BadInfo
@@ -284,6 +292,7 @@ impl FailureKind {
             | FailureKind::NoTnAuthList
             | FailureKind::UnsupportedCredential => 7,
             FailureKind::BadSignature => 8,
+            FailureKind::Replay => 9,
         }
     }
 
@@ -649,6 +658,8 @@ struct Ready<'m> {
     x5u: &'m str,
     /// The whole token: the memo key (signature included).
     token: &'m str,
+    /// The request's Call-ID (retransmission vs replay).
+    call_id: &'m str,
     signing_input: &'m str,
     signature: [u8; 64],
     attest: Attest,
@@ -673,6 +684,8 @@ pub struct Prepared<'m> {
     date_failure: Option<Failure>,
     /// Set when the request could not be examined at all.
     fatal: Option<Failure>,
+    /// The request's Call-ID.
+    call_id: &'m str,
 }
 
 impl<'m> Prepared<'m> {
@@ -682,8 +695,8 @@ impl<'m> Prepared<'m> {
     }
 }
 
-/// token → (credential id, expiry).
-type MemoShard = Mutex<HashMap<Box<str>, (u64, i64)>>;
+/// token → (credential id, expiry, hash of the Call-ID it arrived in).
+type MemoShard = Mutex<HashMap<Box<str>, (u64, i64, u64)>>;
 
 /// Memo of signatures already verified (UDP retransmissions of an INVITE
 /// carry the same PASSporT): ECDSA runs once per distinct token and key.
@@ -720,23 +733,29 @@ impl SignatureMemo {
             .get(usize::try_from(self.hasher.hash_one(token)).unwrap_or(0) % n.max(1))
     }
 
-    /// Was this exact token verified with this credential before?
-    fn contains(&self, token: &str, cred: u64) -> bool {
-        self.shard(token)
-            .and_then(|m| m.lock().ok())
-            .is_some_and(|m| m.get(token).is_some_and(|(c, _)| *c == cred))
+    /// Was this exact token verified with this credential before, and in
+    /// which dialog (Call-ID hash)?
+    fn lookup(&self, token: &str, cred: u64, now: i64) -> Option<u64> {
+        let m = self.shard(token)?.lock().ok()?;
+        m.get(token)
+            .filter(|(c, e, _)| *c == cred && *e >= now)
+            .map(|(_, _, call)| *call)
+    }
+
+    fn call_hash(&self, call_id: &str) -> u64 {
+        self.hasher.hash_one(call_id)
     }
 
     /// Records a verified token; expired entries go first when full.
-    fn insert(&self, token: &str, cred: u64, expires: i64, now: i64) {
+    fn insert(&self, token: &str, cred: u64, expires: i64, now: i64, call: u64) {
         if let Some(mut m) = self.shard(token).and_then(|m| m.lock().ok()) {
             if m.len() >= self.per_shard {
-                m.retain(|_, (_, e)| *e > now);
+                m.retain(|_, (_, e, _)| *e > now);
                 if m.len() >= self.per_shard {
                     m.clear();
                 }
             }
-            m.insert(token.into(), (cred, expires));
+            m.insert(token.into(), (cred, expires, call));
         }
     }
 }
@@ -775,6 +794,7 @@ impl Verifier {
             date_note: None,
             date_failure: None,
             fatal: None,
+            call_id: msg.value(HeaderId::CallId).unwrap_or_default(),
         };
         let StartLine::Request { uri, .. } = msg.start else {
             p.fatal = Some(Failure::new(FailureKind::Malformed, "not a SIP request"));
@@ -1030,6 +1050,7 @@ impl Verifier {
             index: hr.index,
             x5u: ih.info,
             token: ih.token,
+            call_id: p.call_id,
             signing_input: d.signing_input,
             signature: d.signature,
             attest: claims.attest,
@@ -1139,9 +1160,17 @@ impl Verifier {
             .map_err(|e| CredentialError::Cert(e).failure())?;
         let cred_id = cred.id();
         if let Some(memo) = &self.memo
-            && memo.contains(r.token, cred_id)
+            && let Some(call) = memo.lookup(r.token, cred_id, now.0)
         {
-            return Ok(());
+            // Same dialog: a retransmission, already verified. Another
+            // dialog: the same PASSporT replayed within its window.
+            if call == memo.call_hash(r.call_id) {
+                return Ok(());
+            }
+            return Err(Failure::new(
+                FailureKind::Replay,
+                "this PASSporT was already used by another call (another Call-ID) within its freshness window",
+            ));
         }
         if !cred.verify_es256(r.signing_input.as_bytes(), &r.signature) {
             return Err(Failure::new(
@@ -1153,7 +1182,13 @@ impl Verifier {
             ));
         }
         if let Some(memo) = &self.memo {
-            memo.insert(r.token, cred_id, r.iat + self.config.max_iat_age, now.0);
+            memo.insert(
+                r.token,
+                cred_id,
+                r.iat + self.config.max_iat_age,
+                now.0,
+                memo.call_hash(r.call_id),
+            );
         }
         Ok(())
     }
