@@ -215,6 +215,12 @@ pub struct ProxySection {
     /// `transport:address:port`, IPv6 as `[::1]`.
     pub listen: Vec<String>,
     pub next_hop: String,
+    /// INVITEs being verified at once; beyond it, 503 with Retry-After.
+    pub max_in_flight: usize,
+    /// Per-call verification deadline; then `verification-timeout`.
+    pub verify_deadline_ms: u64,
+    /// How long SIGTERM waits for open transactions.
+    pub drain_ms: u64,
 }
 
 impl Default for ProxySection {
@@ -222,6 +228,9 @@ impl Default for ProxySection {
         ProxySection {
             listen: vec!["udp:127.0.0.1:5060".into(), "tcp:127.0.0.1:5060".into()],
             next_hop: "udp:127.0.0.1:5080".into(),
+            max_in_flight: 10_000,
+            verify_deadline_ms: 2000,
+            drain_ms: 5000,
         }
     }
 }

@@ -51,6 +51,8 @@ pub mod pki;
 pub mod policy;
 #[cfg(feature = "runtime")]
 pub mod policyfile;
+#[cfg(feature = "runtime")]
+pub mod proxy;
 pub mod sip;
 #[cfg(feature = "runtime")]
 pub mod store;

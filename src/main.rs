@@ -44,6 +44,12 @@ enum Command {
         /// The message file, or `-` for standard input.
         message: PathBuf,
     },
+    /// Run the inline screening proxy (embedded default configuration when
+    /// no file is given).
+    Serve {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Sign a SHAKEN PASSporT (lab STI-AS) and print the Identity header.
     Sign {
         /// The signer's P-256 private key (PKCS#8 PEM).
@@ -204,6 +210,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 println!("Identity: {ident}");
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve { config } => {
+            let cfg = Config::load(config.as_deref())?;
+            let drain = std::time::Duration::from_millis(cfg.proxy.drain_ms);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(stirscreen::proxy::serve(cfg, drain))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Policy { command } => policy_cmd(command),

@@ -1,0 +1,1318 @@
+//! The inline SIP proxy (`stirscreen serve`): RFC 3261 §16 over UDP and TCP,
+//! transaction-stateful for INVITE (verify, decide, forward or reject),
+//! stateless for everything else.
+//!
+//! Shape (tokio mini-redis): a receive task per UDP socket, an accept task
+//! per TCP listener and a task per connection; INVITE verification runs in
+//! its own task bounded by a semaphore, so the receive loops never wait on a
+//! certificate fetch; the transaction table is a `Mutex<HashMap>` never held
+//! across an await.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
+
+use crate::config::Config;
+use crate::facts::{CallInfo, Facts, StateInfo};
+use crate::fetch::{CertFetcher, verify_request};
+use crate::policy::render::{ForwardPlan, Operator, Verdict, build_response, set_verstat, verdict};
+use crate::policyfile::EngineHandle;
+use crate::sip::addr::{NameAddr, Via, split_outside_quotes, split_values};
+use crate::sip::validate::{check_request, check_response};
+use crate::sip::{HeaderId, Message, frame_stream};
+use crate::store::Store;
+use crate::time::{Clock, UnixTime};
+use crate::verify::{Outcome, Verifier};
+
+/// A transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+        }
+    }
+}
+
+/// `transport:address:port` (IPv6 as `[::1]`).
+pub fn parse_target(s: &str) -> Result<(Transport, SocketAddr), String> {
+    let (t, rest) = s
+        .split_once(':')
+        .ok_or_else(|| format!("`{s}` is not transport:address:port"))?;
+    let t = match t.to_ascii_lowercase().as_str() {
+        "udp" => Transport::Udp,
+        "tcp" => Transport::Tcp,
+        other => return Err(format!("transport `{other}` is not udp or tcp")),
+    };
+    let addr: SocketAddr = rest
+        .parse()
+        .map_err(|_| format!("`{rest}` is not address:port (IPv6 as [::1]:5060)"))?;
+    Ok((t, addr))
+}
+
+/// Where a message came from or goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    pub transport: Transport,
+    pub addr: SocketAddr,
+}
+
+/// RFC 3261 timers (Appendix A).
+const T1: Duration = Duration::from_millis(500);
+const T2: Duration = Duration::from_secs(4);
+/// RFC 3261 §18.1.1: larger requests go over a congestion-controlled transport.
+const UDP_MTU_LIMIT: usize = 1300;
+
+/// Counters (Prometheus metrics come with the operations issue).
+#[derive(Debug, Default)]
+pub struct ProxyStats {
+    pub received: AtomicU64,
+    pub invites: AtomicU64,
+    pub forwarded: AtomicU64,
+    pub rejected: AtomicU64,
+    pub overload: AtomicU64,
+    pub bad_requests: AtomicU64,
+    pub dropped: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Verification and policy running.
+    Verifying,
+    /// Forwarded downstream; no final response yet.
+    Forwarded,
+    /// A final non-2xx response was sent upstream; waiting for the ACK.
+    Completed,
+    /// ACKed, or a 2xx was relayed.
+    Done,
+}
+
+#[derive(Debug)]
+struct TxnState {
+    phase: Phase,
+    /// The last response sent upstream (retransmitted on request retransmission).
+    last_response: Option<Vec<u8>>,
+    /// Our forwarded INVITE (for Timer A, CANCEL and ACK).
+    forwarded: Option<Vec<u8>>,
+    downstream: Option<Peer>,
+    got_provisional: bool,
+    got_final: bool,
+    cancel_pending: bool,
+    /// Added to the first response relayed upstream.
+    upstream_reason: Option<String>,
+    orig: String,
+    dest: String,
+}
+
+#[derive(Debug)]
+struct Txn {
+    /// Our branch toward downstream (also the table key).
+    branch: String,
+    upstream: Peer,
+    /// The INVITE as received.
+    invite: Vec<u8>,
+    to_tag: String,
+    state: Mutex<TxnState>,
+    cancelled: Notify,
+}
+
+/// A running proxy.
+#[derive(Debug)]
+pub struct Proxy {
+    next_hop: Peer,
+    /// Our addresses, per transport.
+    local_udp: Option<SocketAddr>,
+    local_tcp: Option<SocketAddr>,
+    udp: Option<Arc<UdpSocket>>,
+    tcp_conns: Mutex<HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>>>,
+    verifier: Verifier,
+    fetcher: Arc<CertFetcher>,
+    pub engine: Arc<EngineHandle>,
+    pub store: Arc<Store>,
+    operator: Operator,
+    config: Config,
+    txns: Mutex<HashMap<String, Arc<Txn>>>,
+    inflight: Arc<Semaphore>,
+    verify_deadline: Duration,
+    clock: Clock,
+    pub stats: ProxyStats,
+    shutdown: watch::Sender<bool>,
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot listen on `{addr}`: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+fn token_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Proxy {
+    /// Binds the listeners and starts serving. Returns once listening.
+    pub async fn start(config: Config) -> Result<Arc<Proxy>, ServeError> {
+        let cerr = |e: String| ServeError::Config(e);
+        let (nt, naddr) = parse_target(&config.proxy.next_hop).map_err(cerr)?;
+        let trust = Arc::new(config.trust_store().map_err(|e| cerr(e.to_string()))?);
+        let fetcher = Arc::new(
+            CertFetcher::new(config.fetch.clone(), config.verify_config().x5u, trust)
+                .map_err(|e| cerr(e.to_string()))?,
+        );
+        let engine = Arc::new(EngineHandle::load(&config.policy.file).map_err(|d| {
+            cerr(
+                d.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            )
+        })?);
+        let mut store = Store::open(&config.store.path).map_err(|e| cerr(e.to_string()))?;
+        store.report_window = config.store.report_window_days * 86_400;
+        let operator = config.operator().map_err(|e| cerr(e.to_string()))?;
+
+        let mut udp_sockets = Vec::new();
+        let mut tcp_listeners = Vec::new();
+        for l in &config.proxy.listen {
+            let (t, mut addr) = parse_target(l).map_err(cerr)?;
+            match t {
+                Transport::Udp => {
+                    let s = UdpSocket::bind(addr)
+                        .await
+                        .map_err(|source| ServeError::Bind {
+                            addr: l.clone(),
+                            source,
+                        })?;
+                    udp_sockets.push(Arc::new(s));
+                }
+                Transport::Tcp => {
+                    // Port 0 on both: TCP takes the port UDP got (RFC 3261 §18.2.1).
+                    if addr.port() == 0 {
+                        if let Some(u) = udp_sockets.first().and_then(|s| s.local_addr().ok()) {
+                            if u.ip() == addr.ip() {
+                                addr.set_port(u.port());
+                            }
+                        }
+                    }
+                    let s = TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| ServeError::Bind {
+                            addr: l.clone(),
+                            source,
+                        })?;
+                    tcp_listeners.push(s);
+                }
+            }
+        }
+        let local_udp = udp_sockets.first().and_then(|s| s.local_addr().ok());
+        let local_tcp = tcp_listeners.first().and_then(|s| s.local_addr().ok());
+        let (shutdown, _) = watch::channel(false);
+        let proxy = Arc::new(Proxy {
+            next_hop: Peer {
+                transport: nt,
+                addr: naddr,
+            },
+            local_udp,
+            local_tcp,
+            udp: udp_sockets.first().cloned(),
+            tcp_conns: Mutex::new(HashMap::new()),
+            verifier: Verifier::with_memo(config.verify_config(), config.verify.memo_capacity),
+            fetcher,
+            engine,
+            store: Arc::new(store),
+            operator,
+            txns: Mutex::new(HashMap::new()),
+            inflight: Arc::new(Semaphore::new(config.proxy.max_in_flight)),
+            verify_deadline: Duration::from_millis(config.proxy.verify_deadline_ms),
+            clock: Clock,
+            stats: ProxyStats::default(),
+            shutdown,
+            config,
+        });
+        for s in udp_sockets {
+            let p = Arc::clone(&proxy);
+            tokio::spawn(async move { p.udp_loop(s).await });
+        }
+        for l in tcp_listeners {
+            let p = Arc::clone(&proxy);
+            tokio::spawn(async move { p.accept_loop(l).await });
+        }
+        let _watcher = proxy
+            .engine
+            .spawn_watcher(Duration::from_millis(proxy.config.policy.reload_check_ms));
+        Ok(proxy)
+    }
+
+    /// The UDP address the proxy listens on.
+    pub fn udp_addr(&self) -> Option<SocketAddr> {
+        self.local_udp
+    }
+
+    /// The TCP address the proxy listens on.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.local_tcp
+    }
+
+    /// Stops accepting new calls; in-flight transactions finish.
+    pub fn begin_shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// INVITE transactions still open.
+    pub fn open_transactions(&self) -> usize {
+        self.txns.lock().map_or(0, |t| t.len())
+    }
+
+    async fn udp_loop(self: Arc<Self>, sock: Arc<UdpSocket>) {
+        let mut buf = vec![0u8; 65_536];
+        let mut stop = self.shutdown.subscribe();
+        loop {
+            tokio::select! {
+                r = sock.recv_from(&mut buf) => {
+                    let Ok((n, from)) = r else { continue };
+                    let bytes = buf.get(..n).unwrap_or_default().to_vec();
+                    self.handle(&bytes, Peer { transport: Transport::Udp, addr: from });
+                }
+                _ = stop.changed() => {
+                    if *stop.borrow() { return; }
+                }
+            }
+        }
+    }
+
+    async fn accept_loop(self: Arc<Self>, l: TcpListener) {
+        let mut stop = self.shutdown.subscribe();
+        loop {
+            tokio::select! {
+                r = l.accept() => {
+                    let Ok((s, from)) = r else { continue };
+                    let p = Arc::clone(&self);
+                    tokio::spawn(async move { p.connection(s, from).await });
+                }
+                _ = stop.changed() => {
+                    if *stop.borrow() { return; }
+                }
+            }
+        }
+    }
+
+    /// One TCP connection: framed reads; writes through a channel so any
+    /// task can send on it.
+    async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let (mut rd, mut wr) = stream.into_split();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        if let Ok(mut c) = self.tcp_conns.lock() {
+            c.insert(peer, tx);
+        }
+        let writer = tokio::spawn(async move {
+            while let Some(m) = rx.recv().await {
+                if wr.write_all(&m).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut buf: Vec<u8> = Vec::with_capacity(8192);
+        let mut chunk = vec![0u8; 16_384];
+        'read: loop {
+            let n = match rd.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+            loop {
+                match frame_stream(&buf) {
+                    Ok(Some((skip, len))) => {
+                        let msg = buf.get(skip..skip + len).unwrap_or_default().to_vec();
+                        buf.drain(..skip + len);
+                        self.handle(
+                            &msg,
+                            Peer {
+                                transport: Transport::Tcp,
+                                addr: peer,
+                            },
+                        );
+                    }
+                    Ok(None) => break,
+                    Err(_) => {
+                        // Unframeable stream: nothing after it can be trusted.
+                        self.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+                        break 'read;
+                    }
+                }
+            }
+        }
+        if let Ok(mut c) = self.tcp_conns.lock() {
+            c.remove(&peer);
+        }
+        writer.abort();
+    }
+
+    /// Sends bytes to a peer; UDP from our socket, TCP on an existing
+    /// connection or a new one.
+    fn send(self: &Arc<Self>, to: Peer, bytes: Vec<u8>) {
+        match to.transport {
+            Transport::Udp => {
+                if let Some(s) = &self.udp {
+                    let _ = s.try_send_to(&bytes, to.addr);
+                }
+            }
+            Transport::Tcp => {
+                let existing = self
+                    .tcp_conns
+                    .lock()
+                    .ok()
+                    .and_then(|c| c.get(&to.addr).cloned());
+                let bytes = match existing {
+                    Some(tx) => match tx.send(bytes) {
+                        Ok(()) => return,
+                        Err(mpsc::error::SendError(b)) => b,
+                    },
+                    None => bytes,
+                };
+                let me = Arc::clone(self);
+                tokio::spawn(async move {
+                    let Ok(s) = TcpStream::connect(to.addr).await else {
+                        return;
+                    };
+                    let p = Arc::clone(&me);
+                    tokio::spawn(async move { p.connection(s, to.addr).await });
+                    for _ in 0..50 {
+                        let tx = me
+                            .tcp_conns
+                            .lock()
+                            .ok()
+                            .and_then(|c| c.get(&to.addr).cloned());
+                        if let Some(tx) = tx {
+                            let _ = tx.send(bytes);
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                });
+            }
+        }
+    }
+
+    fn local(&self, t: Transport) -> Option<SocketAddr> {
+        match t {
+            Transport::Udp => self.local_udp.or(self.local_tcp),
+            Transport::Tcp => self.local_tcp.or(self.local_udp),
+        }
+    }
+
+    /// Is this sent-by one of our addresses?
+    fn is_us(&self, sent_by: &str) -> bool {
+        [self.local_udp, self.local_tcp].iter().flatten().any(|a| {
+            sent_by == a.to_string()
+                || sent_by
+                    .trim_start_matches('[')
+                    .starts_with(&a.ip().to_string())
+                    && sent_by.ends_with(&format!(":{}", a.port()))
+        })
+    }
+
+    /// Our branch for a request: a hash of what identifies its transaction
+    /// (method excluded, so CANCEL and ACK map to their INVITE; RFC 3261
+    /// §16.6 step 8, §16.11).
+    fn branch_for(&self, req: &Message<'_>, via: &Via<'_>) -> String {
+        let mut h = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        match via.branch().filter(|b| b.starts_with("z9hG4bK")) {
+            Some(b) => {
+                h.update(b.as_bytes());
+                h.update(via.sent_by.as_bytes());
+            }
+            None => {
+                for id in [
+                    HeaderId::To,
+                    HeaderId::From,
+                    HeaderId::CallId,
+                    HeaderId::CSeq,
+                ] {
+                    let v = req.value(id).unwrap_or_default();
+                    let v = if id == HeaderId::CSeq {
+                        v.split_whitespace().next().unwrap_or_default()
+                    } else {
+                        v
+                    };
+                    h.update(v.as_bytes());
+                }
+                if let crate::sip::StartLine::Request { uri, .. } = req.start {
+                    h.update(uri.as_bytes());
+                }
+                h.update(via.sent_by.as_bytes());
+            }
+        }
+        let d = h.finish();
+        format!(
+            "z9hG4bKss{}",
+            token_hex(d.as_ref().get(..12).unwrap_or_default())
+        )
+    }
+
+    /// Entry point for every message.
+    fn handle(self: &Arc<Self>, bytes: &[u8], from: Peer) {
+        self.stats.received.fetch_add(1, Ordering::Relaxed);
+        if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+            return; // keep-alive
+        }
+        let msg = match Message::parse(bytes) {
+            Ok(m) => m,
+            Err(_) => {
+                self.reject_unparseable(bytes, from);
+                return;
+            }
+        };
+        if msg.method().is_some() {
+            self.request(&msg, from);
+        } else {
+            self.response(&msg, from);
+        }
+    }
+
+    /// A request whose framing failed: answer 400 when enough of it parses
+    /// to address a response (RFC 4475 `clerr`), else drop.
+    fn reject_unparseable(self: &Arc<Self>, bytes: &[u8], from: Peer) {
+        self.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+        // Retry without the body: a Content-Length problem leaves the head usable.
+        let head_end = memchr::memmem::find(bytes, b"\r\n\r\n").map(|i| i + 4);
+        if let Some(end) = head_end {
+            let head: Vec<u8> = bytes
+                .get(..end)
+                .unwrap_or_default()
+                .split(|b| *b == b'\n')
+                .filter(|l| {
+                    let l = String::from_utf8_lossy(l).to_ascii_lowercase();
+                    !(l.starts_with("content-length")
+                        || l.starts_with("l:")
+                        || l.starts_with("l :"))
+                })
+                .flat_map(|l| l.iter().copied().chain(std::iter::once(b'\n')))
+                .collect();
+            if let Ok(m) = Message::parse(&head) {
+                if m.method().is_some() && m.first(HeaderId::Via).is_some() {
+                    let resp = build_response(&m, 400, "Bad Request", &[], "ss400");
+                    self.send(from, resp);
+                    return;
+                }
+            }
+        }
+        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn respond(
+        self: &Arc<Self>,
+        req: &Message<'_>,
+        to: Peer,
+        code: u16,
+        phrase: &str,
+        headers: &[(String, String)],
+    ) {
+        let resp = build_response(req, code, phrase, headers, "ss1");
+        self.send(to, resp);
+    }
+
+    fn request(self: &Arc<Self>, msg: &Message<'_>, from: Peer) {
+        let info = match check_request(msg) {
+            Ok(i) => i,
+            Err(e) => {
+                self.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+                if msg.first(HeaderId::Via).is_some() {
+                    let code = e.status();
+                    let phrase = if code == 505 {
+                        "Version Not Supported"
+                    } else {
+                        "Bad Request"
+                    };
+                    let warn = vec![(
+                        "Warning".to_owned(),
+                        format!("399 stirscreen \"{}\"", e.to_string().replace('"', "'")),
+                    )];
+                    self.respond(msg, from, code, phrase, &warn);
+                } else {
+                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                return;
+            }
+        };
+        let scheme = info.uri.scheme.to_ascii_lowercase();
+        if !matches!(scheme.as_str(), "sip" | "sips" | "tel") {
+            self.respond(msg, from, 416, "Unsupported URI Scheme", &[]);
+            return;
+        }
+        if info.max_forwards == Some(0) && info.method != "ACK" {
+            self.respond(msg, from, 483, "Too Many Hops", &[]);
+            return;
+        }
+        let unsupported: Vec<String> = msg
+            .values(HeaderId::ProxyRequire)
+            .flat_map(split_values)
+            .map(str::to_owned)
+            .collect();
+        if !unsupported.is_empty() && info.method != "ACK" && info.method != "CANCEL" {
+            self.respond(
+                msg,
+                from,
+                420,
+                "Bad Extension",
+                &[("Unsupported".into(), unsupported.join(", "))],
+            );
+            return;
+        }
+        let branch = self.branch_for(msg, &info.top_via);
+        // Loop detection (§16.3 step 4): our own Via with this very branch.
+        if msg
+            .values(HeaderId::Via)
+            .flat_map(|v| split_outside_quotes(v, b','))
+            .filter_map(|v| Via::parse(v.trim()).ok())
+            .any(|v| self.is_us(v.sent_by) && v.branch() == Some(branch.as_str()))
+        {
+            self.respond(msg, from, 482, "Loop Detected", &[]);
+            return;
+        }
+        let existing = self.txns.lock().ok().and_then(|t| t.get(&branch).cloned());
+        match info.method {
+            "INVITE" if info.to.tag().is_none() => match existing {
+                Some(txn) => self.invite_retransmission(&txn),
+                None => self.new_invite(msg, from, branch, &info.from, info.to),
+            },
+            "ACK" => {
+                if let Some(txn) = existing {
+                    // ACK for a non-2xx final response: hop-by-hop, absorbed.
+                    if let Ok(mut st) = txn.state.lock() {
+                        if st.phase == Phase::Completed {
+                            st.phase = Phase::Done;
+                            let me = Arc::clone(self);
+                            let key = txn.branch.clone();
+                            tokio::spawn(async move {
+                                tokio::time::sleep(Duration::from_secs(5)).await;
+                                me.remove_txn(&key);
+                            });
+                        }
+                        if st.phase == Phase::Done && !st.got_final_2xx() {
+                            return;
+                        }
+                    }
+                }
+                self.forward_stateless(msg, from, &info.top_via, info.max_forwards, &branch);
+            }
+            "CANCEL" => match existing {
+                Some(txn) => self.cancel(msg, from, &txn),
+                None => {
+                    self.forward_stateless(msg, from, &info.top_via, info.max_forwards, &branch)
+                }
+            },
+            _ => self.forward_stateless(msg, from, &info.top_via, info.max_forwards, &branch),
+        }
+    }
+
+    fn remove_txn(&self, key: &str) {
+        if let Ok(mut t) = self.txns.lock() {
+            t.remove(key);
+        }
+    }
+
+    fn invite_retransmission(self: &Arc<Self>, txn: &Arc<Txn>) {
+        let last = txn.state.lock().ok().and_then(|s| s.last_response.clone());
+        if let Some(r) = last {
+            self.send(txn.upstream, r);
+        }
+    }
+
+    fn new_invite(
+        self: &Arc<Self>,
+        msg: &Message<'_>,
+        from: Peer,
+        branch: String,
+        from_hdr: &NameAddr<'_>,
+        to: NameAddr<'_>,
+    ) {
+        self.stats.invites.fetch_add(1, Ordering::Relaxed);
+        if *self.shutdown.borrow() {
+            self.respond(
+                msg,
+                from,
+                503,
+                "Service Unavailable",
+                &[("Retry-After".into(), "5".into())],
+            );
+            return;
+        }
+        let Ok(permit) = Arc::clone(&self.inflight).try_acquire_owned() else {
+            self.stats.overload.fetch_add(1, Ordering::Relaxed);
+            self.respond(
+                msg,
+                from,
+                503,
+                "Service Unavailable",
+                &[("Retry-After".into(), "1".into())],
+            );
+            return;
+        };
+        let _ = (from_hdr, to);
+        let trying = build_response(msg, 100, "Trying", &[], "");
+        let txn = Arc::new(Txn {
+            branch: branch.clone(),
+            upstream: from,
+            invite: msg.wire().to_vec(),
+            to_tag: crate::lab::random_hex(6),
+            state: Mutex::new(TxnState {
+                phase: Phase::Verifying,
+                last_response: Some(trying.clone()),
+                forwarded: None,
+                downstream: None,
+                got_provisional: false,
+                got_final: false,
+                cancel_pending: false,
+                upstream_reason: None,
+                orig: String::new(),
+                dest: String::new(),
+            }),
+            cancelled: Notify::new(),
+        });
+        if let Ok(mut t) = self.txns.lock() {
+            t.insert(branch, Arc::clone(&txn));
+        }
+        self.send(from, trying);
+        let me = Arc::clone(self);
+        let arrived = self.clock.now();
+        tokio::spawn(async move {
+            me.screen(txn, arrived).await;
+            drop(permit);
+        });
+    }
+
+    /// Verifies, decides and forwards or rejects one INVITE.
+    async fn screen(self: &Arc<Self>, txn: Arc<Txn>, arrived: UnixTime) {
+        let Ok(msg) = Message::parse(&txn.invite) else {
+            return;
+        };
+        let work = verify_request(&self.verifier, &self.fetcher, &msg, arrived);
+        let outcome = tokio::select! {
+            o = tokio::time::timeout(self.verify_deadline, work) => match o {
+                Ok(o) => o,
+                Err(_) => Outcome::timeout(&self.verifier.config, "verification did not finish within the deadline"),
+            },
+            _ = txn.cancelled.notified() => return,
+        };
+        let facts = self.facts(&msg, &outcome, txn.upstream.addr.ip(), arrived);
+        let engine = self.engine.current();
+        let d = engine.decide(&facts);
+        let v = verdict(d.action, d.rule_id(), &facts, &self.operator, arrived);
+        if let Ok(mut st) = txn.state.lock() {
+            if st.phase != Phase::Verifying {
+                return; // cancelled meanwhile
+            }
+            st.orig.clone_from(&facts.orig);
+            st.dest.clone_from(&facts.dest);
+        }
+        match v {
+            Verdict::Reject(p) => {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                let resp = build_response(&msg, p.code, &p.phrase, &p.headers, &txn.to_tag);
+                self.final_upstream(&txn, resp);
+            }
+            Verdict::Forward(plan) => {
+                self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+                self.forward_invite(&txn, &msg, &plan);
+            }
+        }
+    }
+
+    fn facts(&self, msg: &Message<'_>, o: &Outcome, src: IpAddr, now: UnixTime) -> Facts {
+        let display_name = msg
+            .value(HeaderId::From)
+            .and_then(|v| NameAddr::parse(v).ok())
+            .and_then(|a| a.display)
+            .unwrap_or_default()
+            .to_owned();
+        let diversion = msg.headers.iter().any(|h| {
+            h.name.eq_ignore_ascii_case("diversion") || h.name.eq_ignore_ascii_case("history-info")
+        });
+        let call = CallInfo {
+            display_name,
+            source: self.config.source_of(src).to_owned(),
+            method: "INVITE".into(),
+            diversion,
+        };
+        let orig = o.orig.map(|t| t.to_string()).unwrap_or_default();
+        let dest = o.dest.first().map(|t| t.to_string()).unwrap_or_default();
+        let state = StateInfo {
+            callee_flagged: self.store.is_flagged(&dest, &orig),
+            orig_unwanted_reports: self.store.unwanted_reports(&orig, now).unwrap_or(0),
+            orig_calls_per_minute: self.store.count_call(&orig, now),
+        };
+        Facts::from_outcome(o, &call, state)
+    }
+
+    /// Sends a final non-2xx response upstream and retransmits it over UDP
+    /// until the ACK (Timer G, until Timer H).
+    fn final_upstream(self: &Arc<Self>, txn: &Arc<Txn>, resp: Vec<u8>) {
+        if let Ok(mut st) = txn.state.lock() {
+            st.phase = Phase::Completed;
+            st.last_response = Some(resp.clone());
+        }
+        self.send(txn.upstream, resp);
+        let me = Arc::clone(self);
+        let txn = Arc::clone(txn);
+        tokio::spawn(async move {
+            let mut wait = T1;
+            let mut total = Duration::ZERO;
+            loop {
+                tokio::time::sleep(wait).await;
+                total += wait;
+                let (phase, resp) = match txn.state.lock() {
+                    Ok(s) => (s.phase, s.last_response.clone()),
+                    Err(_) => return,
+                };
+                if phase != Phase::Completed || total >= T1 * 64 {
+                    break;
+                }
+                if txn.upstream.transport == Transport::Udp {
+                    if let Some(r) = resp {
+                        me.send(txn.upstream, r);
+                    }
+                }
+                wait = (wait * 2).min(T2);
+            }
+            if total >= T1 * 64 {
+                me.remove_txn(&txn.branch);
+            }
+        });
+    }
+
+    /// Our Via, and the received/rport fix of the previous hop's Via.
+    fn via_for(&self, t: Transport, branch: &str) -> String {
+        let addr = self
+            .local(t)
+            .map_or_else(|| "127.0.0.1:5060".to_owned(), |a| a.to_string());
+        format!("SIP/2.0/{} {addr};branch={branch};rport", t.as_str())
+    }
+
+    fn forward_invite(self: &Arc<Self>, txn: &Arc<Txn>, msg: &Message<'_>, plan: &ForwardPlan) {
+        let top = msg
+            .value(HeaderId::Via)
+            .and_then(|v| split_outside_quotes(v, b',').next())
+            .and_then(|v| Via::parse(v.trim()).ok());
+        let mf = msg
+            .value(HeaderId::MaxForwards)
+            .and_then(|v| v.trim().parse::<u8>().ok());
+        let mut to = self.next_hop;
+        let mut out = self.rewrite(
+            msg,
+            txn.upstream,
+            to.transport,
+            &txn.branch,
+            top.as_ref(),
+            mf,
+            Some(plan),
+        );
+        if to.transport == Transport::Udp && out.len() > UDP_MTU_LIMIT {
+            to.transport = Transport::Tcp;
+            out = self.rewrite(
+                msg,
+                txn.upstream,
+                Transport::Tcp,
+                &txn.branch,
+                top.as_ref(),
+                mf,
+                Some(plan),
+            );
+        }
+        if let Ok(mut st) = txn.state.lock() {
+            st.phase = Phase::Forwarded;
+            st.forwarded = Some(out.clone());
+            st.downstream = Some(to);
+            st.upstream_reason.clone_from(&plan.upstream_reason);
+        }
+        self.send(to, out.clone());
+        // Timer A (UDP) until a response; Timer B: 408 upstream.
+        let me = Arc::clone(self);
+        let txn = Arc::clone(txn);
+        tokio::spawn(async move {
+            let mut wait = T1;
+            let mut total = Duration::ZERO;
+            loop {
+                tokio::time::sleep(wait).await;
+                total += wait;
+                let (phase, answered) = match txn.state.lock() {
+                    Ok(s) => (s.phase, s.got_provisional || s.got_final),
+                    Err(_) => return,
+                };
+                if phase != Phase::Forwarded || answered {
+                    return;
+                }
+                if total >= T1 * 64 {
+                    if let Ok(m) = Message::parse(&txn.invite) {
+                        let resp = build_response(&m, 408, "Request Timeout", &[], &txn.to_tag);
+                        me.final_upstream(&txn, resp);
+                    }
+                    return;
+                }
+                if to.transport == Transport::Udp {
+                    me.send(to, out.clone());
+                }
+                wait = (wait * 2).min(T2);
+            }
+        });
+    }
+
+    /// The request as forwarded: our Via on top, the previous top Via with
+    /// received/rport, Max-Forwards decremented (70 when absent), a Route
+    /// naming us removed, and the policy's annotations.
+    #[expect(clippy::too_many_arguments, reason = "one rewrite, all its inputs")]
+    fn rewrite(
+        &self,
+        msg: &Message<'_>,
+        from: Peer,
+        t: Transport,
+        branch: &str,
+        top: Option<&Via<'_>>,
+        max_forwards: Option<u8>,
+        plan: Option<&ForwardPlan>,
+    ) -> Vec<u8> {
+        let mut out = Vec::with_capacity(msg.wire().len() + 256);
+        let first_end = msg.headers.first().map_or(msg.body_start, |h| h.span.0);
+        out.extend_from_slice(msg.bytes.get(..first_end).unwrap_or_default());
+        out.extend_from_slice(format!("Via: {}\r\n", self.via_for(t, branch)).as_bytes());
+        let mut first_via = true;
+        let mut route_popped = false;
+        for h in &msg.headers {
+            let raw = msg.bytes.get(h.span.0..h.span.1).unwrap_or_default();
+            match h.id {
+                HeaderId::Via if first_via => {
+                    first_via = false;
+                    let v = msg.text(h).unwrap_or_default();
+                    let mut parts = split_outside_quotes(v, b',');
+                    let head = parts.next().unwrap_or_default().trim();
+                    let rest: Vec<&str> = parts.collect();
+                    let fixed = fix_via(head, top, from.addr);
+                    let mut line = format!("Via: {fixed}");
+                    for r in rest {
+                        line.push(',');
+                        line.push_str(r);
+                    }
+                    line.push_str("\r\n");
+                    out.extend_from_slice(line.as_bytes());
+                }
+                HeaderId::MaxForwards => {}
+                HeaderId::ContentLength => {}
+                HeaderId::Route if !route_popped => {
+                    route_popped = true;
+                    let v = msg.text(h).unwrap_or_default();
+                    let mut vals = split_values(v);
+                    let first = vals.next().unwrap_or_default();
+                    let ours =
+                        NameAddr::parse(first).is_ok_and(|a| self.is_us(a.uri.sip_hostport()));
+                    if ours {
+                        let rest: Vec<&str> = vals.collect();
+                        if !rest.is_empty() {
+                            out.extend_from_slice(
+                                format!("Route: {}\r\n", rest.join(", ")).as_bytes(),
+                            );
+                        }
+                    } else {
+                        out.extend_from_slice(raw);
+                        out.extend_from_slice(b"\r\n");
+                    }
+                }
+                HeaderId::Identity if plan.is_some_and(|p| p.strip_identity) => {}
+                HeaderId::From | HeaderId::PAssertedIdentity if plan.is_some() => {
+                    let Some(p) = plan else { continue };
+                    let v = msg.text(h).unwrap_or_default();
+                    let place = if h.id == HeaderId::From {
+                        p.in_from
+                    } else {
+                        p.in_pai
+                    };
+                    let vs = p.verstat.as_deref().filter(|_| place);
+                    let vals: Vec<String> = if h.id == HeaderId::From {
+                        vec![set_verstat(v, vs)]
+                    } else {
+                        split_values(v).map(|one| set_verstat(one, vs)).collect()
+                    };
+                    out.extend_from_slice(
+                        format!("{}: {}\r\n", h.name, vals.join(", ")).as_bytes(),
+                    );
+                }
+                _ => {
+                    out.extend_from_slice(raw);
+                    out.extend_from_slice(b"\r\n");
+                }
+            }
+        }
+        let mf = max_forwards.map_or(70, |m| m.saturating_sub(1));
+        out.extend_from_slice(format!("Max-Forwards: {mf}\r\n").as_bytes());
+        if let Some(p) = plan {
+            for (k, v) in &p.add {
+                out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+            }
+        }
+        out.extend_from_slice(format!("Content-Length: {}\r\n\r\n", msg.body.len()).as_bytes());
+        out.extend_from_slice(msg.body);
+        out
+    }
+
+    fn forward_stateless(
+        self: &Arc<Self>,
+        msg: &Message<'_>,
+        from: Peer,
+        top: &Via<'_>,
+        mf: Option<u8>,
+        branch: &str,
+    ) {
+        let mut to = self.next_hop;
+        let mut out = self.rewrite(msg, from, to.transport, branch, Some(top), mf, None);
+        if to.transport == Transport::Udp && out.len() > UDP_MTU_LIMIT {
+            to.transport = Transport::Tcp;
+            out = self.rewrite(msg, from, Transport::Tcp, branch, Some(top), mf, None);
+        }
+        self.send(to, out);
+    }
+
+    fn cancel(self: &Arc<Self>, msg: &Message<'_>, from: Peer, txn: &Arc<Txn>) {
+        // §9.2 / §16.10: 200 to the CANCEL at once.
+        self.respond(msg, from, 200, "OK", &[]);
+        let (phase, forwarded, downstream, provisional) = match txn.state.lock() {
+            Ok(s) => (
+                s.phase,
+                s.forwarded.clone(),
+                s.downstream,
+                s.got_provisional,
+            ),
+            Err(_) => return,
+        };
+        match phase {
+            Phase::Verifying => {
+                // Nothing forwarded yet: end the INVITE with 487 and stop.
+                txn.cancelled.notify_one();
+                if let Ok(m) = Message::parse(&txn.invite) {
+                    let resp = build_response(&m, 487, "Request Terminated", &[], &txn.to_tag);
+                    self.final_upstream(txn, resp);
+                }
+            }
+            Phase::Forwarded => {
+                if let (Some(f), Some(to)) = (forwarded, downstream) {
+                    if provisional {
+                        self.send(to, cancel_for(&f));
+                    } else if let Ok(mut s) = txn.state.lock() {
+                        s.cancel_pending = true;
+                    }
+                }
+            }
+            Phase::Completed | Phase::Done => {}
+        }
+    }
+
+    fn response(self: &Arc<Self>, msg: &Message<'_>, from: Peer) {
+        let Ok(info) = check_response(msg) else {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if !self.is_us(info.top_via.sent_by) {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let branch = info.top_via.branch().unwrap_or_default().to_owned();
+        let txn = self.txns.lock().ok().and_then(|t| t.get(&branch).cloned());
+        let code = info.code;
+        if let Some(txn) = txn.filter(|_| info.cseq_method == "INVITE") {
+            let mut extra: Option<String> = None;
+            let mut ack: Option<(Vec<u8>, Peer)> = None;
+            let mut relay = true;
+            let mut completed = false;
+            if let Ok(mut st) = txn.state.lock() {
+                if code < 200 {
+                    st.got_provisional = true;
+                    if st.cancel_pending {
+                        st.cancel_pending = false;
+                        if let (Some(f), Some(to)) = (st.forwarded.clone(), st.downstream) {
+                            self.send(to, cancel_for(&f));
+                        }
+                    }
+                    relay = code != 100 && !st.got_final;
+                } else if code < 300 {
+                    st.got_final = true;
+                    st.phase = Phase::Done;
+                    st.last_response = None;
+                } else {
+                    if let (Some(f), Some(to)) = (st.forwarded.clone(), st.downstream) {
+                        ack = Some((ack_for(&f, msg), to));
+                    }
+                    if st.got_final {
+                        relay = false; // a retransmission: re-ACK only
+                    } else {
+                        st.got_final = true;
+                        completed = true;
+                    }
+                    if code == 607 && !st.orig.is_empty() && !st.dest.is_empty() {
+                        let now = self.clock.now();
+                        let _ = self.store.add_flag(&st.dest, &st.orig, "607", now);
+                        let _ = self.store.report_unwanted(&st.orig, &st.dest, now);
+                    }
+                }
+                if relay && code > 100 {
+                    extra = st.upstream_reason.take();
+                }
+            }
+            if let Some((a, to)) = ack {
+                self.send(to, a);
+            }
+            if !relay {
+                return;
+            }
+            let out = strip_top_via(msg, extra.as_deref());
+            if completed {
+                self.final_upstream(&txn, out);
+            } else {
+                if code >= 200 {
+                    let me = Arc::clone(self);
+                    let key = txn.branch.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(T1 * 64).await;
+                        me.remove_txn(&key);
+                    });
+                }
+                if let Ok(mut st) = txn.state.lock() {
+                    if code < 200 {
+                        st.last_response = Some(out.clone());
+                    }
+                }
+                self.send(txn.upstream, out);
+            }
+            return;
+        }
+        // Stateless: the next Via says where.
+        if info.code == 100 {
+            return;
+        }
+        let out = strip_top_via(msg, None);
+        let Ok(next) = Message::parse(&out) else {
+            return;
+        };
+        let Some(v) = next
+            .value(HeaderId::Via)
+            .and_then(|v| split_outside_quotes(v, b',').next())
+            .and_then(|v| Via::parse(v.trim()).ok())
+        else {
+            return; // the response was for us (e.g. the 200 to our CANCEL)
+        };
+        let Some(to) = via_destination(&v) else {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let _ = from;
+        self.send(to, out.clone());
+    }
+}
+
+impl TxnState {
+    fn got_final_2xx(&self) -> bool {
+        self.got_final && self.last_response.is_none()
+    }
+}
+
+/// Adds `received` (when the sent-by is not the source address) and fills
+/// `rport` (RFC 3261 §18.2.1, RFC 3581).
+fn fix_via(head: &str, top: Option<&Via<'_>>, src: SocketAddr) -> String {
+    let Some(v) = top else { return head.to_owned() };
+    let host = v
+        .sent_by
+        .split(':')
+        .next()
+        .unwrap_or(v.sent_by)
+        .trim_matches(['[', ']']);
+    let mut out: String = head
+        .split(';')
+        .filter(|p| !p.trim().eq_ignore_ascii_case("rport"))
+        .collect::<Vec<_>>()
+        .join(";");
+    if host.parse::<IpAddr>().ok() != Some(src.ip()) && v.params.get("received").is_none() {
+        out.push_str(&format!(";received={}", src.ip()));
+    }
+    if v.params.get("rport").is_some_and(|r| r.is_none()) {
+        out.push_str(&format!(";rport={}", src.port()));
+    }
+    out
+}
+
+/// Where a response goes according to a Via: received/rport, else sent-by.
+fn via_destination(v: &Via<'_>) -> Option<Peer> {
+    let transport = if v.transport.eq_ignore_ascii_case("TCP") {
+        Transport::Tcp
+    } else {
+        Transport::Udp
+    };
+    let (host, port) = match v.sent_by.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(':') && p.parse::<u16>().is_ok() => (h, p.parse::<u16>().ok()),
+        _ => (v.sent_by, None),
+    };
+    let ip: IpAddr = v
+        .params
+        .get("received")
+        .flatten()
+        .unwrap_or(host)
+        .trim_matches(['[', ']'])
+        .parse()
+        .ok()?;
+    if let IpAddr::V4(a) = ip {
+        if a.is_broadcast() || a.is_multicast() || a.is_unspecified() {
+            return None;
+        }
+    }
+    let port = v
+        .params
+        .get("rport")
+        .flatten()
+        .and_then(|p| p.parse().ok())
+        .or(port)
+        .unwrap_or(5060);
+    Some(Peer {
+        transport,
+        addr: SocketAddr::new(ip, port),
+    })
+}
+
+/// The response without our (topmost) Via value, optionally with a header added.
+fn strip_top_via(msg: &Message<'_>, extra: Option<&str>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(msg.wire().len());
+    let first_end = msg.headers.first().map_or(msg.body_start, |h| h.span.0);
+    out.extend_from_slice(msg.bytes.get(..first_end).unwrap_or_default());
+    let mut stripped = false;
+    for h in &msg.headers {
+        let raw = msg.bytes.get(h.span.0..h.span.1).unwrap_or_default();
+        if h.id == HeaderId::Via && !stripped {
+            stripped = true;
+            let v = msg.text(h).unwrap_or_default();
+            let rest: Vec<&str> = split_outside_quotes(v, b',')
+                .skip(1)
+                .map(str::trim)
+                .collect();
+            if !rest.is_empty() {
+                out.extend_from_slice(format!("Via: {}\r\n", rest.join(", ")).as_bytes());
+            }
+            continue;
+        }
+        if h.id == HeaderId::ContentLength {
+            continue;
+        }
+        out.extend_from_slice(raw);
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(r) = extra {
+        out.extend_from_slice(format!("Reason: {r}\r\n").as_bytes());
+    }
+    out.extend_from_slice(format!("Content-Length: {}\r\n\r\n", msg.body.len()).as_bytes());
+    out.extend_from_slice(msg.body);
+    out
+}
+
+/// Headers of our forwarded INVITE, as (name, value) text.
+fn header_values(bytes: &[u8]) -> Vec<(String, String)> {
+    let Ok(m) = Message::parse(bytes) else {
+        return Vec::new();
+    };
+    m.headers
+        .iter()
+        .map(|h| (h.name.to_owned(), m.text(h).unwrap_or_default().to_owned()))
+        .collect()
+}
+
+fn request_uri(bytes: &[u8]) -> String {
+    match Message::parse(bytes).map(|m| m.start) {
+        Ok(crate::sip::StartLine::Request { uri, .. }) => uri.to_owned(),
+        _ => String::new(),
+    }
+}
+
+/// CANCEL for our forwarded INVITE (RFC 3261 §9.1): same R-URI, Call-ID,
+/// From, To, CSeq number, our Via only, Route headers.
+fn cancel_for(forwarded: &[u8]) -> Vec<u8> {
+    hop_request(forwarded, "CANCEL", None)
+}
+
+/// ACK for a non-2xx final response to our forwarded INVITE (§17.1.1.3):
+/// To from the response.
+fn ack_for(forwarded: &[u8], resp: &Message<'_>) -> Vec<u8> {
+    hop_request(forwarded, "ACK", resp.value(HeaderId::To))
+}
+
+fn hop_request(forwarded: &[u8], method: &str, to: Option<&str>) -> Vec<u8> {
+    let hv = header_values(forwarded);
+    let get = |n: &str| {
+        hv.iter()
+            .find(|(k, _)| HeaderId::of(k) == HeaderId::of(n))
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let via = get("Via");
+    let via = split_outside_quotes(&via, b',')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let cseq_n = get("CSeq")
+        .split_whitespace()
+        .next()
+        .unwrap_or("1")
+        .to_owned();
+    let mut out = format!(
+        "{method} {} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq_n} {method}\r\n",
+        request_uri(forwarded),
+        get("From"),
+        to.map_or_else(|| get("To"), str::to_owned),
+        get("Call-ID"),
+    );
+    for (k, v) in &hv {
+        if HeaderId::of(k) == HeaderId::Route {
+            out.push_str(&format!("Route: {v}\r\n"));
+        }
+    }
+    out.push_str("Content-Length: 0\r\n\r\n");
+    out.into_bytes()
+}
+
+/// Runs `serve` until SIGINT/SIGTERM, then drains (stops accepting, waits
+/// for open transactions up to `drain`).
+pub async fn serve(config: Config, drain: Duration) -> Result<(), ServeError> {
+    let proxy = Proxy::start(config).await?;
+    eprintln!(
+        "stirscreen: serving on udp {} / tcp {}, next hop {:?} {}",
+        proxy.udp_addr().map_or("-".into(), |a| a.to_string()),
+        proxy.tcp_addr().map_or("-".into(), |a| a.to_string()),
+        proxy.next_hop.transport,
+        proxy.next_hop.addr
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| ServeError::Config(e.to_string()))?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    eprintln!("stirscreen: draining");
+    proxy.begin_shutdown();
+    let deadline = tokio::time::Instant::now() + drain;
+    while proxy.inflight.available_permits() < proxy.config.proxy.max_in_flight
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
