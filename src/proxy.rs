@@ -205,12 +205,11 @@ impl Proxy {
                 }
                 Transport::Tcp => {
                     // Port 0 on both: TCP takes the port UDP got (RFC 3261 §18.2.1).
-                    if addr.port() == 0 {
-                        if let Some(u) = udp_sockets.first().and_then(|s| s.local_addr().ok()) {
-                            if u.ip() == addr.ip() {
-                                addr.set_port(u.port());
-                            }
-                        }
+                    if addr.port() == 0
+                        && let Some(u) = udp_sockets.first().and_then(|s| s.local_addr().ok())
+                        && u.ip() == addr.ip()
+                    {
+                        addr.set_port(u.port());
                     }
                     let s = TcpListener::bind(addr)
                         .await
@@ -491,27 +490,47 @@ impl Proxy {
     /// to address a response (RFC 4475 `clerr`), else drop.
     fn reject_unparseable(self: &Arc<Self>, bytes: &[u8], from: Peer) {
         self.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
-        // Retry without the body: a Content-Length problem leaves the head usable.
+        // A response that does not parse is dropped; a request is answered
+        // 400 when its Via and dialog headers can still be read: re-read the
+        // head with a placeholder request line (RFC 4475 `lwsruri`,
+        // `trws`) and without Content-Length (RFC 4475 `clerr`, `ncl`).
+        if bytes.starts_with(b"SIP/") {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let head_end = memchr::memmem::find(bytes, b"\r\n\r\n").map(|i| i + 4);
-        if let Some(end) = head_end {
-            let head: Vec<u8> = bytes
-                .get(..end)
+        let line_end = memchr::memchr(b'\n', bytes);
+        if let (Some(end), Some(le)) = (head_end, line_end) {
+            let mut head: Vec<u8> = b"OPTIONS sip:invalid SIP/2.0\r\n".to_vec();
+            for l in bytes
+                .get(le + 1..end)
                 .unwrap_or_default()
                 .split(|b| *b == b'\n')
-                .filter(|l| {
-                    let l = String::from_utf8_lossy(l).to_ascii_lowercase();
-                    !(l.starts_with("content-length")
-                        || l.starts_with("l:")
-                        || l.starts_with("l :"))
-                })
-                .flat_map(|l| l.iter().copied().chain(std::iter::once(b'\n')))
-                .collect();
-            if let Ok(m) = Message::parse(&head) {
-                if m.method().is_some() && m.first(HeaderId::Via).is_some() {
-                    let resp = build_response(&m, 400, "Bad Request", &[], "ss400");
-                    self.send(from, resp);
-                    return;
+            {
+                let lower = String::from_utf8_lossy(l).to_ascii_lowercase();
+                let name = lower
+                    .split(':')
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned();
+                if name == "content-length" || name == "l" {
+                    continue;
                 }
+                head.extend_from_slice(l);
+                head.push(b'\n');
+            }
+            if let Ok(m) = Message::parse(&head)
+                && m.first(HeaderId::Via).is_some()
+                && m.first(HeaderId::CSeq).is_some()
+            {
+                let warn = [(
+                    "Warning".to_owned(),
+                    "399 stirscreen \"malformed request line or Content-Length\"".to_owned(),
+                )];
+                let resp = build_response(&m, 400, "Bad Request", &warn, "ss400");
+                self.send(from, resp);
+                return;
             }
         }
         self.stats.dropped.fetch_add(1, Ordering::Relaxed);
@@ -785,10 +804,10 @@ impl Proxy {
                 if phase != Phase::Completed || total >= T1 * 64 {
                     break;
                 }
-                if txn.upstream.transport == Transport::Udp {
-                    if let Some(r) = resp {
-                        me.send(txn.upstream, r);
-                    }
+                if txn.upstream.transport == Transport::Udp
+                    && let Some(r) = resp
+                {
+                    me.send(txn.upstream, r);
                 }
                 wait = (wait * 2).min(T2);
             }
@@ -1090,10 +1109,10 @@ impl Proxy {
                         me.remove_txn(&key);
                     });
                 }
-                if let Ok(mut st) = txn.state.lock() {
-                    if code < 200 {
-                        st.last_response = Some(out.clone());
-                    }
+                if let Ok(mut st) = txn.state.lock()
+                    && code < 200
+                {
+                    st.last_response = Some(out.clone());
                 }
                 self.send(txn.upstream, out);
             }
@@ -1172,10 +1191,10 @@ fn via_destination(v: &Via<'_>) -> Option<Peer> {
         .trim_matches(['[', ']'])
         .parse()
         .ok()?;
-    if let IpAddr::V4(a) = ip {
-        if a.is_broadcast() || a.is_multicast() || a.is_unspecified() {
-            return None;
-        }
+    if let IpAddr::V4(a) = ip
+        && (a.is_broadcast() || a.is_multicast() || a.is_unspecified())
+    {
+        return None;
     }
     let port = v
         .params

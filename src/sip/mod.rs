@@ -208,7 +208,13 @@ impl<'a> Message<'a> {
                 max: MAX_SIP_MESSAGE,
             });
         }
-        let (head_end, body_start) = find_head_end(bytes).ok_or(ParseError::Unterminated)?;
+        // A datagram that ends right after a header line has an empty body
+        // (RFC 4475 `baddn` ends so); streams always need the empty line.
+        let (head_end, body_start) = match find_head_end(bytes) {
+            Some(x) => x,
+            None if bytes.ends_with(b"\n") => (bytes.len() - 1, bytes.len()),
+            None => return Err(ParseError::Unterminated),
+        };
         let head = bytes.get(..head_end).ok_or(ParseError::Unterminated)?;
         let (start, mut headers) = parse_head(head)?;
         let mut unfolded = String::new();

@@ -1,0 +1,608 @@
+//! `serve` over real sockets on 127.0.0.1: a test UAC and UAS around the
+//! proxy, a real HTTPS x5u server, the shipped policies.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use stirscreen::certrepo::{CertRepo, Route};
+use stirscreen::config::Config;
+use stirscreen::lab::InviteSpec;
+use stirscreen::passport::{Attest, SignRequest, identity_header_value};
+use stirscreen::proxy::Proxy;
+use stirscreen::time::Clock;
+use tokio::net::UdpSocket;
+
+const ORIG: &str = "12155551212";
+const DEST: &str = "12125551213";
+
+struct Lab {
+    proxy: Arc<Proxy>,
+    repo: CertRepo,
+    uas: UdpSocket,
+    uac: UdpSocket,
+    _dir: tempfile::TempDir,
+    policy: PathBuf,
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+async fn lab_with(policy_src: &Path, extra: &str) -> Lab {
+    let mut routes = common::standard_routes();
+    routes.insert(
+        "/slow.pem".into(),
+        Route::Slow {
+            body: common::read("sp-a.pem"),
+            delay: Duration::from_millis(1500),
+        },
+    );
+    let repo = common::start_repo(routes).await;
+    let dir = tempfile::tempdir().unwrap();
+    // A private copy of the policy and its lists, so tests may edit it.
+    let policy = dir.path().join("policy.toml");
+    std::fs::copy(policy_src, &policy).unwrap();
+    std::fs::create_dir_all(dir.path().join("lists")).unwrap();
+    for l in [
+        "do-not-originate.txt",
+        "trusted-spcs.txt",
+        "untrusted-spcs.txt",
+    ] {
+        std::fs::copy(
+            root().join("policies/lists").join(l),
+            dir.path().join("lists").join(l),
+        )
+        .unwrap();
+    }
+    let uas = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let uac = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let text = format!(
+        "[verify]\ntrust_anchors = [\"{root}/certs/demo/sti-root.pem\"]\n\
+         [fetch]\nextra_tls_roots = [\"{root}/certs/demo/tls-ca.pem\"]\nsystem_tls_roots = false\nallow_private_addresses = true\n\
+         [proxy]\nlisten = [\"udp:127.0.0.1:0\", \"tcp:127.0.0.1:0\"]\nnext_hop = \"udp:{uas}\"\n{extra}\n\
+         [policy]\nfile = \"{policy}\"\nreload_check_ms = 50\n\
+         [store]\npath = \"{db}\"\n\
+         [operator]\njcard_key = \"{root}/certs/demo/operator.key\"\n",
+        root = root().display(),
+        uas = uas.local_addr().unwrap(),
+        policy = policy.display(),
+        db = dir.path().join("state.db").display(),
+    );
+    let cfg = Config::parse(&text, "test.toml").unwrap();
+    let proxy = Proxy::start(cfg).await.unwrap();
+    Lab {
+        proxy,
+        repo,
+        uas,
+        uac,
+        _dir: dir,
+        policy,
+    }
+}
+
+async fn lab() -> Lab {
+    lab_with(&root().join("policies/default.toml"), "").await
+}
+
+impl Lab {
+    fn proxy_addr(&self) -> SocketAddr {
+        self.proxy.udp_addr().unwrap()
+    }
+
+    /// A freshly signed INVITE (iat = now) from the UAC.
+    fn invite(&self, key: &str, path: &str, edit: impl FnOnce(&mut SignRequest)) -> String {
+        let url = self.repo.url(path);
+        let mut r = SignRequest {
+            attest: Attest::A,
+            orig: ORIG.into(),
+            dest: vec![DEST.into()],
+            iat: Clock.now().0,
+            origid: "3f1e2d4c-0000-4000-8000-000000000001".into(),
+            x5u: url.clone(),
+        };
+        edit(&mut r);
+        let token = common::key(key).sign(&r).unwrap();
+        let mut spec = InviteSpec::new(&r.orig, DEST);
+        spec.via = self.uac.local_addr().unwrap().to_string();
+        spec.identities.push(identity_header_value(&token, &url));
+        spec.build()
+    }
+
+    async fn send(&self, msg: &str) {
+        self.uac
+            .send_to(msg.as_bytes(), self.proxy_addr())
+            .await
+            .unwrap();
+    }
+}
+
+async fn recv(sock: &UdpSocket, wait_ms: u64) -> Option<String> {
+    let mut buf = vec![0u8; 65_536];
+    match tokio::time::timeout(Duration::from_millis(wait_ms), sock.recv_from(&mut buf)).await {
+        Ok(Ok((n, _))) => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+        _ => None,
+    }
+}
+
+/// The next message whose first line starts with `prefix`.
+async fn recv_line(sock: &UdpSocket, prefix: &str, wait_ms: u64) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let m = recv(sock, left.as_millis() as u64).await?;
+        if m.starts_with(prefix) {
+            return Some(m);
+        }
+    }
+}
+
+fn header<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
+    msg.split("\r\n")
+        .filter(|l| {
+            l.to_ascii_lowercase()
+                .starts_with(&format!("{}:", name.to_ascii_lowercase()))
+        })
+        .map(|l| l[name.len() + 1..].trim())
+        .collect()
+}
+
+/// A UAS response to a request it received.
+fn answer(req: &str, code: u16, reason: &str) -> String {
+    let mut out = format!("SIP/2.0 {code} {reason}\r\n");
+    for l in req.split("\r\n") {
+        let lower = l.to_ascii_lowercase();
+        if lower.starts_with("via:")
+            || lower.starts_with("from:")
+            || lower.starts_with("call-id:")
+            || lower.starts_with("cseq:")
+        {
+            out.push_str(l);
+            out.push_str("\r\n");
+        } else if lower.starts_with("to:") {
+            out.push_str(l);
+            out.push_str(";tag=uas1\r\n");
+        }
+    }
+    out.push_str("Content-Length: 0\r\n\r\n");
+    out
+}
+
+#[tokio::test]
+async fn a_verified_call_is_forwarded_with_verstat_and_completes() {
+    let lab = lab().await;
+    let inv = lab.invite("sp-a.key", "/sp-a.pem", |_| {});
+    lab.send(&inv).await;
+    assert!(recv_line(&lab.uac, "SIP/2.0 100", 2000).await.is_some());
+    let fwd = recv_line(&lab.uas, "INVITE ", 3000)
+        .await
+        .expect("forwarded");
+    assert!(
+        header(&fwd, "From")[0].contains(";verstat=TN-Validation-Passed@"),
+        "{fwd}"
+    );
+    assert_eq!(header(&fwd, "P-Attestation-Indicator"), vec!["A"]);
+    assert_eq!(header(&fwd, "Max-Forwards"), vec!["69"]);
+    assert!(
+        header(&fwd, "Via")[0].contains(&format!("SIP/2.0/UDP {}", lab.proxy_addr())),
+        "{fwd}"
+    );
+    assert!(!header(&fwd, "Identity").is_empty(), "Identity kept");
+    lab.uas
+        .send_to(answer(&fwd, 180, "Ringing").as_bytes(), lab.proxy_addr())
+        .await
+        .unwrap();
+    lab.uas
+        .send_to(answer(&fwd, 200, "OK").as_bytes(), lab.proxy_addr())
+        .await
+        .unwrap();
+    let r180 = recv_line(&lab.uac, "SIP/2.0 180", 2000)
+        .await
+        .expect("180 relayed");
+    let r200 = recv_line(&lab.uac, "SIP/2.0 200", 2000)
+        .await
+        .expect("200 relayed after the 180");
+    assert_eq!(header(&r180, "Via").len(), 1, "our Via removed: {r180}");
+    assert!(header(&r200, "Reason").is_empty(), "no failure, no Reason");
+}
+
+#[tokio::test]
+async fn retransmitted_invites_are_absorbed() {
+    let lab = lab().await;
+    let inv = lab.invite("sp-a.key", "/sp-a.pem", |_| {});
+    lab.send(&inv).await;
+    assert!(recv_line(&lab.uac, "SIP/2.0 100", 2000).await.is_some());
+    let fwd = recv_line(&lab.uas, "INVITE ", 3000).await.unwrap();
+    // The UAS's 100 stops our Timer A retransmissions.
+    lab.uas
+        .send_to(answer(&fwd, 100, "Trying").as_bytes(), lab.proxy_addr())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    lab.send(&inv).await;
+    assert!(
+        recv_line(&lab.uac, "SIP/2.0 100", 2000).await.is_some(),
+        "the retransmission gets the last response"
+    );
+    assert!(
+        recv_line(&lab.uas, "INVITE ", 700).await.is_none(),
+        "not forwarded twice"
+    );
+}
+
+#[tokio::test]
+async fn a_flagged_caller_gets_607_and_the_ack_is_absorbed() {
+    let lab = lab().await;
+    lab.proxy
+        .store
+        .add_flag(DEST, ORIG, "admin", Clock.now())
+        .unwrap();
+    let inv = lab.invite("sp-a.key", "/sp-a.pem", |_| {});
+    lab.send(&inv).await;
+    let r = recv_line(&lab.uac, "SIP/2.0 607", 3000).await.expect("607");
+    assert!(
+        header(&r, "Reason")[0].starts_with("SIP;cause=607;text=\"The person you called"),
+        "{r}"
+    );
+    assert!(header(&r, "To")[0].contains(";tag="), "{r}");
+    // Without an ACK, the 607 is retransmitted (Timer G).
+    assert!(
+        recv_line(&lab.uac, "SIP/2.0 607", 1500).await.is_some(),
+        "retransmitted"
+    );
+    let ack = format!(
+        "ACK {} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+        inv.split(' ').nth(1).unwrap(),
+        header(&inv, "Via")[0],
+        header(&inv, "From")[0],
+        header(&r, "To")[0],
+        header(&inv, "Call-ID")[0]
+    );
+    lab.send(&ack).await;
+    assert!(
+        recv(&lab.uas, 500).await.is_none(),
+        "nothing reaches the UAS, ACK included"
+    );
+    assert!(
+        recv_line(&lab.uac, "SIP/2.0 607", 2500).await.is_none(),
+        "no retransmission after the ACK"
+    );
+}
+
+#[tokio::test]
+async fn dno_caller_gets_608_with_jcard_and_bad_reputation_gets_603_plus() {
+    let lab = lab().await;
+    let inv = lab.invite("sp-a.key", "/sp-a.pem", |r| r.orig = "19005550100".into());
+    lab.send(&inv).await;
+    let r = recv_line(&lab.uac, "SIP/2.0 608", 3000).await.expect("608");
+    assert!(
+        header(&r, "Call-Info")[0].ends_with(";purpose=jwscard"),
+        "{r}"
+    );
+    assert!(
+        header(&r, "Warning")[0].starts_with("399 stirscreen \""),
+        "{r}"
+    );
+
+    for i in 0..10 {
+        lab.proxy
+            .store
+            .report_unwanted("12155550123", &format!("1212555{i:04}"), Clock.now())
+            .unwrap();
+    }
+    let inv = lab.invite("sp-a.key", "/sp-a.pem", |r| r.orig = "12155550123".into());
+    lab.send(&inv).await;
+    let r = recv_line(&lab.uac, "SIP/2.0 603", 3000).await.expect("603");
+    assert!(r.starts_with("SIP/2.0 603 Network Blocked\r\n"), "{r}");
+    assert!(recv_line(&lab.uas, "INVITE", 300).await.is_none());
+}
+
+#[tokio::test]
+async fn strict_policy_rejects_a_bad_signature_with_438() {
+    let lab = lab_with(&root().join("policies/examples/strict-rfc8224.toml"), "").await;
+    let inv = lab.invite("sp-b.key", "/sp-a.pem", |_| {});
+    lab.send(&inv).await;
+    let r = recv_line(&lab.uac, "SIP/2.0 438", 3000).await.expect("438");
+    assert!(
+        r.starts_with("SIP/2.0 438 Invalid Identity Header\r\n"),
+        "{r}"
+    );
+}
+
+#[tokio::test]
+async fn cancel_during_a_slow_certificate_fetch_ends_the_invite_with_487() {
+    let lab = lab_with(
+        &root().join("policies/default.toml"),
+        "verify_deadline_ms = 5000",
+    )
+    .await;
+    let inv = lab.invite("sp-a.key", "/slow.pem", |_| {});
+    lab.send(&inv).await;
+    assert!(recv_line(&lab.uac, "SIP/2.0 100", 2000).await.is_some());
+    let cancel = inv
+        .replacen("INVITE ", "CANCEL ", 1)
+        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL")
+        .split("\r\n\r\n")
+        .next()
+        .unwrap()
+        .replace(
+            &format!(
+                "Content-Length: {}",
+                inv.split("\r\n\r\n").nth(1).unwrap().len()
+            ),
+            "Content-Length: 0",
+        )
+        + "\r\n\r\n";
+    let cancel: String = cancel
+        .split("\r\n")
+        .filter(|l| !l.starts_with("Identity:") && !l.starts_with("Content-Type:"))
+        .collect::<Vec<_>>()
+        .join("\r\n");
+    lab.send(&cancel).await;
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let m = recv(&lab.uac, 2000).await.expect("responses");
+        got.push(m.lines().next().unwrap().to_owned() + " / " + header(&m, "CSeq")[0]);
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            "SIP/2.0 200 OK / 1 CANCEL",
+            "SIP/2.0 487 Request Terminated / 1 INVITE"
+        ]
+    );
+    assert!(
+        recv_line(&lab.uas, "INVITE", 2500).await.is_none(),
+        "never forwarded after the CANCEL"
+    );
+}
+
+#[tokio::test]
+async fn overload_answers_503_with_retry_after() {
+    let lab = lab_with(
+        &root().join("policies/default.toml"),
+        "max_in_flight = 1\nverify_deadline_ms = 5000",
+    )
+    .await;
+    let first = lab.invite("sp-a.key", "/slow.pem", |_| {});
+    let second = lab.invite("sp-a.key", "/slow.pem", |_| {});
+    lab.send(&first).await;
+    assert!(recv_line(&lab.uac, "SIP/2.0 100", 2000).await.is_some());
+    lab.send(&second).await;
+    let r = recv_line(&lab.uac, "SIP/2.0 503", 2000).await.expect("503");
+    assert_eq!(header(&r, "Retry-After"), vec!["1"]);
+    assert!(
+        recv_line(&lab.uas, "INVITE", 4000).await.is_some(),
+        "the first is still served"
+    );
+}
+
+#[tokio::test]
+async fn a_large_invite_goes_to_the_next_hop_over_tcp() {
+    let lab = lab().await;
+    // The UAS also listens on TCP, same port (RFC 3261 §18.2.1).
+    let tcp = tokio::net::TcpListener::bind(lab.uas.local_addr().unwrap())
+        .await
+        .unwrap();
+    let mut inv = lab.invite("sp-a.key", "/sp-a.pem", |_| {});
+    inv = inv.replacen(
+        "Max-Forwards: 70\r\n",
+        &format!("Max-Forwards: 70\r\nX-Padding: {}\r\n", "p".repeat(1200)),
+        1,
+    );
+    lab.send(&inv).await;
+    let (mut s, _) = tokio::time::timeout(Duration::from_secs(3), tcp.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut buf = vec![0u8; 65_536];
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("\r\n\r\n") || got.len() < inv.len() {
+        use tokio::io::AsyncReadExt;
+        let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got).into_owned();
+    assert!(text.starts_with("INVITE "), "{text}");
+    assert!(
+        header(&text, "Via")[0].starts_with("SIP/2.0/TCP "),
+        "{text}"
+    );
+    // The answer comes back on that connection and is relayed over UDP.
+    use tokio::io::AsyncWriteExt;
+    s.write_all(answer(&text, 486, "Busy Here").as_bytes())
+        .await
+        .unwrap();
+    assert!(recv_line(&lab.uac, "SIP/2.0 486", 3000).await.is_some());
+}
+
+#[tokio::test]
+async fn a_policy_edit_takes_effect_while_running_and_a_broken_one_does_not() {
+    let lab = lab().await;
+    let text = std::fs::read_to_string(&lab.policy).unwrap();
+    let strict = text.replace(
+        "[rule.then]\nforward = true\nverstat = [\"pai\", \"from\"]\nreason = true",
+        "[rule.then]\nreject = \"stir\"",
+    );
+    assert_ne!(text, strict);
+    std::fs::write(&lab.policy, &strict).unwrap();
+    let f = std::fs::File::options()
+        .append(true)
+        .open(&lab.policy)
+        .unwrap();
+    f.set_modified(std::time::SystemTime::now() + Duration::from_secs(2))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let inv = lab.invite("sp-b.key", "/sp-a.pem", |_| {});
+    lab.send(&inv).await;
+    assert!(
+        recv_line(&lab.uac, "SIP/2.0 438", 3000).await.is_some(),
+        "the edited policy rejects"
+    );
+    // A broken edit leaves the strict policy in force.
+    std::fs::write(
+        &lab.policy,
+        "[[rule]]\nid = \"x\"\n[rule.when]\nno_such_fact = 1\n[rule.then]\nforward = true\n",
+    )
+    .unwrap();
+    let f = std::fs::File::options()
+        .append(true)
+        .open(&lab.policy)
+        .unwrap();
+    f.set_modified(std::time::SystemTime::now() + Duration::from_secs(4))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let inv = lab.invite("sp-b.key", "/sp-a.pem", |_| {});
+    lab.send(&inv).await;
+    assert!(
+        recv_line(&lab.uac, "SIP/2.0 438", 3000).await.is_some(),
+        "still the strict policy"
+    );
+}
+
+#[tokio::test]
+async fn a_607_from_the_callee_becomes_a_flag() {
+    let lab = lab().await;
+    let inv = lab.invite("sp-a.key", "/sp-a.pem", |_| {});
+    lab.send(&inv).await;
+    let fwd = recv_line(&lab.uas, "INVITE ", 3000).await.unwrap();
+    lab.uas
+        .send_to(answer(&fwd, 607, "Unwanted").as_bytes(), lab.proxy_addr())
+        .await
+        .unwrap();
+    assert!(
+        recv_line(&lab.uas, "ACK ", 2000).await.is_some(),
+        "hop-by-hop ACK to the UAS"
+    );
+    assert!(
+        recv_line(&lab.uac, "SIP/2.0 607", 2000).await.is_some(),
+        "relayed"
+    );
+    assert!(lab.proxy.store.is_flagged(DEST, ORIG));
+    assert_eq!(
+        lab.proxy.store.unwanted_reports(ORIG, Clock.now()).unwrap(),
+        1
+    );
+}
+
+/// RFC 4475 through the running proxy: each message gets the outcome the
+/// table names, and the proxy keeps serving. Messages are told apart by
+/// Call-ID (forwarded INVITEs are retransmitted while the UAS stays silent).
+#[tokio::test]
+async fn rfc4475_messages_through_the_running_proxy() {
+    let lab = lab().await;
+    // Large messages go to the next hop over TCP: collect those too.
+    let tcp = tokio::net::TcpListener::bind(lab.uas.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (tx, mut tcp_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = tcp.accept().await else {
+                return;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut buf = vec![0u8; 65_536];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let _ = tx.send(String::from_utf8_lossy(&buf[..n]).into_owned());
+                }
+            });
+        }
+    });
+    let call_id = |m: &str| -> String {
+        m.split("\r\n")
+            .find(|l| {
+                let l = l.to_ascii_lowercase();
+                l.starts_with("call-id:") || l.starts_with("i:")
+            })
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_owned())
+            .unwrap_or_default()
+    };
+    let dir = root().join("../shared/conformance/rfc4475");
+    let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
+    let mut wrong = Vec::new();
+    for line in readme
+        .lines()
+        .filter(|l| l.starts_with("| ") && l.contains(".dat"))
+    {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let (file, expected) = (cells[1], cells[4]);
+        let bytes = std::fs::read(dir.join(file)).unwrap();
+        let cid = call_id(&String::from_utf8_lossy(&bytes));
+        lab.uac.send_to(&bytes, lab.proxy_addr()).await.unwrap();
+        let mut code = String::new();
+        let mut forwarded = false;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(400);
+        while tokio::time::Instant::now() < deadline {
+            if let Some(m) = recv(&lab.uac, 20).await
+                && call_id(&m) == cid
+                && m.len() > 11
+                && &m[8..11] != "100"
+            {
+                code = m[8..11].to_owned();
+            }
+            while let Some(m) = recv(&lab.uas, 5).await {
+                forwarded |= call_id(&m) == cid;
+            }
+            while let Ok(m) = tcp_rx.try_recv() {
+                forwarded |= call_id(&m) == cid;
+            }
+            if forwarded || !code.is_empty() {
+                break;
+            }
+        }
+        let outcome = if forwarded {
+            "forward".to_owned()
+        } else if !code.is_empty() {
+            code
+        } else {
+            "drop".to_owned()
+        };
+        let ok = if expected.starts_with("forward to the configured next hop, or 416") {
+            outcome == "forward" || outcome == "416"
+        } else if expected.starts_with("forward") {
+            outcome == "forward"
+        } else if expected.starts_with("relay") {
+            // A response is relayed only along a Via of ours; these carry none.
+            outcome == "drop"
+        } else if expected.starts_with("400, or forward") {
+            outcome == "400" || outcome == "forward"
+        } else if expected.starts_with("400 (over UDP: discard") {
+            outcome == "400" || outcome == "drop"
+        } else if expected.starts_with("drop") {
+            outcome == "drop"
+        } else {
+            !outcome.is_empty() && expected.starts_with(&outcome)
+        };
+        if !ok {
+            wrong.push(format!("{file}: expected `{expected}`, got {outcome}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // Still serving.
+    let inv = lab.invite("sp-a.key", "/sp-a.pem", |_| {});
+    lab.send(&inv).await;
+    assert!(recv_line(&lab.uas, "INVITE ", 3000).await.is_some());
+}
