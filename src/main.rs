@@ -76,6 +76,10 @@ enum Command {
         /// Print a complete INVITE carrying the Identity header.
         #[arg(long)]
         invite: bool,
+        /// Print a SIPp injection file of N distinct PASSporTs instead
+        /// (`orig;dest;token` per line; the scenario adds the parameters).
+        #[arg(long, value_name = "N")]
+        sipp_csv: Option<usize>,
     },
     /// Lab STI PKI.
     Certs {
@@ -181,6 +185,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             iat,
             origid,
             invite,
+            sipp_csv,
         } => {
             let key = load_key(&key)?;
             let attest = match attest.as_str() {
@@ -200,6 +205,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map(|d| canon(d))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let iat = iat.map_or_else(|| Clock.now(), UnixTime);
+            if let Some(n) = sipp_csv {
+                use std::io::Write as _;
+                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                writeln!(out, "SEQUENTIAL")?;
+                let first = dest.first().cloned().unwrap_or_default();
+                for _ in 0..n {
+                    let ident = sign_identity(&key, &x5u, attest, &orig, &dest, iat, None)?;
+                    let token = ident.split(';').next().unwrap_or_default();
+                    writeln!(out, "{orig};{first};{token}")?;
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             let ident = sign_identity(&key, &x5u, attest, &orig, &dest, iat, origid.as_deref())?;
             if invite {
                 let first = dest.first().cloned().unwrap_or_default();
