@@ -221,6 +221,9 @@ pub struct ProxySection {
     pub verify_deadline_ms: u64,
     /// How long SIGTERM waits for open transactions.
     pub drain_ms: u64,
+    /// Runtime worker threads: 0 (default) = one per core; 1 = a single
+    /// thread (see README, "Performance", for what each measured).
+    pub threads: usize,
 }
 
 impl Default for ProxySection {
@@ -231,6 +234,7 @@ impl Default for ProxySection {
             max_in_flight: 10_000,
             verify_deadline_ms: 2000,
             drain_ms: 5000,
+            threads: 0,
         }
     }
 }

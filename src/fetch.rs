@@ -163,6 +163,18 @@ impl CertFetcher {
 
     /// Loads the `pinned` credentials into the cache.
     fn pin(&self, trust: &TrustStore) -> Result<(), FetcherError> {
+        for (url, cred) in self.pinned_credentials(trust)? {
+            self.insert(&url, Ok(Arc::new(cred)), PINNED_TTL);
+        }
+        Ok(())
+    }
+
+    /// Builds the `pinned` credentials against a trust store.
+    fn pinned_credentials(
+        &self,
+        trust: &TrustStore,
+    ) -> Result<Vec<(String, crate::cert::Credential)>, FetcherError> {
+        let mut out = Vec::new();
         for (url, path) in &self.cfg.pinned {
             let err = |detail: String| FetcherError::Pinned {
                 url: url.clone(),
@@ -172,18 +184,22 @@ impl CertFetcher {
             let body = std::fs::read(path).map_err(|e| err(e.to_string()))?;
             let chain = split_chain(&body).map_err(|e| err(e.to_string()))?;
             let cred = trust.credential(&chain).map_err(|e| err(e.to_string()))?;
-            self.insert(url, Ok(Arc::new(cred)), PINNED_TTL);
+            out.push((url.clone(), cred));
         }
-        Ok(())
+        Ok(out)
     }
 
     /// Replaces the trust store and drops every cached credential (they
     /// were validated against the old anchors).
     pub fn set_trust(&self, trust: Arc<TrustStore>) -> Result<(), FetcherError> {
+        // Everything that can fail happens before anything is replaced.
+        let pinned = self.pinned_credentials(&trust)?;
         if let Ok(mut c) = self.cache.write() {
             c.clear();
         }
-        self.pin(&trust)?;
+        for (url, cred) in pinned {
+            self.insert(&url, Ok(Arc::new(cred)), PINNED_TTL);
+        }
         if let Ok(mut t) = self.trust.write() {
             *t = trust;
         }

@@ -232,9 +232,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { config } => {
             let cfg = Config::load(config.as_deref())?;
             let drain = std::time::Duration::from_millis(cfg.proxy.drain_ms);
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
+            let rt = match cfg.proxy.threads {
+                1 => tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?,
+                0 => tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()?,
+                n => tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(n)
+                    .enable_all()
+                    .build()?,
+            };
             rt.block_on(stirscreen::proxy::serve(cfg, drain))?;
             Ok(ExitCode::SUCCESS)
         }

@@ -135,7 +135,8 @@ pub struct Proxy {
     /// Our addresses, per transport.
     local_udp: Option<SocketAddr>,
     local_tcp: Option<SocketAddr>,
-    udp: Option<Arc<UdpSocket>>,
+    /// Every UDP socket; sends use the first of the destination's family.
+    udp: Vec<Arc<UdpSocket>>,
     tcp_conns: Mutex<HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>>>,
     verifier: Verifier,
     fetcher: Arc<CertFetcher>,
@@ -231,7 +232,7 @@ impl Proxy {
             },
             local_udp,
             local_tcp,
-            udp: udp_sockets.first().cloned(),
+            udp: udp_sockets.clone(),
             tcp_conns: Mutex::new(HashMap::new()),
             verifier: Verifier::with_memo(config.verify_config(), config.verify.memo_capacity),
             fetcher,
@@ -270,6 +271,21 @@ impl Proxy {
         self.local_tcp
     }
 
+    /// Reloads trust anchors, intermediates and CRLs (SIGHUP). A broken
+    /// file keeps the old trust store; cached credentials are dropped only
+    /// when the new store is in force. The policy reloads itself.
+    pub fn reload_trust(&self) {
+        match self.config.trust_store() {
+            Ok(t) => match self.fetcher.set_trust(Arc::new(t)) {
+                Ok(()) => eprintln!("trust anchors: reloaded"),
+                Err(e) => eprintln!("trust anchors: not reloaded: {e}"),
+            },
+            Err(e) => {
+                eprintln!("trust anchors: not reloaded, the previous ones stay in force: {e}")
+            }
+        }
+    }
+
     /// Stops accepting new calls; in-flight transactions finish.
     pub fn begin_shutdown(&self) {
         let _ = self.shutdown.send(true);
@@ -287,8 +303,15 @@ impl Proxy {
             tokio::select! {
                 r = sock.recv_from(&mut buf) => {
                     let Ok((n, from)) = r else { continue };
-                    let bytes = buf.get(..n).unwrap_or_default().to_vec();
-                    self.handle(&bytes, Peer { transport: Transport::Udp, addr: from });
+                    self.handle(buf.get(..n).unwrap_or_default(), Peer { transport: Transport::Udp, addr: from });
+                    // Drain what is already queued before waiting again:
+                    // one readiness wait for a burst, not one per datagram.
+                    for _ in 0..64 {
+                        match sock.try_recv_from(&mut buf) {
+                            Ok((n, from)) => self.handle(buf.get(..n).unwrap_or_default(), Peer { transport: Transport::Udp, addr: from }),
+                            Err(_) => break,
+                        }
+                    }
                 }
                 _ = stop.changed() => {
                     if *stop.borrow() { return; }
@@ -369,7 +392,11 @@ impl Proxy {
     fn send(self: &Arc<Self>, to: Peer, bytes: Vec<u8>) {
         match to.transport {
             Transport::Udp => {
-                if let Some(s) = &self.udp {
+                let sock = self.udp.iter().find(|s| {
+                    s.local_addr()
+                        .is_ok_and(|a| a.is_ipv6() == to.addr.is_ipv6())
+                });
+                if let Some(s) = sock {
                     let _ = s.try_send_to(&bytes, to.addr);
                 }
             }
@@ -1321,9 +1348,14 @@ pub async fn serve(config: Config, drain: Duration) -> Result<(), ServeError> {
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| ServeError::Config(e.to_string()))?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| ServeError::Config(e.to_string()))?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = hup.recv() => proxy.reload_trust(),
+        }
     }
     eprintln!("stirscreen: draining");
     proxy.begin_shutdown();

@@ -43,6 +43,8 @@ pub struct Store {
     db: Mutex<Connection>,
     /// callee → callers it flagged.
     flags: RwLock<HashMap<String, HashSet<String>>>,
+    /// caller → callee → time of the latest report (mirror of `reports`).
+    reports: RwLock<HashMap<String, HashMap<String, i64>>>,
     rates: Mutex<HashMap<String, VecDeque<i64>>>,
     /// How far back unwanted reports count (seconds).
     pub report_window: i64,
@@ -94,9 +96,25 @@ impl Store {
                 flags.entry(callee).or_default().insert(caller);
             }
         }
+        let mut reports: HashMap<String, HashMap<String, i64>> = HashMap::new();
+        {
+            let mut st = db.prepare("SELECT caller, callee, at FROM reports")?;
+            let rows = st.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })?;
+            for row in rows {
+                let (caller, callee, at) = row?;
+                reports.entry(caller).or_default().insert(callee, at);
+            }
+        }
         Ok(Store {
             db: Mutex::new(db),
             flags: RwLock::new(flags),
+            reports: RwLock::new(reports),
             rates: Mutex::new(HashMap::new()),
             report_window: 30 * 86_400,
         })
@@ -173,22 +191,28 @@ impl Store {
         now: UnixTime,
     ) -> Result<(), StoreError> {
         let db = self.db.lock().map_err(|_| StoreError::Poisoned)?;
-        db.execute(
+        db.prepare_cached(
             "INSERT INTO reports (caller, callee, at) VALUES (?1, ?2, ?3)
              ON CONFLICT (caller, callee) DO UPDATE SET at = excluded.at",
-            params![caller, callee, now.0],
-        )?;
+        )?
+        .execute(params![caller, callee, now.0])?;
+        self.reports
+            .write()
+            .map_err(|_| StoreError::Poisoned)?
+            .entry(caller.to_owned())
+            .or_default()
+            .insert(callee.to_owned(), now.0);
         Ok(())
     }
 
-    /// Distinct callees that reported `caller` within the window.
+    /// Distinct callees that reported `caller` within the window (from
+    /// memory: the call path never waits on SQLite).
     pub fn unwanted_reports(&self, caller: &str, now: UnixTime) -> Result<u32, StoreError> {
-        let db = self.db.lock().map_err(|_| StoreError::Poisoned)?;
-        let n: i64 = db.query_row(
-            "SELECT COUNT(*) FROM reports WHERE caller = ?1 AND at >= ?2",
-            params![caller, now.0 - self.report_window],
-            |r| r.get(0),
-        )?;
+        let since = now.0 - self.report_window;
+        let r = self.reports.read().map_err(|_| StoreError::Poisoned)?;
+        let n = r
+            .get(caller)
+            .map_or(0, |m| m.values().filter(|at| **at >= since).count());
         Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }
 

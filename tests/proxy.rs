@@ -606,3 +606,57 @@ async fn rfc4475_messages_through_the_running_proxy() {
     lab.send(&inv).await;
     assert!(recv_line(&lab.uas, "INVITE ", 3000).await.is_some());
 }
+
+/// The binary: `serve` with a config answers over IPv6 too, and SIGTERM
+/// drains and exits 0.
+#[tokio::test]
+async fn serve_binary_answers_and_exits_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = probe.local_addr().unwrap().port();
+    drop(probe);
+    let v6 = std::net::UdpSocket::bind("[::1]:0").is_ok();
+    let mut listen = format!("\"udp:127.0.0.1:{port}\"");
+    if v6 {
+        listen.push_str(&format!(", \"udp:[::1]:{port}\""));
+    }
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[proxy]\nlisten = [{listen}]\nnext_hop = \"udp:127.0.0.1:9\"\n[store]\npath = \"{}\"\n",
+            dir.path().join("s.db").display()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stirscreen"))
+        .current_dir(root())
+        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let options = "OPTIONS sip:x@example.net SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:1;branch=z9hG4bKopt\r\nMax-Forwards: 0\r\nFrom: <sip:a@example.net>;tag=1\r\nTo: <sip:x@example.net>\r\nCall-ID: opt-1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+    let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    c.send_to(options.as_bytes(), ("127.0.0.1", port))
+        .await
+        .unwrap();
+    let r = recv(&c, 2000).await.expect("an answer over IPv4");
+    assert!(r.starts_with("SIP/2.0 483 Too Many Hops"), "{r}");
+    if v6 {
+        let c6 = UdpSocket::bind("[::1]:0").await.unwrap();
+        c6.send_to(options.as_bytes(), ("::1", port)).await.unwrap();
+        let r = recv(&c6, 2000).await.expect("an answer over IPv6");
+        assert!(r.starts_with("SIP/2.0 483"), "{r}");
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+}
