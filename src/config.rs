@@ -221,6 +221,9 @@ pub struct ProxySection {
     pub verify_deadline_ms: u64,
     /// How long SIGTERM waits for open transactions.
     pub drain_ms: u64,
+    /// Add Record-Route to forwarded INVITEs, so in-dialog requests come
+    /// through the proxy (routed by their Route set and Request-URI).
+    pub record_route: bool,
     /// Runtime worker threads: 0 (default) = one per core; 1 = a single
     /// thread (see README, "Performance", for what each measured).
     pub threads: usize,
@@ -234,6 +237,7 @@ impl Default for ProxySection {
             max_in_flight: 10_000,
             verify_deadline_ms: 2000,
             drain_ms: 5000,
+            record_route: false,
             threads: 0,
         }
     }

@@ -147,6 +147,7 @@ pub struct Proxy {
     txns: Mutex<HashMap<String, Arc<Txn>>>,
     inflight: Arc<Semaphore>,
     verify_deadline: Duration,
+    record_route: bool,
     clock: Clock,
     pub stats: ProxyStats,
     shutdown: watch::Sender<bool>,
@@ -242,6 +243,7 @@ impl Proxy {
             txns: Mutex::new(HashMap::new()),
             inflight: Arc::new(Semaphore::new(config.proxy.max_in_flight)),
             verify_deadline: Duration::from_millis(config.proxy.verify_deadline_ms),
+            record_route: config.proxy.record_route,
             clock: Clock,
             stats: ProxyStats::default(),
             shutdown,
@@ -940,6 +942,19 @@ impl Proxy {
         out.extend_from_slice(format!("Via: {}\r\n", self.via_for(t, branch)).as_bytes());
         let mut first_via = true;
         let mut route_popped = false;
+        // RFC 3261 §16.6 step 4: our Record-Route goes before any existing
+        // Record-Route values (or at the end when there are none).
+        let mut own_rr = (plan.is_some() && self.record_route)
+            .then(|| self.local(t))
+            .flatten()
+            .map(|addr| {
+                let tp = if t == Transport::Tcp {
+                    ";transport=tcp"
+                } else {
+                    ""
+                };
+                format!("Record-Route: <sip:{addr}{tp};lr>\r\n")
+            });
         for h in &msg.headers {
             let raw = msg.bytes.get(h.span.0..h.span.1).unwrap_or_default();
             match h.id {
@@ -960,6 +975,13 @@ impl Proxy {
                 }
                 HeaderId::MaxForwards => {}
                 HeaderId::ContentLength => {}
+                HeaderId::RecordRoute if own_rr.is_some() => {
+                    if let Some(rr) = own_rr.take() {
+                        out.extend_from_slice(rr.as_bytes());
+                    }
+                    out.extend_from_slice(raw);
+                    out.extend_from_slice(b"\r\n");
+                }
                 HeaderId::Route if !route_popped => {
                     route_popped = true;
                     let v = msg.text(h).unwrap_or_default();
@@ -1006,6 +1028,9 @@ impl Proxy {
         }
         let mf = max_forwards.map_or(70, |m| m.saturating_sub(1));
         out.extend_from_slice(format!("Max-Forwards: {mf}\r\n").as_bytes());
+        if let Some(rr) = own_rr.take() {
+            out.extend_from_slice(rr.as_bytes());
+        }
         if let Some(p) = plan {
             for (k, v) in &p.add {
                 out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
@@ -1024,13 +1049,52 @@ impl Proxy {
         mf: Option<u8>,
         branch: &str,
     ) {
-        let mut to = self.next_hop;
+        let mut to = self.in_dialog_target(msg).unwrap_or(self.next_hop);
         let mut out = self.rewrite(msg, from, to.transport, branch, Some(top), mf, None);
         if to.transport == Transport::Udp && out.len() > UDP_MTU_LIMIT {
             to.transport = Transport::Tcp;
             out = self.rewrite(msg, from, Transport::Tcp, branch, Some(top), mf, None);
         }
         self.send(to, out);
+    }
+
+    /// Where an in-dialog request that named us in its top Route goes
+    /// (RFC 3261 §16.4, §16.12 loose routing): the next Route, else the
+    /// Request-URI, when either is an address. Other requests: `None` (the
+    /// configured next hop).
+    fn in_dialog_target(&self, msg: &Message<'_>) -> Option<Peer> {
+        let routes: Vec<&str> = msg.values(HeaderId::Route).flat_map(split_values).collect();
+        let first = NameAddr::parse(routes.first()?).ok()?;
+        if !self.is_us(first.uri.sip_hostport()) {
+            return None;
+        }
+        let target = match routes.get(1) {
+            Some(r) => NameAddr::parse(r).ok()?.uri,
+            None => match msg.start {
+                crate::sip::StartLine::Request { uri, .. } => {
+                    crate::sip::addr::Uri::parse(uri).ok()?
+                }
+                crate::sip::StartLine::Response { .. } => return None,
+            },
+        };
+        let hp = target.sip_hostport();
+        let addr: SocketAddr = hp
+            .parse()
+            .or_else(|_| {
+                hp.trim_matches(['[', ']'])
+                    .parse::<IpAddr>()
+                    .map(|ip| SocketAddr::new(ip, 5060))
+            })
+            .ok()?;
+        let tcp = target
+            .sip_params()
+            .get("transport")
+            .flatten()
+            .is_some_and(|t| t.eq_ignore_ascii_case("tcp"));
+        Some(Peer {
+            transport: if tcp { Transport::Tcp } else { Transport::Udp },
+            addr,
+        })
     }
 
     fn cancel(self: &Arc<Self>, msg: &Message<'_>, from: Peer, txn: &Arc<Txn>) {

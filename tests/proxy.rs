@@ -660,3 +660,41 @@ async fn serve_binary_answers_and_exits_cleanly_on_sigterm() {
         .unwrap();
     assert!(exit.success(), "{exit:?}");
 }
+
+#[tokio::test]
+async fn with_record_route_an_in_dialog_bye_from_the_callee_reaches_the_caller() {
+    let lab = lab_with(&root().join("policies/default.toml"), "record_route = true").await;
+    let inv = lab.invite("sp-a.key", "/sp-a.pem", |_| {});
+    lab.send(&inv).await;
+    let fwd = recv_line(&lab.uas, "INVITE ", 3000).await.unwrap();
+    let rr = header(&fwd, "Record-Route");
+    assert_eq!(
+        rr,
+        vec![format!("<sip:{};lr>", lab.proxy_addr()).as_str()],
+        "{fwd}"
+    );
+    // The callee's BYE: Route = our Record-Route, R-URI = the caller's Contact.
+    let contact = header(&inv, "Contact")[0]
+        .trim_matches(['<', '>'])
+        .to_owned();
+    let bye = format!(
+        "BYE {contact} SIP/2.0\r\nVia: SIP/2.0/UDP {uas};branch=z9hG4bKbye1\r\nRoute: {route}\r\nMax-Forwards: 70\r\nFrom: {to};tag=uas1\r\nTo: {from}\r\nCall-ID: {cid}\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n",
+        uas = lab.uas.local_addr().unwrap(),
+        route = rr[0],
+        to = header(&inv, "To")[0],
+        from = header(&inv, "From")[0],
+        cid = header(&inv, "Call-ID")[0],
+    );
+    lab.uas
+        .send_to(bye.as_bytes(), lab.proxy_addr())
+        .await
+        .unwrap();
+    let got = recv_line(&lab.uac, "BYE ", 2000)
+        .await
+        .expect("the BYE reaches the caller's Contact");
+    assert!(
+        header(&got, "Route").is_empty(),
+        "our Route was removed: {got}"
+    );
+    assert_eq!(header(&got, "Via").len(), 2, "{got}");
+}
