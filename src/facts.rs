@@ -204,6 +204,28 @@ pub struct CallInfo {
     pub diversion: bool,
 }
 
+impl CallInfo {
+    /// What a request says about its call: the From display name, the
+    /// method and whether it was diverted (Diversion or History-Info).
+    pub fn from_request(msg: &crate::sip::Message<'_>, source: &str) -> CallInfo {
+        let display_name = msg
+            .value(crate::sip::HeaderId::From)
+            .and_then(|v| crate::sip::addr::NameAddr::parse(v).ok())
+            .and_then(|a| a.display)
+            .unwrap_or_default()
+            .to_owned();
+        let diversion = msg.headers.iter().any(|h| {
+            h.name.eq_ignore_ascii_case("diversion") || h.name.eq_ignore_ascii_case("history-info")
+        });
+        CallInfo {
+            display_name,
+            source: source.to_owned(),
+            method: msg.method().unwrap_or("INVITE").to_owned(),
+            diversion,
+        }
+    }
+}
+
 /// What stored state contributes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StateInfo {

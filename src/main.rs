@@ -680,29 +680,14 @@ fn call_facts(
     use stirscreen::facts::{CallInfo, Facts, StateInfo};
     let msg = Message::parse(bytes)
         .with_context(|| format!("`{}` is not a SIP message", name.display()))?;
-    let Some(method) = msg.method() else {
+    if msg.method().is_none() {
         bail!("`{}` is a SIP response, not a request", name.display());
-    };
+    }
     let fetcher = build_fetcher(cfg)?;
     let verifier = Verifier::new(cfg.verify_config());
     let outcome = runtime()?.block_on(verify_request(&verifier, &fetcher, &msg, now));
-    let display_name = msg
-        .value(stirscreen::sip::HeaderId::From)
-        .and_then(|v| stirscreen::sip::addr::NameAddr::parse(v).ok())
-        .and_then(|a| a.display)
-        .unwrap_or_default()
-        .to_owned();
-    let diversion = msg.headers.iter().any(|h| {
-        h.name.eq_ignore_ascii_case("diversion") || h.name.eq_ignore_ascii_case("history-info")
-    });
-    let call = CallInfo {
-        display_name,
-        source: from
-            .map(|ip| cfg.source_of(ip).to_owned())
-            .unwrap_or_default(),
-        method: method.to_owned(),
-        diversion,
-    };
+    let source = from.map(|ip| cfg.source_of(ip)).unwrap_or_default();
+    let call = CallInfo::from_request(&msg, source);
     let mut state = StateInfo::default();
     if cfg.store.path.exists() {
         let store = stirscreen::store::Store::open(&cfg.store.path)?;

@@ -785,21 +785,7 @@ impl Proxy {
     }
 
     fn facts(&self, msg: &Message<'_>, o: &Outcome, src: IpAddr, now: UnixTime) -> Facts {
-        let display_name = msg
-            .value(HeaderId::From)
-            .and_then(|v| NameAddr::parse(v).ok())
-            .and_then(|a| a.display)
-            .unwrap_or_default()
-            .to_owned();
-        let diversion = msg.headers.iter().any(|h| {
-            h.name.eq_ignore_ascii_case("diversion") || h.name.eq_ignore_ascii_case("history-info")
-        });
-        let call = CallInfo {
-            display_name,
-            source: self.config.source_of(src).to_owned(),
-            method: "INVITE".into(),
-            diversion,
-        };
+        let call = CallInfo::from_request(msg, self.config.source_of(src));
         let orig = o.orig.map(|t| t.to_string()).unwrap_or_default();
         let dest = o.dest.first().map(|t| t.to_string()).unwrap_or_default();
         let state = StateInfo {
