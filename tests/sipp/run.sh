@@ -51,4 +51,4 @@ if [ "${ok_calls:-}" != "$calls" ] || [ "${failed:-0}" != "0" ]; then
   exit 1
 fi
 echo "ok: the UAS completed $ok_calls calls, each INVITE carrying verstat=TN-Validation-Passed"
-echo "sipp interop: 2 passed, 0 failed"
+echo "sipp: 2 passed, 0 failed"
