@@ -54,10 +54,7 @@ impl List {
     ) -> Result<List, Vec<Diagnostic>> {
         let mut list = List::default();
         let mut errors = Vec::new();
-        let mut offset = 0usize;
         for (i, raw_line) in text.split('\n').enumerate() {
-            let line_start = offset;
-            offset += raw_line.len() + 1;
             let line = raw_line
                 .split('#')
                 .next()
@@ -87,7 +84,6 @@ impl List {
             let entry = field.trim();
             let col = field.find(entry).map_or(1, |p| p + 1)
                 + (field.as_ptr() as usize).saturating_sub(raw_line.as_ptr() as usize);
-            let _ = line_start;
             match kind {
                 ListKind::Spc => {
                     if entry.is_empty() || !entry.bytes().all(|b| b.is_ascii_alphanumeric()) {

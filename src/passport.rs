@@ -26,8 +26,6 @@ pub enum PassportError {
     Base64 { part: &'static str },
     #[error("{part} is not a JSON object: {detail}")]
     Json { part: &'static str, detail: String },
-    #[error("JWS header lacks `{0}`")]
-    MissingHeader(&'static str),
     #[error("PASSporT lacks claim `{0}`")]
     MissingClaim(&'static str),
     #[error("claim `{claim}` is invalid: {why}")]

@@ -109,6 +109,8 @@ struct TxnState {
     downstream: Option<Peer>,
     got_provisional: bool,
     got_final: bool,
+    /// The final response was a 2xx (its ACK is end-to-end: relayed).
+    final_2xx: bool,
     cancel_pending: bool,
     /// Added to the first response relayed upstream.
     upstream_reason: Option<String>,
@@ -511,7 +513,7 @@ impl Proxy {
         if msg.method().is_some() {
             self.request(&msg, from);
         } else {
-            self.response(&msg, from);
+            self.response(&msg);
         }
     }
 
@@ -639,7 +641,7 @@ impl Proxy {
         match info.method {
             "INVITE" if info.to.tag().is_none() => match existing {
                 Some(txn) => self.invite_retransmission(&txn),
-                None => self.new_invite(msg, from, branch, &info.from, info.to),
+                None => self.new_invite(msg, from, branch),
             },
             "ACK" => {
                 if let Some(txn) = existing {
@@ -654,7 +656,7 @@ impl Proxy {
                                 me.remove_txn(&key);
                             });
                         }
-                        if st.phase == Phase::Done && !st.got_final_2xx() {
+                        if st.phase == Phase::Done && !st.final_2xx {
                             return;
                         }
                     }
@@ -684,14 +686,7 @@ impl Proxy {
         }
     }
 
-    fn new_invite(
-        self: &Arc<Self>,
-        msg: &Message<'_>,
-        from: Peer,
-        branch: String,
-        from_hdr: &NameAddr<'_>,
-        to: NameAddr<'_>,
-    ) {
+    fn new_invite(self: &Arc<Self>, msg: &Message<'_>, from: Peer, branch: String) {
         self.stats.invites.fetch_add(1, Ordering::Relaxed);
         if *self.shutdown.borrow() {
             self.respond(
@@ -714,7 +709,6 @@ impl Proxy {
             );
             return;
         };
-        let _ = (from_hdr, to);
         let trying = build_response(msg, 100, "Trying", &[], "");
         let txn = Arc::new(Txn {
             branch: branch.clone(),
@@ -728,6 +722,7 @@ impl Proxy {
                 downstream: None,
                 got_provisional: false,
                 got_final: false,
+                final_2xx: false,
                 cancel_pending: false,
                 upstream_reason: None,
                 orig: String::new(),
@@ -1117,7 +1112,7 @@ impl Proxy {
         }
     }
 
-    fn response(self: &Arc<Self>, msg: &Message<'_>, from: Peer) {
+    fn response(self: &Arc<Self>, msg: &Message<'_>) {
         let Ok(info) = check_response(msg) else {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             return;
@@ -1146,6 +1141,7 @@ impl Proxy {
                     relay = code != 100 && !st.got_final;
                 } else if code < 300 {
                     st.got_final = true;
+                    st.final_2xx = true;
                     st.phase = Phase::Done;
                     st.last_response = None;
                 } else {
@@ -1199,29 +1195,21 @@ impl Proxy {
         if info.code == 100 {
             return;
         }
-        let out = strip_top_via(msg, None);
-        let Ok(next) = Message::parse(&out) else {
-            return;
-        };
-        let Some(v) = next
-            .value(HeaderId::Via)
-            .and_then(|v| split_outside_quotes(v, b',').next())
+        // The Via after ours says where; none left: the response was for
+        // us (e.g. the 200 to our own CANCEL).
+        let Some(v) = msg
+            .values(HeaderId::Via)
+            .flat_map(|v| split_outside_quotes(v, b','))
+            .nth(1)
             .and_then(|v| Via::parse(v.trim()).ok())
         else {
-            return; // the response was for us (e.g. the 200 to our CANCEL)
+            return;
         };
         let Some(to) = via_destination(&v) else {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        let _ = from;
-        self.send(to, out.clone());
-    }
-}
-
-impl TxnState {
-    fn got_final_2xx(&self) -> bool {
-        self.got_final && self.last_response.is_none()
+        self.send(to, strip_top_via(msg, None));
     }
 }
 

@@ -26,13 +26,7 @@ pub struct Explanation {
     pub matched: Option<usize>,
 }
 
-fn describe(
-    c: &Cond,
-    facts: &Facts,
-    lists: &[Arc<List>],
-    policy: &PolicySet,
-    holds: bool,
-) -> String {
+fn describe(c: &Cond, facts: &Facts, policy: &PolicySet, holds: bool) -> String {
     let actual = show(c.fact, facts);
     let verdict = if holds { "holds" } else { "fails" };
     match &c.test {
@@ -41,7 +35,6 @@ fn describe(
                 .iter()
                 .filter_map(|i| policy.lists.get(*i).map(|l| l.name.as_str()))
                 .collect();
-            let _ = lists;
             format!(
                 "{verdict}: `{}` ({} = {actual}; lists {})",
                 c.text,
@@ -71,7 +64,7 @@ pub(super) fn explain(policy: &PolicySet, lists: &[Arc<List>], facts: &Facts) ->
         let mut ok = true;
         for c in &r.when {
             let h = cond_holds(c, facts, lists);
-            reasons.push(describe(c, facts, lists, policy, h));
+            reasons.push(describe(c, facts, policy, h));
             if !h {
                 ok = false;
                 break;
@@ -81,7 +74,7 @@ pub(super) fn explain(policy: &PolicySet, lists: &[Arc<List>], facts: &Facts) ->
             let all = r.unless.iter().all(|c| cond_holds(c, facts, lists));
             for c in &r.unless {
                 let h = cond_holds(c, facts, lists);
-                reasons.push(format!("unless {}", describe(c, facts, lists, policy, h)));
+                reasons.push(format!("unless {}", describe(c, facts, policy, h)));
             }
             if all {
                 ok = false;

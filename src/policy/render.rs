@@ -280,14 +280,7 @@ fn forward_plan(f: &Forward, facts: &Facts) -> ForwardPlan {
         add.push(("P-Origination-ID".to_owned(), facts.origid.clone()));
     }
     let upstream_reason = (f.reason && facts.stir_code != 0).then(|| {
-        let text = facts.failure.0.map_or("Verification Failed", |k| {
-            FailureKind::reason_phrase(k.stir_code(Default::default()))
-        });
-        let text = if facts.stir_code == 0 {
-            text
-        } else {
-            FailureKind::reason_phrase(facts.stir_code)
-        };
+        let text = FailureKind::reason_phrase(facts.stir_code);
         format!("SIP;cause={};text={}", facts.stir_code, quote(text))
     });
     ForwardPlan {
