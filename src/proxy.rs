@@ -21,7 +21,9 @@ use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use crate::config::Config;
 use crate::facts::{CallInfo, Facts, StateInfo};
 use crate::fetch::{CertFetcher, verify_request};
-use crate::policy::render::{ForwardPlan, Operator, Verdict, build_response, set_verstat, verdict};
+use crate::policy::render::{
+    ForwardPlan, Operator, Verdict, annotated_line, build_response, verdict,
+};
 use crate::policyfile::EngineHandle;
 use crate::sip::addr::{NameAddr, Via, split_outside_quotes, split_values};
 use crate::sip::validate::{check_request, check_response};
@@ -450,13 +452,17 @@ impl Proxy {
 
     /// Is this sent-by one of our addresses?
     fn is_us(&self, sent_by: &str) -> bool {
-        [self.local_udp, self.local_tcp].iter().flatten().any(|a| {
-            sent_by == a.to_string()
-                || sent_by
-                    .trim_start_matches('[')
-                    .starts_with(&a.ip().to_string())
-                    && sent_by.ends_with(&format!(":{}", a.port()))
-        })
+        // A sent-by without a port means 5060 (RFC 3261 §18.2.1). No
+        // allocation: this runs for every response and every Via checked
+        // for loops.
+        let addr = sent_by.parse::<SocketAddr>().ok().or_else(|| {
+            sent_by
+                .trim_matches(['[', ']'])
+                .parse::<IpAddr>()
+                .ok()
+                .map(|ip| SocketAddr::new(ip, 5060))
+        });
+        addr.is_some_and(|a| self.local_udp == Some(a) || self.local_tcp == Some(a))
     }
 
     /// Our branch for a request: a hash of what identifies its transaction
@@ -799,32 +805,53 @@ impl Proxy {
             st.last_response = Some(resp.clone());
         }
         self.send(txn.upstream, resp);
+        // Timer G (UDP) until the ACK; Timer H: give up.
         let me = Arc::clone(self);
         let txn = Arc::clone(txn);
         tokio::spawn(async move {
-            let mut wait = T1;
-            let mut total = Duration::ZERO;
-            loop {
-                tokio::time::sleep(wait).await;
-                total += wait;
-                let (phase, resp) = match txn.state.lock() {
-                    Ok(s) => (s.phase, s.last_response.clone()),
-                    Err(_) => return,
-                };
-                if phase != Phase::Completed || total >= T1 * 64 {
-                    break;
-                }
-                if txn.upstream.transport == Transport::Udp
-                    && let Some(r) = resp
-                {
-                    me.send(txn.upstream, r);
-                }
-                wait = (wait * 2).min(T2);
-            }
-            if total >= T1 * 64 {
+            let to = txn.upstream;
+            let timed_out = me
+                .backoff(&txn, to, |s| {
+                    (s.phase == Phase::Completed).then(|| s.last_response.clone())
+                })
+                .await;
+            if timed_out {
                 me.remove_txn(&txn.branch);
             }
         });
+    }
+
+    /// Retransmits with RFC 3261 backoff (T1 doubling, capped at T2) while
+    /// `pending` returns `Some` (with the bytes to resend, over UDP only);
+    /// returns true when 64·T1 (Timer B/H) passed still pending.
+    async fn backoff(
+        self: &Arc<Self>,
+        txn: &Txn,
+        to: Peer,
+        pending: impl Fn(&TxnState) -> Option<Option<Vec<u8>>>,
+    ) -> bool {
+        let mut wait = T1;
+        let mut total = Duration::ZERO;
+        loop {
+            tokio::time::sleep(wait).await;
+            total += wait;
+            let resend = match txn.state.lock() {
+                Ok(s) => match pending(&s) {
+                    None => return false,
+                    Some(r) => r,
+                },
+                Err(_) => return false,
+            };
+            if total >= T1 * 64 {
+                return true;
+            }
+            if to.transport == Transport::Udp
+                && let Some(r) = resend
+            {
+                self.send(to, r);
+            }
+            wait = (wait * 2).min(T2);
+        }
     }
 
     /// Our Via, and the received/rport fix of the previous hop's Via.
@@ -843,62 +870,35 @@ impl Proxy {
         let mf = msg
             .value(HeaderId::MaxForwards)
             .and_then(|v| v.trim().parse::<u8>().ok());
-        let mut to = self.next_hop;
-        let mut out = self.rewrite(
+        let (to, out) = self.outgoing(
             msg,
             txn.upstream,
-            to.transport,
+            self.next_hop,
             &txn.branch,
             top.as_ref(),
             mf,
             Some(plan),
         );
-        if to.transport == Transport::Udp && out.len() > UDP_MTU_LIMIT {
-            to.transport = Transport::Tcp;
-            out = self.rewrite(
-                msg,
-                txn.upstream,
-                Transport::Tcp,
-                &txn.branch,
-                top.as_ref(),
-                mf,
-                Some(plan),
-            );
-        }
         if let Ok(mut st) = txn.state.lock() {
             st.phase = Phase::Forwarded;
             st.forwarded = Some(out.clone());
             st.downstream = Some(to);
             st.upstream_reason.clone_from(&plan.upstream_reason);
         }
-        self.send(to, out.clone());
+        self.send(to, out);
         // Timer A (UDP) until a response; Timer B: 408 upstream.
         let me = Arc::clone(self);
         let txn = Arc::clone(txn);
         tokio::spawn(async move {
-            let mut wait = T1;
-            let mut total = Duration::ZERO;
-            loop {
-                tokio::time::sleep(wait).await;
-                total += wait;
-                let (phase, answered) = match txn.state.lock() {
-                    Ok(s) => (s.phase, s.got_provisional || s.got_final),
-                    Err(_) => return,
-                };
-                if phase != Phase::Forwarded || answered {
-                    return;
-                }
-                if total >= T1 * 64 {
-                    if let Ok(m) = Message::parse(&txn.invite) {
-                        let resp = build_response(&m, 408, "Request Timeout", &[], &txn.to_tag);
-                        me.final_upstream(&txn, resp);
-                    }
-                    return;
-                }
-                if to.transport == Transport::Udp {
-                    me.send(to, out.clone());
-                }
-                wait = (wait * 2).min(T2);
+            let timed_out = me
+                .backoff(&txn, to, |s| {
+                    (s.phase == Phase::Forwarded && !s.got_provisional && !s.got_final)
+                        .then(|| s.forwarded.clone())
+                })
+                .await;
+            if timed_out && let Ok(m) = Message::parse(&txn.invite) {
+                let resp = build_response(&m, 408, "Request Timeout", &[], &txn.to_tag);
+                me.final_upstream(&txn, resp);
             }
         });
     }
@@ -983,23 +983,10 @@ impl Proxy {
                     }
                 }
                 HeaderId::Identity if plan.is_some_and(|p| p.strip_identity) => {}
-                HeaderId::From | HeaderId::PAssertedIdentity if plan.is_some() => {
-                    let Some(p) = plan else { continue };
-                    let v = msg.text(h).unwrap_or_default();
-                    let place = if h.id == HeaderId::From {
-                        p.in_from
-                    } else {
-                        p.in_pai
-                    };
-                    let vs = p.verstat.as_deref().filter(|_| place);
-                    let vals: Vec<String> = if h.id == HeaderId::From {
-                        vec![set_verstat(v, vs)]
-                    } else {
-                        split_values(v).map(|one| set_verstat(one, vs)).collect()
-                    };
-                    out.extend_from_slice(
-                        format!("{}: {}\r\n", h.name, vals.join(", ")).as_bytes(),
-                    );
+                HeaderId::From | HeaderId::PAssertedIdentity
+                    if let Some(line) = plan.and_then(|p| annotated_line(msg, h, p)) =>
+                {
+                    out.extend_from_slice(line.as_bytes());
                 }
                 _ => {
                     out.extend_from_slice(raw);
@@ -1030,13 +1017,34 @@ impl Proxy {
         mf: Option<u8>,
         branch: &str,
     ) {
-        let mut to = self.in_dialog_target(msg).unwrap_or(self.next_hop);
-        let mut out = self.rewrite(msg, from, to.transport, branch, Some(top), mf, None);
+        let to = self.in_dialog_target(msg).unwrap_or(self.next_hop);
+        let (to, out) = self.outgoing(msg, from, to, branch, Some(top), mf, None);
+        self.send(to, out);
+    }
+
+    /// The rewritten request and the transport it leaves on: over UDP only
+    /// when it fits (RFC 3261 §18.1.1: larger than 1300 bytes goes over
+    /// TCP, and then our Via and Record-Route say TCP).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the inputs of `rewrite` and the target"
+    )]
+    fn outgoing(
+        &self,
+        msg: &Message<'_>,
+        from: Peer,
+        mut to: Peer,
+        branch: &str,
+        top: Option<&Via<'_>>,
+        mf: Option<u8>,
+        plan: Option<&ForwardPlan>,
+    ) -> (Peer, Vec<u8>) {
+        let mut out = self.rewrite(msg, from, to.transport, branch, top, mf, plan);
         if to.transport == Transport::Udp && out.len() > UDP_MTU_LIMIT {
             to.transport = Transport::Tcp;
-            out = self.rewrite(msg, from, Transport::Tcp, branch, Some(top), mf, None);
+            out = self.rewrite(msg, from, to.transport, branch, top, mf, plan);
         }
-        self.send(to, out);
+        (to, out)
     }
 
     /// Where an in-dialog request that named us in its top Route goes

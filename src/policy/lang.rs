@@ -199,6 +199,44 @@ pub enum Part {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Template(pub Vec<Part>);
 
+/// What is wrong with a guidance text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplateProblem {
+    Unclosed,
+    Unknown(String),
+}
+
+impl Template {
+    /// Splits text into literal parts and known placeholders; unknown or
+    /// unclosed placeholders are reported (and left out).
+    pub fn parse(s: &str) -> (Template, Vec<TemplateProblem>) {
+        let mut parts = Vec::new();
+        let mut problems = Vec::new();
+        let mut rest = s;
+        while let Some(open) = rest.find('{') {
+            if let Some(t) = rest.get(..open).filter(|t| !t.is_empty()) {
+                parts.push(Part::Text(t.to_owned()));
+            }
+            let after = rest.get(open + 1..).unwrap_or_default();
+            let Some(close) = after.find('}') else {
+                problems.push(TemplateProblem::Unclosed);
+                rest = "";
+                break;
+            };
+            let name = after.get(..close).unwrap_or_default();
+            match PLACEHOLDERS.iter().find(|p| **p == name) {
+                Some(p) => parts.push(Part::Var(p)),
+                None => problems.push(TemplateProblem::Unknown(name.to_owned())),
+            }
+            rest = after.get(close + 1..).unwrap_or_default();
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_owned()));
+        }
+        (Template(parts), problems)
+    }
+}
+
 /// Placeholders a guidance template may use.
 pub const PLACEHOLDERS: [&str; 11] = [
     "orig", "dest", "attest", "verstat", "failure", "code", "spc", "rule", "operator", "redress",
@@ -1343,26 +1381,16 @@ impl<'t> Compiler<'t> {
     }
 
     fn template(&mut self, s: &str, at: usize) -> Template {
-        let mut parts = Vec::new();
-        let mut rest = s;
-        while let Some(open) = rest.find('{') {
-            if let Some(t) = rest.get(..open).filter(|t| !t.is_empty()) {
-                parts.push(Part::Text(t.to_owned()));
-            }
-            let after = rest.get(open + 1..).unwrap_or_default();
-            let Some(close) = after.find('}') else {
-                self.err(
+        let (template, problems) = Template::parse(s);
+        for p in problems {
+            match p {
+                TemplateProblem::Unclosed => self.err(
                     at,
                     "unclosed `{` in guidance",
                     "write placeholders as `{orig}`",
-                );
-                break;
-            };
-            let name = after.get(..close).unwrap_or_default();
-            match PLACEHOLDERS.iter().find(|p| **p == name) {
-                Some(p) => parts.push(Part::Var(p)),
-                None => {
-                    let help = match suggest(name, PLACEHOLDERS.iter().copied()) {
+                ),
+                TemplateProblem::Unknown(name) => {
+                    let help = match suggest(&name, PLACEHOLDERS.iter().copied()) {
                         Some(x) => format!("did you mean `{{{x}}}`?"),
                         None => format!(
                             "placeholders: {}",
@@ -1376,12 +1404,8 @@ impl<'t> Compiler<'t> {
                     );
                 }
             }
-            rest = after.get(close + 1..).unwrap_or_default();
         }
-        if !rest.is_empty() {
-            parts.push(Part::Text(rest.to_owned()));
-        }
-        Template(parts)
+        template
     }
 
     /// Reports rules that can never match because an earlier rule without

@@ -184,7 +184,7 @@ pub fn verdict(
                 }
             });
             let template = if r.guidance.0.is_empty() {
-                parse_default(code)
+                Template::parse(default_guidance(code)).0
             } else {
                 r.guidance.clone()
             };
@@ -215,28 +215,6 @@ pub fn verdict(
             })
         }
     }
-}
-
-fn parse_default(code: u16) -> Template {
-    use super::lang::Part;
-    let mut parts = Vec::new();
-    let mut rest = default_guidance(code);
-    while let Some(open) = rest.find('{') {
-        if let Some(t) = rest.get(..open).filter(|t| !t.is_empty()) {
-            parts.push(Part::Text(t.to_owned()));
-        }
-        let after = rest.get(open + 1..).unwrap_or_default();
-        let close = after.find('}').unwrap_or(after.len());
-        let name = after.get(..close).unwrap_or_default();
-        if let Some(p) = super::lang::PLACEHOLDERS.iter().find(|p| **p == name) {
-            parts.push(Part::Var(p));
-        }
-        rest = after.get(close + 1..).unwrap_or_default();
-    }
-    if !rest.is_empty() {
-        parts.push(Part::Text(rest.to_owned()));
-    }
-    Template(parts)
 }
 
 fn var(name: &str, f: &Facts, rule: &str, op: &Operator, code: u16) -> String {
@@ -404,6 +382,31 @@ pub fn set_verstat(value: &str, verstat: Option<&str>) -> String {
     )
 }
 
+/// The From or P-Asserted-Identity header line of a forwarded request (CRLF
+/// included): upstream verstat removed from every value, ours placed where
+/// the plan says. `None` when the value is not text: copy it as received.
+pub fn annotated_line(
+    req: &Message<'_>,
+    h: &crate::sip::Header<'_>,
+    plan: &ForwardPlan,
+) -> Option<String> {
+    let v = req.text(h)?;
+    let place = if h.id == HeaderId::From {
+        plan.in_from
+    } else {
+        plan.in_pai
+    };
+    let vs = plan.verstat.as_deref().filter(|_| place);
+    let values: Vec<String> = if h.id == HeaderId::From {
+        vec![set_verstat(v, vs)]
+    } else {
+        crate::sip::addr::split_values(v)
+            .map(|one| set_verstat(one, vs))
+            .collect()
+    };
+    Some(format!("{}: {}\r\n", h.name, values.join(", ")))
+}
+
 /// The forwarded INVITE: upstream verstat removed from From and every PAI,
 /// ours placed as planned, Identity stripped if asked, headers added;
 /// everything else, and the body, unchanged.
@@ -415,27 +418,13 @@ pub fn build_forward(req: &Message<'_>, plan: &ForwardPlan) -> Vec<u8> {
         let raw = req.bytes.get(h.span.0..h.span.1).unwrap_or_default();
         match h.id {
             HeaderId::Identity if plan.strip_identity => continue,
-            HeaderId::From | HeaderId::PAssertedIdentity => {
-                let Some(v) = req.text(h) else {
+            HeaderId::From | HeaderId::PAssertedIdentity => match annotated_line(req, h, plan) {
+                Some(line) => out.extend_from_slice(line.as_bytes()),
+                None => {
                     out.extend_from_slice(raw);
                     out.extend_from_slice(b"\r\n");
-                    continue;
-                };
-                let place = if h.id == HeaderId::From {
-                    plan.in_from
-                } else {
-                    plan.in_pai
-                };
-                let vs = plan.verstat.as_deref().filter(|_| place);
-                let values: Vec<String> = if h.id == HeaderId::From {
-                    vec![set_verstat(v, vs)]
-                } else {
-                    crate::sip::addr::split_values(v)
-                        .map(|one| set_verstat(one, vs))
-                        .collect()
-                };
-                out.extend_from_slice(format!("{}: {}\r\n", h.name, values.join(", ")).as_bytes());
-            }
+                }
+            },
             _ => {
                 out.extend_from_slice(raw);
                 out.extend_from_slice(b"\r\n");
@@ -453,6 +442,14 @@ pub fn build_forward(req: &Message<'_>, plan: &ForwardPlan) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_shipped_guidance_names_only_known_placeholders() {
+        for code in [400, 403, 428, 436, 437, 438, 480, 603, 607, 608] {
+            let (_, problems) = Template::parse(default_guidance(code));
+            assert!(problems.is_empty(), "{code}: {problems:?}");
+        }
+    }
 
     #[test]
     fn verstat_placement_replaces_upstream_values() {
