@@ -139,8 +139,9 @@ pub struct Proxy {
     /// Our addresses, per transport.
     local_udp: Option<SocketAddr>,
     local_tcp: Option<SocketAddr>,
-    /// Every UDP socket; sends use the first of the destination's family.
-    udp: Vec<Arc<UdpSocket>>,
+    /// Every UDP socket with whether it is IPv6; sends use the first of
+    /// the destination's family (no syscall to ask a socket its address).
+    udp: Vec<(bool, Arc<UdpSocket>)>,
     tcp_conns: Mutex<HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>>>,
     verifier: Verifier,
     fetcher: Arc<CertFetcher>,
@@ -237,7 +238,10 @@ impl Proxy {
             },
             local_udp,
             local_tcp,
-            udp: udp_sockets.clone(),
+            udp: udp_sockets
+                .iter()
+                .filter_map(|s| s.local_addr().ok().map(|a| (a.is_ipv6(), Arc::clone(s))))
+                .collect(),
             tcp_conns: Mutex::new(HashMap::new()),
             verifier: Verifier::with_memo(config.verify_config(), config.verify.memo_capacity),
             fetcher,
@@ -398,11 +402,8 @@ impl Proxy {
     fn send(self: &Arc<Self>, to: Peer, bytes: Vec<u8>) {
         match to.transport {
             Transport::Udp => {
-                let sock = self.udp.iter().find(|s| {
-                    s.local_addr()
-                        .is_ok_and(|a| a.is_ipv6() == to.addr.is_ipv6())
-                });
-                if let Some(s) = sock {
+                let sock = self.udp.iter().find(|(v6, _)| *v6 == to.addr.is_ipv6());
+                if let Some((_, s)) = sock {
                     let _ = s.try_send_to(&bytes, to.addr);
                 }
             }
