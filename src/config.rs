@@ -24,6 +24,8 @@ pub struct Config {
     pub policy: PolicySection,
     pub store: StoreSection,
     pub operator: OperatorSection,
+    pub admin: AdminSection,
+    pub log: LogSection,
     /// Named peers and trunks, matched by source address (the `source` fact).
     pub peers: Vec<Peer>,
 }
@@ -62,6 +64,58 @@ impl Default for PolicySection {
         PolicySection {
             file: PathBuf::from("policies/default.toml"),
             reload_check_ms: 1000,
+        }
+    }
+}
+
+/// `[admin]`: the HTTP listener for `/metrics`, `/healthz` and `/readyz`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// `address:port` (IPv6 as `[::1]:9090`); empty turns the listener off.
+    pub listen: String,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection {
+            listen: "127.0.0.1:9090".into(),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `[log]`: operational logs and the decision log.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// `error`, `warn`, `info`, `debug`, `trace` or a tracing filter
+    /// (`stirscreen=debug,info`); `RUST_LOG`, when set, wins.
+    pub level: String,
+    pub format: LogFormat,
+    /// The decision log: a file path, `-` for stdout, empty for none.
+    pub decisions: String,
+    /// Rotate the decision log file when it would pass this size.
+    pub decisions_max_bytes: u64,
+    /// Rotated files kept (`decisions.jsonl.1` … `.N`).
+    pub decisions_keep: usize,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            level: "info".into(),
+            format: LogFormat::Text,
+            decisions: "decisions.jsonl".into(),
+            decisions_max_bytes: 100 * 1024 * 1024,
+            decisions_keep: 5,
         }
     }
 }

@@ -32,6 +32,10 @@ pub struct FetchStats {
     pub misses: AtomicU64,
     /// HTTP requests actually sent.
     pub fetches: AtomicU64,
+    /// Fetches that did not yield a usable credential.
+    pub fetch_errors: AtomicU64,
+    /// Fetch and validation time.
+    pub fetch_seconds: crate::metrics::Histogram,
 }
 
 enum Entry {
@@ -189,6 +193,11 @@ impl CertFetcher {
         Ok(out)
     }
 
+    /// How many trust anchors are in force.
+    pub fn trust_anchor_count(&self) -> usize {
+        self.trust.read().map_or(0, |t| t.anchor_count())
+    }
+
     /// Replaces the trust store and drops every cached credential (they
     /// were validated against the old anchors).
     pub fn set_trust(&self, trust: Arc<TrustStore>) -> Result<(), FetcherError> {
@@ -301,6 +310,20 @@ impl CertFetcher {
     /// One HTTP fetch and validation; returns the result and how long to
     /// cache it.
     async fn fetch(&self, url: &str) -> (CredentialResult, Duration) {
+        let started = Instant::now();
+        let (result, ttl) = self.fetch_uncounted(url).await;
+        self.stats.fetch_seconds.observe(started.elapsed());
+        match &result {
+            Ok(_) => tracing::debug!(url, "certificate fetched"),
+            Err(e) => {
+                self.stats.fetch_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(url, error = %e, "certificate fetch failed");
+            }
+        }
+        (result, ttl)
+    }
+
+    async fn fetch_uncounted(&self, url: &str) -> (CredentialResult, Duration) {
         let negative = Duration::from_secs(self.cfg.negative_cache_secs);
         match self.fetch_body(url).await {
             Err(e) => (Err(e), negative),

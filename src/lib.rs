@@ -22,6 +22,12 @@
 //!   single-flight and SSRF guard; [`certrepo`]: a lab HTTPS certificate
 //!   repository; [`pki`]: the lab STI PKI generator; `time::Clock`: the one
 //!   reader of the system clock.
+//! - [`proxy`]: the inline SIP proxy; [`policyfile`]: policy loading and
+//!   reload; [`store`]: callee flags and reputation.
+//! - Operations: [`metrics`] (Prometheus text format), [`admin`] (the
+//!   `/metrics`, `/healthz`, `/readyz` listener), [`decisionlog`] (one JSON
+//!   line per call), [`logging`] (tracing setup), [`demo`] (`stirscreen
+//!   demo`).
 #![cfg_attr(
     test,
     allow(
@@ -32,11 +38,17 @@
     )
 )]
 
+#[cfg(feature = "runtime")]
+pub mod admin;
 pub mod cert;
 #[cfg(feature = "runtime")]
 pub mod certrepo;
 #[cfg(feature = "runtime")]
 pub mod config;
+#[cfg(feature = "runtime")]
+pub mod decisionlog;
+#[cfg(feature = "runtime")]
+pub mod demo;
 pub mod facts;
 #[cfg(feature = "runtime")]
 pub mod fetch;
@@ -44,6 +56,9 @@ pub mod identity;
 pub mod lab;
 pub mod limits;
 pub mod lists;
+#[cfg(feature = "runtime")]
+pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod passport;
 #[cfg(feature = "runtime")]

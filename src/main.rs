@@ -17,6 +17,22 @@ use stirscreen::sip::Message;
 use stirscreen::time::{Clock, UnixTime};
 use stirscreen::verify::{FailureKind, Outcome, Verifier};
 
+/// `println!` without the panic when stdout is closed (`stirscreen … | head`).
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
+/// `print!` without the panic when stdout is closed.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($t)*);
+    }};
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "stirscreen",
@@ -49,6 +65,20 @@ enum Command {
     Serve {
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+    /// Show the whole product on 127.0.0.1: a certificate repository, the
+    /// proxy and a callee, then one call per outcome and a table (no
+    /// network, no files needed).
+    Demo {
+        /// Place a live load of this many calls per second instead.
+        #[arg(long)]
+        rate: Option<u32>,
+        /// How long the live load runs, in seconds.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Also write the proxy's decision log (JSON lines) to this file.
+        #[arg(long)]
+        decision_log: Option<PathBuf>,
     },
     /// Sign a SHAKEN PASSporT (lab STI-AS) and print the Identity header.
     Sign {
@@ -223,14 +253,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let mut spec = InviteSpec::new(&orig, &first);
                 spec.date = Some(iat);
                 spec.identities.push(ident);
-                print!("{}", spec.build());
+                out!("{}", spec.build());
             } else {
-                println!("Identity: {ident}");
+                outln!("Identity: {ident}");
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve { config } => {
             let cfg = Config::load(config.as_deref())?;
+            stirscreen::logging::init(&cfg.log).map_err(anyhow::Error::msg)?;
             let drain = std::time::Duration::from_millis(cfg.proxy.drain_ms);
             let rt = match cfg.proxy.threads {
                 1 => tokio::runtime::Builder::new_current_thread()
@@ -247,13 +278,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rt.block_on(stirscreen::proxy::serve(cfg, drain))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Demo {
+            rate,
+            duration,
+            decision_log,
+        } => demo(rate, duration, decision_log),
         Command::Policy { command } => policy_cmd(command),
         Command::Flags { config, command } => flags_cmd(config.as_deref(), command),
         Command::Certs { command } => match command {
             CertsCommand::Gen { dir } => {
                 let files = stirscreen::pki::generate(&dir)?;
                 for f in files {
-                    println!("{}", f.display());
+                    outln!("{}", f.display());
                 }
                 Ok(ExitCode::SUCCESS)
             }
@@ -264,6 +300,116 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } => certs_show(config.as_deref(), now, &source),
         },
     }
+}
+
+fn demo(
+    rate: Option<u32>,
+    duration: u64,
+    decision_log: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    use stirscreen::demo::{DemoOptions, metric_sum, render_table, run_load, run_table};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let opts = DemoOptions {
+        decision_log: decision_log.clone(),
+    };
+    if let Some(rate) = rate {
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        outln!(
+            "stirscreen demo: {rate} calls/s for {duration} s through the proxy on 127.0.0.1 (every outcome in turn)"
+        );
+        let s = rt.block_on(run_load(
+            &opts,
+            rate,
+            std::time::Duration::from_secs(duration),
+            |line| {
+                if tty {
+                    eprint!("\r{line}   ");
+                } else {
+                    eprintln!("{line}");
+                }
+            },
+        ))?;
+        if tty {
+            eprintln!();
+        }
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        outln!(
+            "calls: {} sent, {} answered in {:.1} s: {:.0} calls/s",
+            s.sent,
+            s.answered,
+            s.elapsed.as_secs_f64(),
+            s.answered as f64 / s.elapsed.as_secs_f64()
+        );
+        outln!("decisions:");
+        for (k, n) in &s.decisions {
+            outln!("  {k:<40} {n}");
+        }
+        outln!(
+            "responses at the caller: {}",
+            s.responses
+                .iter()
+                .map(|(c, n)| format!("{c}×{n}"))
+                .collect::<Vec<_>>()
+                .join("  ")
+        );
+        outln!(
+            "INVITE → final response: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            ms(s.percentile(0.5)),
+            ms(s.percentile(0.9)),
+            ms(s.percentile(0.99)),
+            ms(s.percentile(1.0))
+        );
+        if let Some(p) = &decision_log {
+            outln!("decision log: {}", p.display());
+        }
+        if s.answered < s.sent {
+            eprintln!(
+                "demo: {} of {} calls got no final response within 5 s of the end (the machine may be overloaded: try a lower --rate)",
+                s.sent - s.answered,
+                s.sent
+            );
+            return Ok(ExitCode::from(1));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    outln!(
+        "stirscreen demo: certificate repository (HTTPS), proxy and callee on 127.0.0.1; policy policies/default.toml\n"
+    );
+    let report = rt.block_on(run_table(&opts))?;
+    out!("{}", render_table(&report.rows));
+    let delta = |name: &str| {
+        metric_sum(&report.metrics_after, name) - metric_sum(&report.metrics_before, name)
+    };
+    outln!("\nmetrics ({}), moved by these calls:", report.metrics_url);
+    for name in [
+        "stirscreen_calls_screened_total",
+        "stirscreen_verification_failures_total",
+        "stirscreen_policy_decisions_total",
+        "stirscreen_invite_responses_total",
+        "stirscreen_cert_fetches_total",
+        "stirscreen_verification_duration_seconds_count",
+    ] {
+        outln!("  {name:<50} +{}", delta(name));
+    }
+    if let Some(first) = report.rows.first() {
+        outln!(
+            "\ndecision record (one JSON line per call; [log] decisions in serve):\n  {}",
+            serde_json::to_string(&first.record)?
+        );
+    }
+    if let Some(p) = &decision_log {
+        outln!(
+            "decision log: {} records written to {}",
+            report.decision_records_written,
+            p.display()
+        );
+    }
+    outln!(
+        "\nevery call above went through the real proxy and verifier; run `stirscreen serve` to screen your own"
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn load_key(path: &Path) -> anyhow::Result<SigningKey> {
@@ -335,9 +481,9 @@ fn verify(
     let now = now.map_or_else(|| Clock.now(), UnixTime);
     let outcome = runtime()?.block_on(verify_request(&verifier, &fetcher, &msg, now));
     if json {
-        println!("{}", serde_json::to_string_pretty(&outcome_json(&outcome))?);
+        outln!("{}", serde_json::to_string_pretty(&outcome_json(&outcome))?);
     } else {
-        print!("{}", report(&outcome));
+        out!("{}", report(&outcome));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -445,21 +591,21 @@ fn certs_show(config: Option<&Path>, now: Option<i64>, source: &str) -> anyhow::
         // describe it; trust is evaluated below like a file.
         let r = rt.block_on(async { fetcher.get(&url).await });
         if let Err(e) = &r {
-            println!("fetch/trust: {e}");
+            outln!("fetch/trust: {e}");
         }
         match r {
             Ok(cred) => {
                 for (i, c) in cred.path.iter().enumerate() {
                     print_summary(i, c);
                 }
-                println!("trusted    yes, anchor `{}`", cred.anchor);
+                outln!("trusted    yes, anchor `{}`", cred.anchor);
                 match cred.check_time(now) {
-                    Ok(()) => println!("valid now  yes"),
-                    Err(e) => println!("valid now  no: {e}"),
+                    Ok(()) => outln!("valid now  yes"),
+                    Err(e) => outln!("valid now  no: {e}"),
                 }
-                println!("spc        {}", cred.spc);
+                outln!("spc        {}", cred.spc);
                 for p in &cred.problems {
-                    println!("profile    {p}");
+                    outln!("profile    {p}");
                 }
                 return Ok(ExitCode::SUCCESS);
             }
@@ -473,36 +619,36 @@ fn certs_show(config: Option<&Path>, now: Option<i64>, source: &str) -> anyhow::
         print_summary(i, c);
         if let Some(der) = chain.get(i) {
             for p in profile_of(der)? {
-                println!("  profile  {}", p.rule);
+                outln!("  profile  {}", p.rule);
             }
         }
     }
     match cfg.trust_store()?.credential(&chain) {
         Ok(cred) => {
-            println!("trusted    yes, anchor `{}`", cred.anchor);
+            outln!("trusted    yes, anchor `{}`", cred.anchor);
             match cred.check_time(now) {
-                Ok(()) => println!("valid now  yes"),
-                Err(e) => println!("valid now  no: {e}"),
+                Ok(()) => outln!("valid now  yes"),
+                Err(e) => outln!("valid now  no: {e}"),
             }
-            println!("spc        {}", cred.spc);
+            outln!("spc        {}", cred.spc);
         }
-        Err(e) => println!("trusted    no: {e}"),
+        Err(e) => outln!("trusted    no: {e}"),
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn print_summary(i: usize, c: &stirscreen::cert::CertSummary) {
-    println!("[{i}] subject  {}", c.subject);
-    println!("    issuer   {}", c.issuer);
-    println!("    serial   {}", c.serial);
-    println!(
+    outln!("[{i}] subject  {}", c.subject);
+    outln!("    issuer   {}", c.issuer);
+    outln!("    serial   {}", c.serial);
+    outln!(
         "    valid    {} .. {}",
         stirscreen::time::format_sip_date(UnixTime(c.not_before)),
         stirscreen::time::format_sip_date(UnixTime(c.not_after))
     );
-    println!("    ca       {}", c.is_ca);
+    outln!("    ca       {}", c.is_ca);
     if let Some(spc) = &c.spc {
-        println!("    spc      {spc}");
+        outln!("    spc      {spc}");
     }
 }
 
@@ -518,7 +664,7 @@ fn policy_cmd(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
         PolicyCommand::Check { file } => match load_engine(&file) {
             Ok(engine) => {
                 let entries: usize = engine.lists.iter().map(|l| l.len()).sum();
-                println!(
+                outln!(
                     "ok: `{}`: {} rules, {} lists ({entries} entries)",
                     file.display(),
                     engine.policy.rules.len(),
@@ -567,7 +713,7 @@ fn policy_cmd(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
                 }
                 (None, None) => bail!("give --call MESSAGE.sip or --facts FACTS.json"),
             };
-            print!(
+            out!(
                 "{}",
                 explain_text(&engine, &facts, &operator, now, message.as_deref())
             );
@@ -630,13 +776,13 @@ fn policy_cmd(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
                 }
                 if wrong.is_empty() {
                     pass += 1;
-                    println!("ok    {}", c.name);
+                    outln!("ok    {}", c.name);
                 } else {
                     fail += 1;
-                    println!("FAIL  {}: got {}", c.name, wrong.join(", "));
+                    outln!("FAIL  {}: got {}", c.name, wrong.join(", "));
                 }
             }
-            println!("cases: {pass} passed, {fail} failed");
+            outln!("cases: {pass} passed, {fail} failed");
             Ok(if fail == 0 {
                 ExitCode::SUCCESS
             } else {
@@ -850,23 +996,23 @@ fn flags_cmd(config: Option<&Path>, cmd: FlagsCommand) -> anyhow::Result<ExitCod
             let now = Clock.now();
             store.add_flag(&callee, &caller, "admin", now)?;
             store.report_unwanted(&caller, &callee, now)?;
-            println!("flagged: {callee} does not want calls from {caller}");
+            outln!("flagged: {callee} does not want calls from {caller}");
         }
         FlagsCommand::Remove { callee, caller } => {
             let (callee, caller) = (canon(&callee)?, canon(&caller)?);
             if store.remove_flag(&callee, &caller)? {
-                println!("removed: {callee} / {caller}");
+                outln!("removed: {callee} / {caller}");
             } else {
-                println!("no flag: {callee} / {caller}");
+                outln!("no flag: {callee} / {caller}");
                 return Ok(ExitCode::from(1));
             }
         }
         FlagsCommand::List { callee } => {
             let callee = callee.map(|c| canon(&c)).transpose()?;
             let flags = store.list_flags(callee.as_deref())?;
-            println!("{:<16} {:<16} {:<29} origin", "callee", "caller", "since");
+            outln!("{:<16} {:<16} {:<29} origin", "callee", "caller", "since");
             for f in &flags {
-                println!(
+                outln!(
                     "{:<16} {:<16} {:<29} {}",
                     f.callee,
                     f.caller,
@@ -874,7 +1020,7 @@ fn flags_cmd(config: Option<&Path>, cmd: FlagsCommand) -> anyhow::Result<ExitCod
                     f.origin
                 );
             }
-            println!("{} flag(s)", flags.len());
+            outln!("{} flag(s)", flags.len());
         }
     }
     Ok(ExitCode::SUCCESS)

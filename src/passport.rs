@@ -346,6 +346,16 @@ impl SigningKey {
 
     /// Signs arbitrary JSON header and payload text as given (tests use
     /// this to produce non-canonical and faulty PASSporTs).
+    /// The first `PRIVATE KEY` (PKCS#8) block of a PEM file.
+    pub fn from_pem(pem: &[u8]) -> Result<Self, SignError> {
+        let der = x509_parser::pem::Pem::iter_from_buffer(pem)
+            .filter_map(Result::ok)
+            .find(|p| p.label == "PRIVATE KEY")
+            .ok_or(SignError::BadKey)?
+            .contents;
+        Self::from_pkcs8(&der)
+    }
+
     pub fn sign_raw(&self, header_json: &str, payload_json: &str) -> Result<String, SignError> {
         let mut token = URL_SAFE_NO_PAD.encode(header_json);
         token.push('.');

@@ -3,6 +3,7 @@
 //! the running one, so a broken edit never replaces a working policy.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
@@ -78,6 +79,9 @@ pub struct EngineHandle {
     path: PathBuf,
     current: RwLock<Arc<Engine>>,
     seen: Mutex<Vec<(PathBuf, Option<SystemTime>)>>,
+    /// Reloads that took effect / that were refused (old policy kept).
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
 }
 
 impl EngineHandle {
@@ -88,6 +92,8 @@ impl EngineHandle {
             path: path.to_path_buf(),
             seen: Mutex::new(stamps(path, &engine)),
             current: RwLock::new(Arc::new(engine)),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
         })
     }
 
@@ -110,10 +116,17 @@ impl EngineHandle {
                 .map_or_else(|_| self.current(), |e| Arc::new(e.clone()));
             *seen = stamps(&self.path, &engine);
         }
-        let engine = result?;
+        let engine = match result {
+            Ok(e) => e,
+            Err(d) => {
+                self.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                return Err(d);
+            }
+        };
         if let Ok(mut cur) = self.current.write() {
             *cur = Arc::new(engine);
         }
+        self.reloads_ok.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -149,19 +162,26 @@ impl EngineHandle {
                         false
                     }
                 };
-                if signalled || me.changed() {
-                    match me.reload() {
-                        Ok(()) => eprintln!("policy: reloaded `{}`", me.path.display()),
-                        Err(diags) => {
-                            eprintln!(
-                                "policy: `{}` not reloaded; the previous policy stays in force:",
-                                me.path.display()
-                            );
-                            for d in diags {
-                                eprintln!("{d}");
-                            }
-                        }
+                // File checks and compiling run on the blocking pool: the
+                // event loop never waits on a file.
+                let me2 = Arc::clone(&me);
+                let done = tokio::task::spawn_blocking(move || {
+                    (signalled || me2.changed()).then(|| me2.reload())
+                })
+                .await;
+                match done {
+                    Ok(Some(Ok(()))) => {
+                        tracing::info!(file = %me.path.display(), "policy reloaded");
                     }
+                    Ok(Some(Err(diags))) => {
+                        let text: Vec<String> = diags.iter().map(ToString::to_string).collect();
+                        tracing::error!(
+                            file = %me.path.display(),
+                            "policy not reloaded; the previous policy stays in force:\n{}",
+                            text.join("\n")
+                        );
+                    }
+                    Ok(None) | Err(_) => {}
                 }
             }
         })

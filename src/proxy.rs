@@ -11,16 +11,18 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 
 use crate::config::Config;
+use crate::decisionlog::{DecisionLog, DecisionRecord, bounded};
 use crate::facts::{CallInfo, Facts, StateInfo};
 use crate::fetch::{CertFetcher, verify_request};
+use crate::metrics::{Exposition, Family, Histogram};
 use crate::policy::render::{
     ForwardPlan, Operator, Verdict, annotated_line, build_response, verdict,
 };
@@ -77,16 +79,49 @@ const T2: Duration = Duration::from_secs(4);
 /// RFC 3261 §18.1.1: larger requests go over a congestion-controlled transport.
 const UDP_MTU_LIMIT: usize = 1300;
 
-/// Counters (Prometheus metrics come with the operations issue).
-#[derive(Debug, Default)]
+/// The proxy's metrics (rendered by [`Proxy::render_metrics`]).
+#[derive(Debug)]
 pub struct ProxyStats {
     pub received: AtomicU64,
     pub invites: AtomicU64,
     pub forwarded: AtomicU64,
     pub rejected: AtomicU64,
     pub overload: AtomicU64,
+    pub cancelled: AtomicU64,
     pub bad_requests: AtomicU64,
     pub dropped: AtomicU64,
+    /// Screened calls by verstat and attestation.
+    pub calls: Family,
+    /// Verification failures by kind and RFC 8224 code.
+    pub failures: Family,
+    /// Policy decisions by rule and action.
+    pub decisions: Family,
+    /// Final responses to INVITEs sent upstream, by code and origin
+    /// (`local`: generated here; `downstream`: relayed).
+    pub responses: Family,
+    pub verify_seconds: Histogram,
+    pub decide_seconds: Histogram,
+}
+
+impl Default for ProxyStats {
+    fn default() -> Self {
+        ProxyStats {
+            received: AtomicU64::new(0),
+            invites: AtomicU64::new(0),
+            forwarded: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            overload: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
+            bad_requests: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            calls: Family::new(&["verstat", "attest"]),
+            failures: Family::new(&["failure", "code"]),
+            decisions: Family::new(&["rule", "action"]),
+            responses: Family::new(&["code", "origin"]),
+            verify_seconds: Histogram::default(),
+            decide_seconds: Histogram::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +162,8 @@ struct Txn {
     upstream: Peer,
     /// The INVITE as received.
     invite: Vec<u8>,
+    /// When it arrived.
+    started: Instant,
     to_tag: String,
     state: Mutex<TxnState>,
     cancelled: Notify,
@@ -156,6 +193,8 @@ pub struct Proxy {
     clock: Clock,
     pub stats: ProxyStats,
     shutdown: watch::Sender<bool>,
+    decision_log: OnceLock<DecisionLog>,
+    decision_tap: OnceLock<mpsc::UnboundedSender<DecisionRecord>>,
 }
 
 /// Why the proxy could not start.
@@ -255,6 +294,8 @@ impl Proxy {
             clock: Clock,
             stats: ProxyStats::default(),
             shutdown,
+            decision_log: OnceLock::new(),
+            decision_tap: OnceLock::new(),
             config,
         });
         for s in udp_sockets {
@@ -287,13 +328,226 @@ impl Proxy {
     pub fn reload_trust(&self) {
         match self.config.trust_store() {
             Ok(t) => match self.fetcher.set_trust(Arc::new(t)) {
-                Ok(()) => eprintln!("trust anchors: reloaded"),
-                Err(e) => eprintln!("trust anchors: not reloaded: {e}"),
+                Ok(()) => tracing::info!("trust anchors reloaded"),
+                Err(e) => tracing::error!(
+                    "trust anchors not reloaded, the previous ones stay in force: {e}"
+                ),
             },
             Err(e) => {
-                eprintln!("trust anchors: not reloaded, the previous ones stay in force: {e}")
+                tracing::error!("trust anchors not reloaded, the previous ones stay in force: {e}")
             }
         }
+    }
+
+    /// Sends one record per screened call to `log` (set once).
+    pub fn set_decision_log(&self, log: DecisionLog) {
+        let _ = self.decision_log.set(log);
+    }
+
+    /// A copy of every decision record from now on (the demo reads it).
+    /// Only the first caller gets a receiver.
+    pub fn tap_decisions(&self) -> Option<mpsc::UnboundedReceiver<DecisionRecord>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.decision_tap.set(tx).ok().map(|()| rx)
+    }
+
+    fn emit(&self, r: DecisionRecord) {
+        if let Some(tap) = self.decision_tap.get() {
+            let _ = tap.send(r.clone());
+        }
+        if let Some(log) = self.decision_log.get() {
+            log.record(r);
+        }
+    }
+
+    /// A record for a call decided without the screen (overload,
+    /// shutdown): what the request itself says.
+    fn unscreened_record(&self, msg: &Message<'_>, from: Peer, action: &str, code: u16) {
+        if self.decision_log.get().is_none() && self.decision_tap.get().is_none() {
+            return;
+        }
+        let tn = |id| {
+            crate::tn::tn_of_header(msg.value(id).unwrap_or_default())
+                .map(|t| t.to_string())
+                .unwrap_or_default()
+        };
+        self.emit(DecisionRecord {
+            time: now_rfc3339(),
+            call_id: bounded(msg.value(HeaderId::CallId).unwrap_or_default()),
+            source: format!(
+                "{}:{}",
+                from.transport.as_str().to_ascii_lowercase(),
+                from.addr
+            ),
+            peer: self.config.source_of(from.addr.ip()).to_owned(),
+            orig: tn(HeaderId::From),
+            dest: tn(HeaderId::To),
+            attest: "none".into(),
+            verstat: String::new(),
+            failure: "none".into(),
+            stir_code: 0,
+            spc: String::new(),
+            rule: String::new(),
+            action: action.into(),
+            code,
+            latency_ms: 0.0,
+        });
+    }
+
+    /// Why the proxy is not ready, if it is not: trust anchors and a policy
+    /// must be loaded and the proxy must not be draining.
+    pub fn readiness(&self) -> Result<(), String> {
+        if *self.shutdown.borrow() {
+            return Err("draining (SIGTERM)".into());
+        }
+        if self.fetcher.trust_anchor_count() == 0 {
+            return Err("no trust anchors loaded".into());
+        }
+        // The policy: a proxy exists only once one compiled and loaded (a
+        // broken reload keeps the previous one), so nothing to check here.
+        Ok(())
+    }
+
+    /// Every metric in the Prometheus text format.
+    pub fn render_metrics(&self) -> String {
+        let s = &self.stats;
+        let f = &self.fetcher.stats;
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut e = Exposition::default();
+        e.info(
+            "stirscreen_build_info",
+            "Build information.",
+            &[("version", env!("CARGO_PKG_VERSION"))],
+        );
+        e.gauge(
+            "stirscreen_ready",
+            "1 when trust anchors and a policy are loaded and the proxy is not draining.",
+            if self.readiness().is_ok() { 1.0 } else { 0.0 },
+        );
+        e.counter(
+            "stirscreen_sip_messages_received_total",
+            "SIP messages received (all methods and responses).",
+            n(&s.received),
+        );
+        e.counter(
+            "stirscreen_sip_bad_requests_total",
+            "Requests answered 4xx/5xx by validation (RFC 3261 section 16.3) or unparseable.",
+            n(&s.bad_requests),
+        );
+        e.counter(
+            "stirscreen_sip_dropped_total",
+            "Messages dropped: unparseable with no way to answer, or responses not for us.",
+            n(&s.dropped),
+        );
+        e.counter(
+            "stirscreen_invites_total",
+            "Initial INVITEs received (new transactions).",
+            n(&s.invites),
+        );
+        e.family(
+            "stirscreen_calls_screened_total",
+            "Calls verified and decided, by verstat and attestation.",
+            &s.calls,
+        );
+        e.family(
+            "stirscreen_verification_failures_total",
+            "Verification failures by kind and RFC 8224 code.",
+            &s.failures,
+        );
+        e.family(
+            "stirscreen_policy_decisions_total",
+            "Policy decisions by matched rule and action.",
+            &s.decisions,
+        );
+        e.family(
+            "stirscreen_invite_responses_total",
+            "Final responses to INVITEs sent upstream, by code and origin (local or downstream).",
+            &s.responses,
+        );
+        e.counter(
+            "stirscreen_overload_rejections_total",
+            "INVITEs answered 503 because max_in_flight was reached or the proxy was draining.",
+            n(&s.overload),
+        );
+        e.counter(
+            "stirscreen_cancelled_during_verification_total",
+            "INVITEs cancelled while being verified (answered 487).",
+            n(&s.cancelled),
+        );
+        e.gauge(
+            "stirscreen_inflight_transactions",
+            "INVITE transactions open.",
+            self.open_transactions() as f64,
+        );
+        e.gauge(
+            "stirscreen_inflight_verifications",
+            "INVITEs being verified and decided now.",
+            self.config
+                .proxy
+                .max_in_flight
+                .saturating_sub(self.inflight.available_permits()) as f64,
+        );
+        e.histogram(
+            "stirscreen_verification_duration_seconds",
+            "Time to verify an INVITE's Identity headers (including any certificate fetch).",
+            &s.verify_seconds,
+        );
+        e.histogram(
+            "stirscreen_decision_duration_seconds",
+            "Time from verification result to decision (facts, policy, response built).",
+            &s.decide_seconds,
+        );
+        e.rows(
+            "stirscreen_cert_cache_lookups_total",
+            "Certificate cache lookups by result.",
+            &["result"],
+            &[
+                (&["hit"], n(&f.hits)),
+                (&["miss"], n(&f.misses)),
+                (&["negative_hit"], n(&f.negative_hits)),
+            ],
+        );
+        e.rows(
+            "stirscreen_cert_fetches_total",
+            "HTTPS certificate fetches by result.",
+            &["result"],
+            &[
+                (
+                    &["ok"],
+                    f.fetch_seconds.count().saturating_sub(n(&f.fetch_errors)),
+                ),
+                (&["error"], n(&f.fetch_errors)),
+            ],
+        );
+        e.histogram(
+            "stirscreen_cert_fetch_duration_seconds",
+            "Time to fetch and validate a certificate chain from its x5u URL.",
+            &f.fetch_seconds,
+        );
+        e.rows(
+            "stirscreen_policy_reloads_total",
+            "Policy reloads by result (failed: the previous policy stayed in force).",
+            &["result"],
+            &[
+                (&["ok"], n(&self.engine.reloads_ok)),
+                (&["failed"], n(&self.engine.reloads_failed)),
+            ],
+        );
+        let (written, dropped) = self
+            .decision_log
+            .get()
+            .map_or((0, 0), |l| (n(&l.written), n(&l.dropped)));
+        e.counter(
+            "stirscreen_decision_log_records_total",
+            "Decision records written.",
+            written,
+        );
+        e.counter(
+            "stirscreen_decision_log_dropped_total",
+            "Decision records dropped because the writer fell behind.",
+            dropped,
+        );
+        e.finish()
     }
 
     /// Stops accepting new calls; in-flight transactions finish.
@@ -696,6 +950,9 @@ impl Proxy {
     fn new_invite(self: &Arc<Self>, msg: &Message<'_>, from: Peer, branch: String) {
         self.stats.invites.fetch_add(1, Ordering::Relaxed);
         if *self.shutdown.borrow() {
+            self.stats.overload.fetch_add(1, Ordering::Relaxed);
+            self.stats.responses.inc(&["503", "local"]);
+            self.unscreened_record(msg, from, "overload", 503);
             self.respond(
                 msg,
                 from,
@@ -707,6 +964,8 @@ impl Proxy {
         }
         let Ok(permit) = Arc::clone(&self.inflight).try_acquire_owned() else {
             self.stats.overload.fetch_add(1, Ordering::Relaxed);
+            self.stats.responses.inc(&["503", "local"]);
+            self.unscreened_record(msg, from, "overload", 503);
             self.respond(
                 msg,
                 from,
@@ -721,6 +980,7 @@ impl Proxy {
             branch: branch.clone(),
             upstream: from,
             invite: msg.wire().to_vec(),
+            started: Instant::now(),
             to_tag: crate::lab::random_hex(6),
             state: Mutex::new(TxnState {
                 phase: Phase::Verifying,
@@ -760,22 +1020,37 @@ impl Proxy {
                 Ok(o) => o,
                 Err(_) => Outcome::timeout(&self.verifier.config, "verification did not finish within the deadline"),
             },
-            _ = txn.cancelled.notified() => return,
+            _ = txn.cancelled.notified() => {
+                self.cancelled_record(&txn, &msg);
+                return;
+            }
         };
+        let verified = Instant::now();
+        self.stats
+            .verify_seconds
+            .observe(verified.saturating_duration_since(txn.started));
         let facts = self.facts(&msg, &outcome, txn.upstream.addr.ip(), arrived);
         let engine = self.engine.current();
         let d = engine.decide(&facts);
-        let v = verdict(d.action, d.rule_id(), &facts, &self.operator, arrived);
+        let rule = d.rule_id().to_owned();
+        let v = verdict(d.action, &rule, &facts, &self.operator, arrived);
         if let Ok(mut st) = txn.state.lock() {
             if st.phase != Phase::Verifying {
-                return; // cancelled meanwhile
+                return; // cancelled meanwhile (its record is written)
             }
             st.orig.clone_from(&facts.orig);
             st.dest.clone_from(&facts.dest);
         }
+        let (action, code) = match &v {
+            Verdict::Reject(p) => ("reject", p.code),
+            Verdict::Forward(_) => ("forward", 0),
+        };
+        self.stats.decide_seconds.observe(verified.elapsed());
+        self.account(&txn, &msg, &facts, &rule, action, code);
         match v {
             Verdict::Reject(p) => {
                 self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                self.stats.responses.inc(&[&p.code.to_string(), "local"]);
                 let resp = build_response(&msg, p.code, &p.phrase, &p.headers, &txn.to_tag);
                 self.final_upstream(&txn, resp);
             }
@@ -784,6 +1059,88 @@ impl Proxy {
                 self.forward_invite(&txn, &msg, &plan);
             }
         }
+    }
+
+    /// Metrics and the decision record for one screened call.
+    fn account(
+        &self,
+        txn: &Txn,
+        msg: &Message<'_>,
+        facts: &Facts,
+        rule: &str,
+        action: &str,
+        code: u16,
+    ) {
+        let s = &self.stats;
+        s.calls
+            .inc(&[facts.verstat.as_str(), facts.attest.as_str()]);
+        if facts.failure.0.is_some() {
+            s.failures
+                .inc(&[facts.failure.as_str(), &facts.stir_code.to_string()]);
+        }
+        s.decisions.inc(&[rule, action]);
+        if self.decision_log.get().is_none() && self.decision_tap.get().is_none() {
+            return;
+        }
+        self.emit(DecisionRecord {
+            time: now_rfc3339(),
+            call_id: bounded(msg.value(HeaderId::CallId).unwrap_or_default()),
+            source: format!(
+                "{}:{}",
+                txn.upstream.transport.as_str().to_ascii_lowercase(),
+                txn.upstream.addr
+            ),
+            peer: bounded(&facts.source),
+            orig: bounded(&facts.orig),
+            dest: bounded(&facts.dest),
+            attest: facts.attest.as_str().into(),
+            verstat: facts.verstat.as_str().into(),
+            failure: facts.failure.as_str().into(),
+            stir_code: facts.stir_code,
+            spc: bounded(&facts.spc),
+            rule: bounded(rule),
+            action: action.into(),
+            code,
+            latency_ms: txn.started.elapsed().as_secs_f64() * 1000.0,
+        });
+    }
+
+    /// The record of a call cancelled while it was being verified.
+    fn cancelled_record(&self, txn: &Txn, msg: &Message<'_>) {
+        self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
+        self.stats.responses.inc(&["487", "local"]);
+        if self.decision_log.get().is_none() && self.decision_tap.get().is_none() {
+            return;
+        }
+        let mut r = DecisionRecord {
+            time: now_rfc3339(),
+            call_id: bounded(msg.value(HeaderId::CallId).unwrap_or_default()),
+            source: format!(
+                "{}:{}",
+                txn.upstream.transport.as_str().to_ascii_lowercase(),
+                txn.upstream.addr
+            ),
+            peer: self.config.source_of(txn.upstream.addr.ip()).to_owned(),
+            orig: String::new(),
+            dest: String::new(),
+            attest: "none".into(),
+            verstat: String::new(),
+            failure: "none".into(),
+            stir_code: 0,
+            spc: String::new(),
+            rule: String::new(),
+            action: "cancelled".into(),
+            code: 487,
+            latency_ms: txn.started.elapsed().as_secs_f64() * 1000.0,
+        };
+        let tn = |id| {
+            crate::tn::tn_of_header(msg.value(id).unwrap_or_default())
+                .map(|t| t.to_string())
+                .unwrap_or_default()
+        };
+        r.orig = tn(HeaderId::From);
+        r.dest = tn(HeaderId::To);
+        self.emit(r);
     }
 
     fn facts(&self, msg: &Message<'_>, o: &Outcome, src: IpAddr, now: UnixTime) -> Facts {
@@ -1164,9 +1521,19 @@ impl Proxy {
                         completed = true;
                     }
                     if code == 607 && !st.orig.is_empty() && !st.dest.is_empty() {
+                        // SQLite writes go to the blocking pool: the event
+                        // loop never waits on the file.
                         let now = self.clock.now();
-                        let _ = self.store.add_flag(&st.dest, &st.orig, "607", now);
-                        let _ = self.store.report_unwanted(&st.orig, &st.dest, now);
+                        let store = Arc::clone(&self.store);
+                        let (orig, dest) = (st.orig.clone(), st.dest.clone());
+                        tokio::task::spawn_blocking(move || {
+                            if let Err(e) = store
+                                .add_flag(&dest, &orig, "607", now)
+                                .and_then(|()| store.report_unwanted(&orig, &dest, now))
+                            {
+                                tracing::error!("607 feedback not stored: {e}");
+                            }
+                        });
                     }
                 }
                 if relay && code > 100 {
@@ -1178,6 +1545,9 @@ impl Proxy {
             }
             if !relay {
                 return;
+            }
+            if code >= 200 {
+                self.stats.responses.inc(&[&code.to_string(), "downstream"]);
             }
             let out = strip_top_via(msg, extra.as_deref());
             if completed {
@@ -1385,13 +1755,44 @@ fn hop_request(forwarded: &[u8], method: &str, to: Option<&str>) -> Vec<u8> {
 /// Runs `serve` until SIGINT/SIGTERM, then drains (stops accepting, waits
 /// for open transactions up to `drain`).
 pub async fn serve(config: Config, drain: Duration) -> Result<(), ServeError> {
+    let admin_listen = config.admin.listen.clone();
+    let log = config.log.clone();
     let proxy = Proxy::start(config).await?;
-    eprintln!(
-        "stirscreen: serving on udp {} / tcp {}, next hop {:?} {}",
-        proxy.udp_addr().map_or("-".into(), |a| a.to_string()),
-        proxy.tcp_addr().map_or("-".into(), |a| a.to_string()),
-        proxy.next_hop.transport,
-        proxy.next_hop.addr
+    if !log.decisions.is_empty() {
+        let sink = if log.decisions == "-" {
+            crate::decisionlog::Sink::Stdout
+        } else {
+            crate::decisionlog::Sink::File {
+                path: log.decisions.clone().into(),
+                max_bytes: log.decisions_max_bytes,
+                keep: log.decisions_keep,
+            }
+        };
+        let d = DecisionLog::start(sink).map_err(|source| ServeError::Bind {
+            addr: format!("[log] decisions = `{}`", log.decisions),
+            source,
+        })?;
+        proxy.set_decision_log(d);
+    }
+    let _admin = if admin_listen.is_empty() {
+        None
+    } else {
+        Some(
+            crate::admin::Admin::start(&admin_listen, Arc::clone(&proxy))
+                .await
+                .map_err(|source| ServeError::Bind {
+                    addr: format!("[admin] listen = `{admin_listen}`"),
+                    source,
+                })?,
+        )
+    };
+    tracing::info!(
+        udp = %proxy.udp_addr().map_or("-".into(), |a| a.to_string()),
+        tcp = %proxy.tcp_addr().map_or("-".into(), |a| a.to_string()),
+        next_hop = %format!("{}:{}", proxy.next_hop.transport.as_str(), proxy.next_hop.addr),
+        admin = %_admin.as_ref().map_or("-".into(), |a| format!("http://{}/metrics", a.addr)),
+        decisions = %if log.decisions.is_empty() { "-" } else { log.decisions.as_str() },
+        "stirscreen serving"
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| ServeError::Config(e.to_string()))?;
@@ -1404,7 +1805,7 @@ pub async fn serve(config: Config, drain: Duration) -> Result<(), ServeError> {
             _ = hup.recv() => proxy.reload_trust(),
         }
     }
-    eprintln!("stirscreen: draining");
+    tracing::info!("draining: no new calls; open transactions may finish");
     proxy.begin_shutdown();
     let deadline = tokio::time::Instant::now() + drain;
     while proxy.inflight.available_permits() < proxy.config.proxy.max_in_flight
@@ -1413,4 +1814,11 @@ pub async fn serve(config: Config, drain: Duration) -> Result<(), ServeError> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
+}
+
+fn now_rfc3339() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    crate::time::format_rfc3339_millis(ms)
 }

@@ -40,6 +40,21 @@ impl Clock {
     }
 }
 
+/// RFC 3339 UTC with milliseconds (`2026-01-01T00:00:00.000Z`), from
+/// milliseconds since the epoch.
+pub fn format_rfc3339_millis(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let t = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t / 3600,
+        t / 60 % 60,
+        t % 60,
+        ms.rem_euclid(1000)
+    )
+}
+
 /// Parses an RFC 1123 date as SIP uses it (RFC 3261 §20.17:
 /// `Sat, 13 Nov 2010 23:29:00 GMT`). Only `GMT` is allowed.
 pub fn parse_sip_date(s: &str) -> Option<UnixTime> {
@@ -132,6 +147,18 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_millis() {
+        assert_eq!(
+            format_rfc3339_millis(TEST_NOW.0 * 1000 + 7),
+            "2026-01-01T00:00:00.007Z"
+        );
+        assert_eq!(
+            format_rfc3339_millis(951_825_599_999),
+            "2000-02-29T11:59:59.999Z"
+        );
+    }
 
     #[test]
     fn sip_date_round_trips() {

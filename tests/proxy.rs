@@ -620,12 +620,18 @@ async fn serve_binary_answers_and_exits_cleanly_on_sigterm() {
     if v6 {
         listen.push_str(&format!(", \"udp:[::1]:{port}\""));
     }
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin_port = probe.local_addr().unwrap().port();
+    drop(probe);
+    let decisions = dir.path().join("log/decisions.jsonl");
     let cfg = dir.path().join("c.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[proxy]\nlisten = [{listen}]\nnext_hop = \"udp:127.0.0.1:9\"\n[store]\npath = \"{}\"\n",
-            dir.path().join("s.db").display()
+            "[proxy]\nlisten = [{listen}]\nnext_hop = \"udp:127.0.0.1:9\"\n[store]\npath = \"{}\"\n\
+             [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n[log]\nformat = \"json\"\ndecisions = \"{}\"\n",
+            dir.path().join("s.db").display(),
+            decisions.display()
         ),
     )
     .unwrap();
@@ -649,6 +655,48 @@ async fn serve_binary_answers_and_exits_cleanly_on_sigterm() {
         let r = recv(&c6, 2000).await.expect("an answer over IPv6");
         assert!(r.starts_with("SIP/2.0 483"), "{r}");
     }
+    // An unsigned INVITE is screened (No-TN-Validation), forwarded, counted
+    // in /metrics and logged.
+    let invite = InviteSpec::new("12025550100", "12025550199").build();
+    c.send_to(invite.as_bytes(), ("127.0.0.1", port))
+        .await
+        .unwrap();
+    let r = recv(&c, 2000).await.expect("100 Trying");
+    assert!(r.starts_with("SIP/2.0 100"), "{r}");
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let (code, _) = stirscreen::demo::http_get(admin, "/readyz").await.unwrap();
+    assert_eq!(code, 200);
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = stirscreen::demo::http_get(admin, "/metrics")
+            .await
+            .unwrap()
+            .1;
+        if metrics.contains(
+            "stirscreen_calls_screened_total{verstat=\"No-TN-Validation\",attest=\"none\"} 1",
+        ) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        metrics.contains(
+            "stirscreen_calls_screened_total{verstat=\"No-TN-Validation\",attest=\"none\"} 1"
+        ),
+        "{metrics}"
+    );
+    let mut log = String::new();
+    for _ in 0..50 {
+        log = std::fs::read_to_string(&decisions).unwrap_or_default();
+        if !log.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rec: serde_json::Value = serde_json::from_str(log.trim()).unwrap();
+    assert_eq!(rec["verstat"], "No-TN-Validation", "{log}");
+    assert_eq!(rec["action"], "forward", "{log}");
+    let mut stderr = child.stderr.take().unwrap();
     let status = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -659,6 +707,24 @@ async fn serve_binary_answers_and_exits_cleanly_on_sigterm() {
         .unwrap()
         .unwrap();
     assert!(exit.success(), "{exit:?}");
+    // JSON logs on stderr: the start and the drain.
+    let mut err = String::new();
+    use std::io::Read as _;
+    stderr.read_to_string(&mut err).unwrap();
+    let lines: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["message"] == "stirscreen serving"),
+        "{err}"
+    );
+    assert!(
+        lines.iter().any(|l| l["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("draining"))),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -4,7 +4,8 @@
 # pinned for https://sti.stirscreen.example/sp-a.pem), a SIPp UAS on 5080 and
 # a SIPp UAC sending freshly signed INVITEs.
 #   1. forwarded calls complete, and the UAS sees verstat=TN-Validation-Passed;
-#   2. calls from a do-not-originate number get 608 with a jCard Call-Info.
+#   2. calls from a do-not-originate number get 608 with a jCard Call-Info;
+#   3. /metrics (127.0.0.1:9090) and decisions.jsonl account for every call.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 command -v sipp >/dev/null || { echo "sipp is not installed (apt-get install -y sip-tester)"; exit 1; }
@@ -17,7 +18,7 @@ trap cleanup EXIT
 calls=${CALLS:-20}
 
 # No arguments: the embedded default configuration (state in ./stirscreen.db).
-rm -f stirscreen.db stirscreen.db-wal stirscreen.db-shm
+rm -f stirscreen.db stirscreen.db-wal stirscreen.db-shm decisions.jsonl*
 "$bin" serve >"$work/serve.log" 2>&1 &
 pids+=($!)
 sleep 1
@@ -51,4 +52,16 @@ if [ "${ok_calls:-}" != "$calls" ] || [ "${failed:-0}" != "0" ]; then
   exit 1
 fi
 echo "ok: the UAS completed $ok_calls calls, each INVITE carrying verstat=TN-Validation-Passed"
-echo "sipp: 2 passed, 0 failed"
+echo "== /metrics and the decision log of the embedded default"
+get() { if command -v curl >/dev/null; then curl -sf "$1"; else python3 -c 'import sys,urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1]).read().decode())' "$1"; fi; }
+want=$((2 * calls))
+for _ in $(seq 50); do
+  records=$(wc -l <decisions.jsonl 2>/dev/null || echo 0)
+  [ "$records" -ge "$want" ] && break; sleep 0.1
+done
+[ "$records" = "$want" ] || { echo "decision log: $records records, expected $want"; exit 1; }
+passed=$(get http://127.0.0.1:9090/metrics | awk '/^stirscreen_calls_screened_total\{verstat="TN-Validation-Passed"/ {s += $2} END {print s + 0}')
+[ "$passed" = "$want" ] || { echo "/metrics: $passed verified calls, expected $want"; exit 1; }
+[ "$(get http://127.0.0.1:9090/readyz)" = "ready" ] || { echo "/readyz is not ready"; exit 1; }
+echo "ok: /metrics counted $passed verified calls; decisions.jsonl has $records records"
+echo "sipp: 3 passed, 0 failed"

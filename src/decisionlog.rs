@@ -1,0 +1,307 @@
+//! The decision log: one JSON line per screened call, written by its own
+//! thread (the event loop never waits on the file), to stdout or to a file
+//! rotated by size (`decisions.jsonl` → `.1` → `.2` …).
+//!
+//! Records hold no secrets (no PASSporT, no signature, no key material) and
+//! every text field is bounded.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+
+use serde::{Deserialize, Serialize};
+
+/// Longest text kept in a field (characters).
+pub const MAX_FIELD: usize = 256;
+/// Records queued for the writer; beyond it records are dropped and counted.
+const QUEUE: usize = 65_536;
+
+/// One call's decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionRecord {
+    /// RFC 3339 UTC, millisecond precision.
+    pub time: String,
+    pub call_id: String,
+    /// `transport:address:port` the INVITE came from.
+    pub source: String,
+    /// The named peer (`[[peers]]`) or `unknown`.
+    pub peer: String,
+    pub orig: String,
+    pub dest: String,
+    pub attest: String,
+    pub verstat: String,
+    pub failure: String,
+    /// RFC 8224 code of the failure (0: none).
+    pub stir_code: u16,
+    pub spc: String,
+    pub rule: String,
+    /// `forward`, `reject`, `overload` or `cancelled`.
+    pub action: String,
+    /// The response the proxy sent upstream for this decision (0 when it
+    /// forwarded: the callee answers).
+    pub code: u16,
+    /// Arrival to decision, milliseconds.
+    pub latency_ms: f64,
+}
+
+/// Cuts a text to [`MAX_FIELD`] characters, dropping control characters.
+pub fn bounded(s: &str) -> String {
+    s.chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_FIELD)
+        .collect()
+}
+
+/// Where records go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sink {
+    Stdout,
+    File {
+        path: PathBuf,
+        max_bytes: u64,
+        keep: usize,
+    },
+}
+
+/// The writer's handle; cheap to share.
+#[derive(Debug)]
+pub struct DecisionLog {
+    tx: SyncSender<DecisionRecord>,
+    pub written: Arc<AtomicU64>,
+    pub dropped: AtomicU64,
+}
+
+impl DecisionLog {
+    /// Starts the writer thread. A file that cannot be opened is an error
+    /// here, at start, not a silent loss later.
+    pub fn start(sink: Sink) -> std::io::Result<DecisionLog> {
+        let (tx, rx) = sync_channel(QUEUE);
+        let written = Arc::new(AtomicU64::new(0));
+        let out = Output::open(&sink)?;
+        let w = Arc::clone(&written);
+        std::thread::Builder::new()
+            .name("decision-log".into())
+            .spawn(move || writer(rx, out, w))?;
+        Ok(DecisionLog {
+            tx,
+            written,
+            dropped: AtomicU64::new(0),
+        })
+    }
+
+    /// Queues a record; never blocks.
+    pub fn record(&self, r: DecisionRecord) {
+        match self.tx.try_send(r) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+enum Output {
+    Stdout(std::io::Stdout),
+    File {
+        w: BufWriter<File>,
+        path: PathBuf,
+        size: u64,
+        max_bytes: u64,
+        keep: usize,
+    },
+}
+
+impl Output {
+    fn open(sink: &Sink) -> std::io::Result<Output> {
+        Ok(match sink {
+            Sink::Stdout => Output::Stdout(std::io::stdout()),
+            Sink::File {
+                path,
+                max_bytes,
+                keep,
+            } => {
+                if let Some(dir) = path.parent()
+                    && !dir.as_os_str().is_empty()
+                {
+                    std::fs::create_dir_all(dir)?;
+                }
+                let f = OpenOptions::new().create(true).append(true).open(path)?;
+                let size = f.metadata()?.len();
+                Output::File {
+                    w: BufWriter::new(f),
+                    path: path.clone(),
+                    size,
+                    max_bytes: (*max_bytes).max(4096),
+                    keep: *keep,
+                }
+            }
+        })
+    }
+
+    fn write_line(&mut self, line: &[u8]) -> std::io::Result<()> {
+        match self {
+            Output::Stdout(s) => {
+                let mut l = s.lock();
+                l.write_all(line)?;
+                l.write_all(b"\n")
+            }
+            Output::File {
+                w,
+                path,
+                size,
+                max_bytes,
+                keep,
+            } => {
+                let n = line.len() as u64 + 1;
+                if *size > 0 && *size + n > *max_bytes {
+                    w.flush()?;
+                    rotate(path, *keep)?;
+                    let f = OpenOptions::new().create(true).append(true).open(&*path)?;
+                    *w = BufWriter::new(f);
+                    *size = 0;
+                }
+                w.write_all(line)?;
+                w.write_all(b"\n")?;
+                *size += n;
+                Ok(())
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Output::Stdout(s) => s.flush(),
+            Output::File { w, .. } => w.flush(),
+        }
+    }
+}
+
+/// `path.{keep-1}` is dropped, every `path.i` becomes `path.{i+1}`, `path`
+/// becomes `path.1`. With `keep` 0 the file is simply truncated.
+fn rotate(path: &Path, keep: usize) -> std::io::Result<()> {
+    let numbered = |i: usize| {
+        let mut s = path.as_os_str().to_owned();
+        s.push(format!(".{i}"));
+        PathBuf::from(s)
+    };
+    if keep == 0 {
+        return std::fs::remove_file(path);
+    }
+    let _ = std::fs::remove_file(numbered(keep));
+    for i in (1..keep).rev() {
+        let from = numbered(i);
+        if from.exists() {
+            std::fs::rename(&from, numbered(i + 1))?;
+        }
+    }
+    std::fs::rename(path, numbered(1))
+}
+
+fn writer(rx: Receiver<DecisionRecord>, mut out: Output, written: Arc<AtomicU64>) {
+    let mut failed = false;
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        // Write what is queued, then flush once.
+        while let Some(r) = next {
+            if let Ok(line) = serde_json::to_vec(&r) {
+                match out.write_line(&line) {
+                    Ok(()) => {
+                        written.fetch_add(1, Ordering::Relaxed);
+                        failed = false;
+                    }
+                    Err(e) if !failed => {
+                        tracing::error!(error = %e, "decision log: write failed");
+                        failed = true;
+                    }
+                    Err(_) => {}
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        if let Err(e) = out.flush()
+            && !failed
+        {
+            tracing::error!(error = %e, "decision log: flush failed");
+            failed = true;
+        }
+    }
+    let _ = out.flush();
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn record(i: usize) -> DecisionRecord {
+        DecisionRecord {
+            time: "2026-01-01T00:00:00.000Z".into(),
+            call_id: format!("call-{i}"),
+            source: "udp:127.0.0.1:5070".into(),
+            peer: "unknown".into(),
+            orig: "12025550100".into(),
+            dest: "12025550199".into(),
+            attest: "A".into(),
+            verstat: "TN-Validation-Passed".into(),
+            failure: "none".into(),
+            stir_code: 0,
+            spc: "1001".into(),
+            rule: "default".into(),
+            action: "forward".into(),
+            code: 0,
+            latency_ms: 0.1,
+        }
+    }
+
+    #[test]
+    fn rotates_by_size_and_keeps_every_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.jsonl");
+        let log = DecisionLog::start(Sink::File {
+            path: path.clone(),
+            max_bytes: 4096,
+            keep: 10,
+        })
+        .unwrap();
+        for i in 0..100 {
+            log.record(record(i));
+        }
+        while log.written.load(Ordering::Relaxed) < 100 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        drop(log);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut ids = Vec::new();
+        let mut files = 0;
+        for p in std::iter::once(path.clone())
+            .chain((1..=10).map(|i| dir.path().join(format!("d.jsonl.{i}"))))
+        {
+            let Ok(text) = std::fs::read_to_string(&p) else {
+                continue;
+            };
+            files += 1;
+            assert!(
+                text.len() <= 4096,
+                "{} is {} bytes",
+                p.display(),
+                text.len()
+            );
+            for l in text.lines() {
+                let r: DecisionRecord = serde_json::from_str(l).unwrap();
+                ids.push(r.call_id);
+            }
+        }
+        assert!(files > 2, "rotation happened: {files} files");
+        assert_eq!(ids.len(), 100);
+    }
+
+    #[test]
+    fn fields_are_bounded() {
+        let long = "x".repeat(10_000) + "\n\r";
+        assert_eq!(bounded(&long).len(), MAX_FIELD);
+        assert_eq!(bounded("a\r\nb"), "ab");
+    }
+}

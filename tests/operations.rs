@@ -1,0 +1,392 @@
+//! Operations: `stirscreen demo` end to end (the binary), the Prometheus
+//! exposition parsed by an independent text-format parser, the admin
+//! endpoints and the decision log.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_parse::{LineInfo, Scrape, Value};
+use stirscreen::admin::Admin;
+use stirscreen::config::Config;
+use stirscreen::decisionlog::DecisionRecord;
+use stirscreen::demo::{DemoOptions, http_get, run_table};
+use stirscreen::proxy::Proxy;
+
+/// Every scripted outcome: (row name, verstat, failure (code), response).
+const OUTCOMES: &[(&str, &str, &str, &str)] = &[
+    (
+        "A attestation (full)",
+        "TN-Validation-Passed",
+        "-",
+        "200 OK",
+    ),
+    (
+        "B attestation (partial)",
+        "TN-Validation-Passed",
+        "-",
+        "200 OK",
+    ),
+    (
+        "C attestation (gateway)",
+        "TN-Validation-Passed",
+        "-",
+        "200 OK",
+    ),
+    (
+        "spoofed caller number",
+        "No-TN-Validation",
+        "orig-mismatch (438)",
+        "200 OK",
+    ),
+    (
+        "bad signature",
+        "TN-Validation-Failed",
+        "bad-signature (438)",
+        "200 OK",
+    ),
+    (
+        "stale PASSporT (iat 5 min old)",
+        "No-TN-Validation",
+        "stale (403)",
+        "200 OK",
+    ),
+    (
+        "untrusted certificate",
+        "TN-Validation-Failed",
+        "cert-untrusted (437)",
+        "200 OK",
+    ),
+    (
+        "replayed PASSporT (new Call-ID)",
+        "TN-Validation-Failed",
+        "replay (438)",
+        "200 OK",
+    ),
+    (
+        "no Identity header",
+        "No-TN-Validation",
+        "no-identity (428)",
+        "200 OK",
+    ),
+    (
+        "caller flagged by the callee",
+        "TN-Validation-Passed",
+        "-",
+        "607 Unwanted",
+    ),
+    (
+        "do-not-originate number",
+        "TN-Validation-Passed",
+        "-",
+        "608 Rejected +jCard",
+    ),
+    (
+        "bad reputation (603+)",
+        "TN-Validation-Passed",
+        "-",
+        "603 Network Blocked +jCard",
+    ),
+];
+
+#[test]
+fn demo_binary_prints_every_outcome_and_logs_one_record_per_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("decisions.jsonl");
+    // From a directory without the repository: the demo needs no files.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stirscreen"))
+        .current_dir(dir.path())
+        .args(["demo", "--decision-log", log.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for (name, verstat, failure, response) in OUTCOMES {
+        let row = stdout
+            .lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("no row for `{name}`:\n{stdout}"));
+        let cells: Vec<&str> = row
+            .split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
+        assert!(cells.contains(verstat), "{name}: {row}");
+        assert!(cells.contains(failure), "{name}: {row}");
+        assert!(cells.contains(response), "{name}: {row}");
+    }
+    // Rejections carry guidance naming the redress contact.
+    assert!(
+        stdout.contains("contact https://redress.stirscreen.example/"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("decision log: 12 records written"),
+        "{stdout}"
+    );
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let records: Vec<DecisionRecord> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(records.len(), OUTCOMES.len(), "{text}");
+    let ids: HashSet<&str> = records.iter().map(|r| r.call_id.as_str()).collect();
+    assert_eq!(ids.len(), records.len(), "one record per call");
+    for r in &records {
+        assert!(r.time.ends_with('Z') && r.time.len() == 24, "{r:?}");
+        assert!(r.source.starts_with("udp:127.0.0.1:"), "{r:?}");
+        assert_eq!(r.dest, "12025550199", "{r:?}");
+        assert!(!r.orig.is_empty() && !r.rule.is_empty(), "{r:?}");
+        assert!(r.latency_ms > 0.0, "{r:?}");
+        // No PASSporT or signature material in the log.
+        assert!(!serde_json::to_string(r).unwrap().contains("eyJ"), "{r:?}");
+    }
+    let actions: Vec<(&str, u16)> = records
+        .iter()
+        .map(|r| (r.action.as_str(), r.code))
+        .collect();
+    assert_eq!(
+        actions.iter().filter(|a| a.0 == "forward").count(),
+        9,
+        "{actions:?}"
+    );
+    for code in [607, 608, 603] {
+        assert!(actions.contains(&("reject", code)), "{actions:?}");
+    }
+}
+
+/// Sum of a counter's series whose labels include `want`.
+fn counter(s: &Scrape, name: &str, want: &[(&str, &str)]) -> f64 {
+    s.samples
+        .iter()
+        .filter(|x| x.metric == name)
+        .filter(|x| want.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
+        .map(|x| match x.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+fn parse(text: &str) -> Scrape {
+    for line in text.lines() {
+        assert!(
+            !matches!(LineInfo::parse(line), LineInfo::Ignored),
+            "not exposition format: {line}"
+        );
+    }
+    Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_and_move_as_the_demo_calls_go_through() {
+    let report = run_table(&DemoOptions::default()).await.unwrap();
+    let before = parse(&report.metrics_before);
+    let after = parse(&report.metrics_after);
+    let delta = |name: &str, want: &[(&str, &str)]| {
+        counter(&after, name, want) - counter(&before, name, want)
+    };
+    let calls = "stirscreen_calls_screened_total";
+    assert_eq!(delta(calls, &[]), 12.0);
+    assert_eq!(delta(calls, &[("verstat", "TN-Validation-Passed")]), 6.0);
+    assert_eq!(delta(calls, &[("verstat", "TN-Validation-Failed")]), 3.0);
+    assert_eq!(delta(calls, &[("verstat", "No-TN-Validation")]), 3.0);
+    assert_eq!(delta(calls, &[("attest", "B")]), 1.0);
+    let failures = "stirscreen_verification_failures_total";
+    assert_eq!(
+        delta(failures, &[("failure", "stale"), ("code", "403")]),
+        1.0
+    );
+    assert_eq!(
+        delta(failures, &[("failure", "cert-untrusted"), ("code", "437")]),
+        1.0
+    );
+    let decisions = "stirscreen_policy_decisions_total";
+    assert_eq!(
+        delta(
+            decisions,
+            &[("rule", "failed-verification"), ("action", "forward")]
+        ),
+        6.0
+    );
+    assert_eq!(
+        delta(
+            decisions,
+            &[("rule", "do-not-originate"), ("action", "reject")]
+        ),
+        1.0
+    );
+    let responses = "stirscreen_invite_responses_total";
+    assert_eq!(
+        delta(responses, &[("code", "200"), ("origin", "downstream")]),
+        9.0
+    );
+    for code in ["607", "608", "603"] {
+        assert_eq!(
+            delta(responses, &[("code", code), ("origin", "local")]),
+            1.0,
+            "{code}"
+        );
+    }
+    // Three chains fetched once each (the rogue one does not validate),
+    // then cache hits.
+    assert_eq!(
+        delta("stirscreen_cert_fetches_total", &[("result", "ok")]),
+        2.0
+    );
+    assert_eq!(
+        delta("stirscreen_cert_fetches_total", &[("result", "error")]),
+        1.0
+    );
+    assert!(delta("stirscreen_cert_cache_lookups_total", &[("result", "hit")]) >= 6.0);
+    // Histograms: one verification and one decision observation per call.
+    let count = |s: &Scrape, name: &str| {
+        s.samples
+            .iter()
+            .find(|x| x.metric == name)
+            .map(|x| match &x.value {
+                Value::Histogram(h) => h.last().map_or(0.0, |b| b.count),
+                _ => 0.0,
+            })
+            .unwrap()
+    };
+    for h in [
+        "stirscreen_verification_duration_seconds",
+        "stirscreen_decision_duration_seconds",
+    ] {
+        assert_eq!(count(&after, h) - count(&before, h), 12.0, "{h}");
+    }
+    assert_eq!(counter(&after, "stirscreen_ready", &[]), 1.0);
+    // Prometheus naming: counters end in _total, durations in _seconds.
+    for (name, _) in after.docs.iter() {
+        assert!(name.starts_with("stirscreen_"), "{name}");
+    }
+    for line in report.metrics_after.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut p = rest.split(' ');
+            let (name, kind) = (p.next().unwrap(), p.next().unwrap());
+            match kind {
+                "counter" => assert!(name.ends_with("_total"), "{name}"),
+                "histogram" => assert!(name.ends_with("_seconds"), "{name}"),
+                _ => {}
+            }
+        }
+    }
+}
+
+async fn minimal_proxy() -> (Arc<Proxy>, tempfile::TempDir) {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[verify]\ntrust_anchors = [\"{root}/certs/demo/sti-root.pem\"]\n\
+         [proxy]\nlisten = [\"udp:127.0.0.1:0\"]\nnext_hop = \"udp:127.0.0.1:9\"\n\
+         [policy]\nfile = \"{root}/policies/default.toml\"\n\
+         [store]\npath = \"{}\"\n\
+         [operator]\njcard_key = \"{root}/certs/demo/operator.key\"\n",
+        dir.path().join("s.db").display()
+    );
+    let proxy = Proxy::start(Config::parse(&text, "t.toml").unwrap())
+        .await
+        .unwrap();
+    (proxy, dir)
+}
+
+#[tokio::test]
+async fn admin_endpoints_answer_and_refuse_clearly() {
+    let (proxy, _dir) = minimal_proxy().await;
+    let admin = Admin::start("127.0.0.1:0", Arc::clone(&proxy))
+        .await
+        .unwrap();
+    assert_eq!(
+        http_get(admin.addr, "/healthz").await.unwrap(),
+        (200, "ok\n".into())
+    );
+    assert_eq!(http_get(admin.addr, "/readyz").await.unwrap().0, 200);
+    assert_eq!(http_get(admin.addr, "/nope").await.unwrap().0, 404);
+    let (code, body) = http_get(admin.addr, "/metrics").await.unwrap();
+    assert_eq!(code, 200);
+    parse(&body);
+
+    // Other methods, garbage and oversized heads get an answer, and the
+    // listener keeps serving.
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let raw = |req: Vec<u8>| async move {
+        let mut s = tokio::net::TcpStream::connect(admin.addr).await.unwrap();
+        let _ = s.write_all(&req).await;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let r = raw(b"POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()).await;
+    assert!(
+        r.starts_with("HTTP/1.1 405") && r.contains("Allow: GET, HEAD"),
+        "{r}"
+    );
+    let r = raw(b"\x00\x01garbage\r\n\r\n".to_vec()).await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    let mut big = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 20_000));
+    let r = raw(big).await;
+    assert!(r.starts_with("HTTP/1.1 431"), "{r}");
+    let r = raw(b"HEAD /healthz HTTP/1.1\r\n\r\n".to_vec()).await;
+    assert!(
+        r.starts_with("HTTP/1.1 200") && r.ends_with("\r\n\r\n"),
+        "{r}"
+    );
+
+    // Draining: not ready any more, still healthy.
+    proxy.begin_shutdown();
+    let (code, body) = http_get(admin.addr, "/readyz").await.unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("draining"), "{body}");
+    assert_eq!(http_get(admin.addr, "/healthz").await.unwrap().0, 200);
+}
+
+#[tokio::test]
+async fn policy_reloads_are_counted() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("p.toml");
+    std::fs::write(&policy, "name = \"t\"\n[default]\nforward = true\n").unwrap();
+    let text = format!(
+        "[verify]\ntrust_anchors = [\"{root}/certs/demo/sti-root.pem\"]\n\
+         [proxy]\nlisten = [\"udp:127.0.0.1:0\"]\nnext_hop = \"udp:127.0.0.1:9\"\n\
+         [policy]\nfile = \"{}\"\nreload_check_ms = 20\n\
+         [store]\npath = \"{}\"\n\
+         [operator]\njcard_key = \"{root}/certs/demo/operator.key\"\n",
+        policy.display(),
+        dir.path().join("s.db").display()
+    );
+    let proxy = Proxy::start(Config::parse(&text, "t.toml").unwrap())
+        .await
+        .unwrap();
+    let metric = |want: &str| {
+        let s = parse(&proxy.render_metrics());
+        counter(&s, "stirscreen_policy_reloads_total", &[("result", want)])
+    };
+    tokio::time::sleep(Duration::from_millis(1100)).await; // a distinct mtime
+    std::fs::write(&policy, "name = \"t2\"\n[default]\nforward = true\n").unwrap();
+    let mut ok = 0.0;
+    for _ in 0..100 {
+        ok = metric("ok");
+        if ok >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ok, 1.0);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    std::fs::write(&policy, "name = \"t3\"\n[default]\nforwrd = true\n").unwrap();
+    let mut failed = 0.0;
+    for _ in 0..100 {
+        failed = metric("failed");
+        if failed >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(failed, 1.0);
+}
