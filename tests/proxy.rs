@@ -494,6 +494,13 @@ async fn a_607_from_the_callee_becomes_a_flag() {
         recv_line(&lab.uac, "SIP/2.0 607", 2000).await.is_some(),
         "relayed"
     );
+    // Stored off the event loop: wait for it.
+    for _ in 0..100 {
+        if lab.proxy.store.is_flagged(DEST, ORIG) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert!(lab.proxy.store.is_flagged(DEST, ORIG));
     assert_eq!(
         lab.proxy.store.unwanted_reports(ORIG, Clock.now()).unwrap(),
