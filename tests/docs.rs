@@ -33,7 +33,9 @@ fn deploy_config_parses_and_the_unit_runs_serve_with_it() {
     assert_eq!(c.log.format, stirscreen::config::LogFormat::Json);
     let unit = include_str!("../deploy/stirscreen.service");
     assert!(
-        unit.contains("ExecStart=/usr/local/bin/stirscreen serve --config /etc/stirscreen/stirscreen.toml"),
+        unit.contains(
+            "ExecStart=/usr/local/bin/stirscreen serve --config /etc/stirscreen/stirscreen.toml"
+        ),
         "{unit}"
     );
     assert!(unit.contains("ExecReload=/bin/kill -HUP $MAINPID"));
