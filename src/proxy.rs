@@ -1079,6 +1079,15 @@ impl Proxy {
                 .inc(&[facts.failure.as_str(), &facts.stir_code.to_string()]);
         }
         s.decisions.inc(&[rule, action]);
+        tracing::debug!(
+            call_id = msg.value(HeaderId::CallId).unwrap_or_default(),
+            verstat = facts.verstat.as_str(),
+            failure = facts.failure.as_str(),
+            rule,
+            action,
+            code,
+            "call decided"
+        );
         if self.decision_log.get().is_none() && self.decision_tap.get().is_none() {
             return;
         }

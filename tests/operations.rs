@@ -390,3 +390,37 @@ async fn policy_reloads_are_counted() {
     }
     assert_eq!(failed, 1.0);
 }
+
+#[test]
+fn demo_live_load_reports_a_summary() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stirscreen"))
+        .args(["demo", "--rate", "100", "--duration", "2"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    // Progress once a second (stderr is not a terminal here: one line each).
+    assert!(
+        stderr.lines().filter(|l| l.contains("calls/s")).count() >= 1,
+        "{stderr}"
+    );
+    let sent_line = stdout.lines().find(|l| l.starts_with("calls: ")).unwrap();
+    let n: Vec<u64> = sent_line
+        .split(' ')
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(
+        n[0] >= 150 && n[0] == n[1],
+        "all sent calls answered: {sent_line}"
+    );
+    for d in [
+        "reject 607",
+        "reject 608",
+        "reject 603",
+        "forward (TN-Validation-Passed)",
+    ] {
+        assert!(stdout.contains(d), "{d}: {stdout}");
+    }
+    assert!(stdout.contains("p99"), "{stdout}");
+}
