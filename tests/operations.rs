@@ -1,7 +1,12 @@
 //! Operations: `stirscreen demo` end to end (the binary), the Prometheus
 //! exposition parsed by an independent text-format parser, the admin
 //! endpoints and the decision log.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::collections::HashSet;
 use std::sync::Arc;
