@@ -278,9 +278,14 @@ pub struct ProxySection {
     /// Add Record-Route to forwarded INVITEs, so in-dialog requests come
     /// through the proxy (routed by their Route set and Request-URI).
     pub record_route: bool,
-    /// Runtime worker threads: 0 (default) = one per core; 1 = a single
-    /// thread (see README, "Performance", for what each measured).
+    /// Runtime threads: 1 (default) = one event loop (measured cheapest per
+    /// call, README "Performance"); N = a work-stealing pool of N; 0 = one
+    /// per core.
     pub threads: usize,
+    /// SO_RCVBUF/SO_SNDBUF of the UDP sockets (bytes; the kernel caps it at
+    /// net.core.rmem_max / wmem_max). Bursts beyond the default ~208 KiB
+    /// were dropped by the kernel under load.
+    pub udp_buffer_bytes: usize,
 }
 
 impl Default for ProxySection {
@@ -292,7 +297,8 @@ impl Default for ProxySection {
             verify_deadline_ms: 2000,
             drain_ms: 5000,
             record_route: false,
-            threads: 0,
+            threads: 1,
+            udp_buffer_bytes: 4 * 1024 * 1024,
         }
     }
 }

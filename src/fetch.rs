@@ -231,6 +231,17 @@ impl CertFetcher {
 
     /// A cached result, if one is fresh: the hot path (no await, one read
     /// lock held for a hash probe).
+    /// Like [`CertFetcher::cached`] without counting the lookup.
+    pub fn peek(&self, url: &str) -> Option<CredentialResult> {
+        let cache = self.cache.read().ok()?;
+        match cache.get(url) {
+            Some(Entry::Done { result, expires }) if *expires > Instant::now() => {
+                Some(result.clone())
+            }
+            _ => None,
+        }
+    }
+
     pub fn cached(&self, url: &str) -> Option<CredentialResult> {
         let cache = self.cache.read().ok()?;
         match cache.get(url) {
@@ -463,6 +474,39 @@ fn http_ttl(h: &http::HeaderMap, now: UnixTime) -> Option<Duration> {
 
 /// Verifies one request: local checks, then the credentials (cache first,
 /// then single-flight fetches), then the signature.
+/// [`verify_request`] without waiting: the outcome when every credential the
+/// request names is already cached (the common case), `None` when one must
+/// be fetched. The proxy runs this inline and spawns a task only for `None`.
+pub fn verify_request_cached(
+    verifier: &crate::verify::Verifier,
+    fetcher: &CertFetcher,
+    msg: &crate::sip::Message<'_>,
+    now: UnixTime,
+) -> Option<crate::verify::Outcome> {
+    let prepared = verifier.prepare(msg, now);
+    let mut creds: Vec<(&str, CredentialResult)> = Vec::new();
+    for url in prepared.urls() {
+        if creds.iter().any(|(u, _)| *u == url) {
+            continue;
+        }
+        creds.push((url, fetcher.peek(url)?));
+    }
+    for (_, r) in &creds {
+        let counter = if r.is_ok() {
+            &fetcher.stats.hits
+        } else {
+            &fetcher.stats.negative_hits
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+    Some(verifier.finish(prepared, now, |url| {
+        creds
+            .iter()
+            .find(|(u, _)| *u == url)
+            .map(|(_, r)| r.clone())
+    }))
+}
+
 pub async fn verify_request(
     verifier: &crate::verify::Verifier,
     fetcher: &Arc<CertFetcher>,

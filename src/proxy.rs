@@ -21,7 +21,7 @@ use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use crate::config::Config;
 use crate::decisionlog::{DecisionLog, DecisionRecord, bounded};
 use crate::facts::{CallInfo, Facts, StateInfo};
-use crate::fetch::{CertFetcher, verify_request};
+use crate::fetch::{CertFetcher, verify_request, verify_request_cached};
 use crate::metrics::{Exposition, Family, Histogram};
 use crate::policy::render::{
     ForwardPlan, Operator, Verdict, annotated_line, build_response, verdict,
@@ -241,12 +241,12 @@ impl Proxy {
             let (t, mut addr) = parse_target(l).map_err(cerr)?;
             match t {
                 Transport::Udp => {
-                    let s = UdpSocket::bind(addr)
-                        .await
-                        .map_err(|source| ServeError::Bind {
+                    let s = bind_udp(addr, config.proxy.udp_buffer_bytes).map_err(|source| {
+                        ServeError::Bind {
                             addr: l.clone(),
                             source,
-                        })?;
+                        }
+                    })?;
                     udp_sockets.push(Arc::new(s));
                 }
                 Transport::Tcp => {
@@ -1001,15 +1001,24 @@ impl Proxy {
             t.insert(branch, Arc::clone(&txn));
         }
         self.send(from, trying);
-        let me = Arc::clone(self);
         let arrived = self.clock.now();
+        // Cached credentials (the common case): verify and decide right here,
+        // without a task or a thread hand-off. A fetch: a task of its own, so
+        // this loop never waits for it.
+        if let Some(outcome) = verify_request_cached(&self.verifier, &self.fetcher, msg, arrived) {
+            self.conclude(&txn, msg, &outcome, arrived);
+            drop(permit);
+            return;
+        }
+        let me = Arc::clone(self);
         tokio::spawn(async move {
             me.screen(txn, arrived).await;
             drop(permit);
         });
     }
 
-    /// Verifies, decides and forwards or rejects one INVITE.
+    /// Verifies (waiting for a certificate fetch, bounded by the deadline),
+    /// then concludes. Runs as its own task.
     async fn screen(self: &Arc<Self>, txn: Arc<Txn>, arrived: UnixTime) {
         let Ok(msg) = Message::parse(&txn.invite) else {
             return;
@@ -1025,15 +1034,26 @@ impl Proxy {
                 return;
             }
         };
+        self.conclude(&txn, &msg, &outcome, arrived);
+    }
+
+    /// Decides on a verified INVITE and forwards or rejects it.
+    fn conclude(
+        self: &Arc<Self>,
+        txn: &Arc<Txn>,
+        msg: &Message<'_>,
+        outcome: &Outcome,
+        arrived: UnixTime,
+    ) {
         let verified = Instant::now();
         self.stats
             .verify_seconds
             .observe(verified.saturating_duration_since(txn.started));
-        let facts = self.facts(&msg, &outcome, txn.upstream.addr.ip(), arrived);
+        let facts = self.facts(msg, outcome, txn.upstream.addr.ip(), arrived);
         let engine = self.engine.current();
         let d = engine.decide(&facts);
-        let rule = d.rule_id().to_owned();
-        let v = verdict(d.action, &rule, &facts, &self.operator, arrived);
+        let rule = d.rule_id();
+        let v = verdict(d.action, rule, &facts, &self.operator, arrived);
         if let Ok(mut st) = txn.state.lock() {
             if st.phase != Phase::Verifying {
                 return; // cancelled meanwhile (its record is written)
@@ -1046,17 +1066,17 @@ impl Proxy {
             Verdict::Forward(_) => ("forward", 0),
         };
         self.stats.decide_seconds.observe(verified.elapsed());
-        self.account(&txn, &msg, &facts, &rule, action, code);
+        self.account(txn, msg, &facts, rule, action, code);
         match v {
             Verdict::Reject(p) => {
                 self.stats.rejected.fetch_add(1, Ordering::Relaxed);
                 self.stats.responses.inc(&[&p.code.to_string(), "local"]);
-                let resp = build_response(&msg, p.code, &p.phrase, &p.headers, &txn.to_tag);
-                self.final_upstream(&txn, resp);
+                let resp = build_response(msg, p.code, &p.phrase, &p.headers, &txn.to_tag);
+                self.final_upstream(txn, resp);
             }
             Verdict::Forward(plan) => {
                 self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
-                self.forward_invite(&txn, &msg, &plan);
+                self.forward_invite(txn, msg, &plan);
             }
         }
     }
@@ -1599,6 +1619,33 @@ impl Proxy {
         };
         self.send(to, strip_top_via(msg, None));
     }
+}
+
+/// A non-blocking UDP socket with `buffer` bytes of receive and send
+/// buffer (as much of it as the kernel allows).
+fn bind_udp(addr: SocketAddr, buffer: usize) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    if buffer > 0 {
+        let _ = s.set_recv_buffer_size(buffer);
+        let _ = s.set_send_buffer_size(buffer);
+        // Linux reports twice the usable size.
+        if let Ok(got) = s.recv_buffer_size()
+            && got < buffer
+        {
+            tracing::warn!(
+                asked = buffer,
+                got,
+                "UDP receive buffer capped by the kernel: raise net.core.rmem_max"
+            );
+        }
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    UdpSocket::from_std(s.into())
 }
 
 /// Adds `received` (when the sent-by is not the source address) and fills
