@@ -96,9 +96,15 @@ pub fn sign_identity(
 
 /// `n` random bytes as hex.
 pub fn random_hex(n: usize) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut b = vec![0u8; n];
     let _ = aws_lc_rs::rand::fill(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    let mut s = String::with_capacity(n * 2);
+    for x in b {
+        s.push(char::from(HEX.get(usize::from(x >> 4)).copied().unwrap_or(b'0')));
+        s.push(char::from(HEX.get(usize::from(x & 15)).copied().unwrap_or(b'0')));
+    }
+    s
 }
 
 /// A random RFC 4122 version 4 UUID (the recommended `origid` form).

@@ -169,6 +169,10 @@ struct Txn {
     cancelled: Notify,
 }
 
+/// Transactions by our branch. Branches derive from incoming ones (chosen
+/// by the peer), so the hasher is seeded: foldhash, cheaper than SipHash.
+type TxnTable = HashMap<String, Arc<Txn>, foldhash::fast::RandomState>;
+
 /// A running proxy.
 #[derive(Debug)]
 pub struct Proxy {
@@ -186,7 +190,7 @@ pub struct Proxy {
     pub store: Arc<Store>,
     operator: Operator,
     config: Config,
-    txns: Mutex<HashMap<String, Arc<Txn>>>,
+    txns: Mutex<TxnTable>,
     inflight: Arc<Semaphore>,
     verify_deadline: Duration,
     record_route: bool,
@@ -210,7 +214,13 @@ pub enum ServeError {
 }
 
 fn token_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(HEX.get(usize::from(b >> 4)).copied().unwrap_or(b'0')));
+        s.push(char::from(HEX.get(usize::from(b & 15)).copied().unwrap_or(b'0')));
+    }
+    s
 }
 
 impl Proxy {
@@ -287,7 +297,7 @@ impl Proxy {
             engine,
             store: Arc::new(store),
             operator,
-            txns: Mutex::new(HashMap::new()),
+            txns: Mutex::new(TxnTable::default()),
             inflight: Arc::new(Semaphore::new(config.proxy.max_in_flight)),
             verify_deadline: Duration::from_millis(config.proxy.verify_deadline_ms),
             record_route: config.proxy.record_route,
