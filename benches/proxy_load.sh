@@ -35,12 +35,12 @@ run_step() { # target_port rate label
   "$bin" sign --key certs/demo/sp-a.key --x5u https://sti.stirscreen.example/sp-a.pem \
     --orig 12155551212 --dest 12125551213 --attest A --sipp-csv "$calls" >"$work/calls.csv"
   rm -f "$work"/uas-screen.log "$work"/*_rtt.csv
-  out=$(sipp -sf tests/sipp/uas.xml -i 127.0.0.1 -p 5080 -m "$calls" -bg -trace_screen -screen_file "$work/uas-screen.log" 2>&1 || true)
+  out=$(sipp -sf tests/sipp/uas.xml -i 127.0.0.1 -p 5080 -m "$calls" -buff_size 4194304 -bg -trace_screen -screen_file "$work/uas-screen.log" 2>&1 || true)
   local uas_pid; uas_pid=$(printf '%s' "$out" | sed -n 's/.*PID=\[\([0-9]*\)\].*/\1/p')
   sleep 0.3
   local t0=0; [ -n "${serve_pid:-}" ] && t0=$(cpu_ticks "$serve_pid")
   set +e
-  (cd "$work" && sipp "127.0.0.1:$port" -sf "$OLDPWD/tests/sipp/uac.xml" -inf "$work/calls.csv" -i 127.0.0.1 -p 5070 \
+  (cd "$work" && sipp "127.0.0.1:$port" -sf "$OLDPWD/tests/sipp/uac.xml" -inf "$work/calls.csv" -i 127.0.0.1 -p 5070 -buff_size 4194304 \
     -r "$rate" -rate_max "$rate" -m "$calls" -l $(( rate * 2 )) -timeout $(( secs + 30 ))s -timeout_error \
     -trace_stat -stf "$work/stat.csv" -trace_rtt -rtt_freq 100 -trace_screen -screen_file "$work/uac-screen.log" >/dev/null 2>&1)
   local rc=$?
@@ -64,7 +64,7 @@ run_step() { # target_port rate label
 }
 
 printf "%-22s %7s %9s %9s %7s %10s %10s %12s %5s\n" "path" "calls/s" "completed" "failed" "unexp" "p50 ms" "p99 ms" "proxy us/call" "held"
-rm -f stirscreen.db stirscreen.db-wal stirscreen.db-shm
+rm -f stirscreen.db stirscreen.db-wal stirscreen.db-shm decisions.jsonl*
 # STIRSCREEN_CONFIG=file runs serve with a config file instead of the
 # embedded default; it must keep the default's [fetch.pinned] entry for
 # https://sti.stirscreen.example/sp-a.pem, or every call fails verification
@@ -82,6 +82,11 @@ done
 kill "$serve_pid"; wait "$serve_pid" 2>/dev/null || true
 serve_pid=""
 echo "highest rate held for ${secs}s through stirscreen: $best calls/s"
+# Every call must have been verified (ECDSA), not failed early.
+sleep 0.2
+total=$(cat decisions.jsonl* 2>/dev/null | wc -l)
+passed=$(cat decisions.jsonl* 2>/dev/null | grep -c '"verstat":"TN-Validation-Passed"' || true)
+echo "decision log: $passed of $total calls TN-Validation-Passed (verified with ECDSA)"
 [ -n "${SKIP_CEILING:-}" ] && exit 0
 best_direct=0
 for r in $rates; do

@@ -286,6 +286,9 @@ pub struct ProxySection {
     /// net.core.rmem_max / wmem_max). Bursts beyond the default ~208 KiB
     /// were dropped by the kernel under load.
     pub udp_buffer_bytes: usize,
+    /// Threads that verify, decide and forward INVITEs beside the event
+    /// loop (ECDSA off the loop); 0 = verify on the event loop itself.
+    pub verify_threads: usize,
 }
 
 impl Default for ProxySection {
@@ -299,6 +302,7 @@ impl Default for ProxySection {
             record_route: false,
             threads: 1,
             udp_buffer_bytes: 4 * 1024 * 1024,
+            verify_threads: 1,
         }
     }
 }

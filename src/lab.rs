@@ -101,8 +101,12 @@ pub fn random_hex(n: usize) -> String {
     let _ = aws_lc_rs::rand::fill(&mut b);
     let mut s = String::with_capacity(n * 2);
     for x in b {
-        s.push(char::from(HEX.get(usize::from(x >> 4)).copied().unwrap_or(b'0')));
-        s.push(char::from(HEX.get(usize::from(x & 15)).copied().unwrap_or(b'0')));
+        s.push(char::from(
+            HEX.get(usize::from(x >> 4)).copied().unwrap_or(b'0'),
+        ));
+        s.push(char::from(
+            HEX.get(usize::from(x & 15)).copied().unwrap_or(b'0'),
+        ));
     }
     s
 }

@@ -199,6 +199,49 @@ pub struct Proxy {
     shutdown: watch::Sender<bool>,
     decision_log: OnceLock<DecisionLog>,
     decision_tap: OnceLock<mpsc::UnboundedSender<DecisionRecord>>,
+    /// Verify workers' queue (`None`: verify on the event loop).
+    verify_jobs: Option<std::sync::mpsc::Sender<VerifyJob>>,
+}
+
+/// An INVITE for a verify worker; the permit travels with it.
+struct VerifyJob {
+    txn: Arc<Txn>,
+    arrived: UnixTime,
+    permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// A verify worker: an OS thread inside the runtime's context (so timers
+/// and tasks it starts live on the runtime) that verifies, decides and
+/// forwards or rejects INVITEs whose credentials are cached; a fetch goes
+/// back to the runtime as a task. Ends when the proxy is dropped.
+fn verify_worker(
+    proxy: std::sync::Weak<Proxy>,
+    jobs: &Mutex<std::sync::mpsc::Receiver<VerifyJob>>,
+    rt: tokio::runtime::Handle,
+) {
+    let _ctx = rt.enter();
+    loop {
+        let job = match jobs.lock() {
+            Ok(q) => q.recv(),
+            Err(_) => return,
+        };
+        let Ok(job) = job else { return };
+        let Some(p) = proxy.upgrade() else { return };
+        let Ok(msg) = Message::parse(&job.txn.invite) else {
+            continue;
+        };
+        if let Some(o) = verify_request_cached(&p.verifier, &p.fetcher, &msg, job.arrived) {
+            p.conclude(&job.txn, &msg, &o, job.arrived);
+            drop(job.permit);
+        } else {
+            let (txn, arrived, permit) = (job.txn, job.arrived, job.permit);
+            let me = Arc::clone(&p);
+            rt.spawn(async move {
+                me.screen(txn, arrived).await;
+                drop(permit);
+            });
+        }
+    }
 }
 
 /// Why the proxy could not start.
@@ -217,8 +260,12 @@ fn token_hex(bytes: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
-        s.push(char::from(HEX.get(usize::from(b >> 4)).copied().unwrap_or(b'0')));
-        s.push(char::from(HEX.get(usize::from(b & 15)).copied().unwrap_or(b'0')));
+        s.push(char::from(
+            HEX.get(usize::from(b >> 4)).copied().unwrap_or(b'0'),
+        ));
+        s.push(char::from(
+            HEX.get(usize::from(b & 15)).copied().unwrap_or(b'0'),
+        ));
     }
     s
 }
@@ -280,6 +327,12 @@ impl Proxy {
         let local_udp = udp_sockets.first().and_then(|s| s.local_addr().ok());
         let local_tcp = tcp_listeners.first().and_then(|s| s.local_addr().ok());
         let (shutdown, _) = watch::channel(false);
+        let (job_tx, job_rx) = if config.proxy.verify_threads > 0 {
+            let (tx, rx) = std::sync::mpsc::channel::<VerifyJob>();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
         let proxy = Arc::new(Proxy {
             next_hop: Peer {
                 transport: nt,
@@ -306,8 +359,25 @@ impl Proxy {
             shutdown,
             decision_log: OnceLock::new(),
             decision_tap: OnceLock::new(),
+            verify_jobs: job_tx,
             config,
         });
+        if let Some(rx) = job_rx {
+            // One queue; an idle worker waits in `recv` holding its lock,
+            // the others wait for the lock.
+            let rx = Arc::new(Mutex::new(rx));
+            for i in 0..proxy.config.proxy.verify_threads {
+                let (weak, rt, rx) = (
+                    Arc::downgrade(&proxy),
+                    tokio::runtime::Handle::current(),
+                    Arc::clone(&rx),
+                );
+                std::thread::Builder::new()
+                    .name(format!("verify-{i}"))
+                    .spawn(move || verify_worker(weak, &rx, rt))
+                    .map_err(|e| cerr(format!("cannot start a verify worker: {e}")))?;
+            }
+        }
         for s in udp_sockets {
             let p = Arc::clone(&proxy);
             tokio::spawn(async move { p.udp_loop(s).await });
@@ -1015,6 +1085,16 @@ impl Proxy {
         // Cached credentials (the common case): verify and decide right here,
         // without a task or a thread hand-off. A fetch: a task of its own, so
         // this loop never waits for it.
+        if let Some(q) = &self.verify_jobs {
+            let job = VerifyJob {
+                txn,
+                arrived,
+                permit,
+            };
+            // The workers end only when the proxy is dropped.
+            let _ = q.send(job);
+            return;
+        }
         if let Some(outcome) = verify_request_cached(&self.verifier, &self.fetcher, msg, arrived) {
             self.conclude(&txn, msg, &outcome, arrived);
             drop(permit);
@@ -1068,6 +1148,13 @@ impl Proxy {
             if st.phase != Phase::Verifying {
                 return; // cancelled meanwhile (its record is written)
             }
+            // Leave Verifying in the same critical section as the check: a
+            // CANCEL handled on another thread from now on finds the call
+            // forwarded (CANCEL follows the first 1xx) or completed.
+            st.phase = match v {
+                Verdict::Reject(_) => Phase::Completed,
+                Verdict::Forward(_) => Phase::Forwarded,
+            };
             st.orig.clone_from(&facts.orig);
             st.dest.clone_from(&facts.dest);
         }
@@ -1504,15 +1591,16 @@ impl Proxy {
                     self.final_upstream(txn, resp);
                 }
             }
-            Phase::Forwarded => {
-                if let (Some(f), Some(to)) = (forwarded, downstream) {
-                    if provisional {
-                        self.send(to, cancel_for(&f));
-                    } else if let Ok(mut s) = txn.state.lock() {
+            Phase::Forwarded => match (forwarded, downstream) {
+                (Some(f), Some(to)) if provisional => self.send(to, cancel_for(&f)),
+                // No provisional yet, or the INVITE is being sent by a
+                // verify worker right now: CANCEL after the first 1xx.
+                _ => {
+                    if let Ok(mut s) = txn.state.lock() {
                         s.cancel_pending = true;
                     }
                 }
-            }
+            },
             Phase::Completed | Phase::Done => {}
         }
     }

@@ -179,7 +179,17 @@ fn answer(req: &str, code: u16, reason: &str) -> String {
 
 #[tokio::test]
 async fn a_verified_call_is_forwarded_with_verstat_and_completes() {
-    let lab = lab().await;
+    verified_call_forwarded(lab().await).await;
+}
+
+/// The same with verification on the event loop (`verify_threads = 0`).
+#[tokio::test]
+async fn a_verified_call_is_forwarded_when_verified_on_the_event_loop() {
+    let lab = lab_with(&root().join("policies/default.toml"), "verify_threads = 0").await;
+    verified_call_forwarded(lab).await;
+}
+
+async fn verified_call_forwarded(lab: Lab) {
     let inv = lab.invite("sp-a.key", "/sp-a.pem", |_| {});
     lab.send(&inv).await;
     assert!(recv_line(&lab.uac, "SIP/2.0 100", 2000).await.is_some());
