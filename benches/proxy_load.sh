@@ -22,12 +22,13 @@ ulimit -n 65536 2>/dev/null || true
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-# p50 p99 (ms) from SIPp's per-call response-time file.
+# p50 p99 (ms) from SIPp's per-call response-time file (column 2: INVITE→200
+# in whole milliseconds, so 0 means under 1 ms).
 percentiles() {
-  awk -F';' 'NR > 1 && $3 != "" {print $3}' "$1" 2>/dev/null | sort -n | awk '
+  awk -F';' 'NR > 1 && $2 != "" {print $2}' "$1" 2>/dev/null | sort -n | awk '
     {v[NR] = $1} END { if (NR == 0) { print "- -"; exit }
       p50 = v[int(NR * 0.50) > 0 ? int(NR * 0.50) : 1]; p99 = v[int(NR * 0.99) > 0 ? int(NR * 0.99) : 1];
-      printf "%.2f %.2f\n", p50, p99 }'
+      printf "%d %d\n", p50, p99 }'
 }
 
 run_step() { # target_port rate label
