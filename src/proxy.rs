@@ -1943,7 +1943,7 @@ pub async fn serve(config: Config, drain: Duration) -> Result<(), ServeError> {
     tracing::info!(
         udp = %proxy.udp_addr().map_or("-".into(), |a| a.to_string()),
         tcp = %proxy.tcp_addr().map_or("-".into(), |a| a.to_string()),
-        next_hop = %format!("{}:{}", proxy.next_hop.transport.as_str(), proxy.next_hop.addr),
+        next_hop = %format!("{}:{}", proxy.next_hop.transport.as_str().to_ascii_lowercase(), proxy.next_hop.addr),
         admin = %_admin.as_ref().map_or("-".into(), |a| format!("http://{}/metrics", a.addr)),
         decisions = %if log.decisions.is_empty() { "-" } else { log.decisions.as_str() },
         "stirscreen serving"
