@@ -73,6 +73,17 @@ pub struct Peer {
     pub addr: SocketAddr,
 }
 
+impl Peer {
+    /// `udp:192.0.2.1:5060`, as in the configuration.
+    fn label(self) -> String {
+        format!(
+            "{}:{}",
+            self.transport.as_str().to_ascii_lowercase(),
+            self.addr
+        )
+    }
+}
+
 /// RFC 3261 timers (Appendix A).
 const T1: Duration = Duration::from_millis(500);
 const T2: Duration = Duration::from_secs(4);
@@ -443,22 +454,35 @@ impl Proxy {
     /// A record for a call decided without the screen (overload,
     /// shutdown): what the request itself says.
     fn unscreened_record(&self, msg: &Message<'_>, from: Peer, action: &str, code: u16) {
-        if self.decision_log.get().is_none() && self.decision_tap.get().is_none() {
-            return;
+        if self.logs_decisions() {
+            self.emit(self.unscreened(msg, from, action, code, 0.0));
         }
+    }
+
+    /// Whether anyone reads decision records (else none is built).
+    fn logs_decisions(&self) -> bool {
+        self.decision_log.get().is_some() || self.decision_tap.get().is_some()
+    }
+
+    /// A record with what the request itself says (numbers from From/To,
+    /// unverified); `account` fills in the verification and the decision.
+    fn unscreened(
+        &self,
+        msg: &Message<'_>,
+        from: Peer,
+        action: &str,
+        code: u16,
+        latency_ms: f64,
+    ) -> DecisionRecord {
         let tn = |id| {
             crate::tn::tn_of_header(msg.value(id).unwrap_or_default())
                 .map(|t| t.to_string())
                 .unwrap_or_default()
         };
-        self.emit(DecisionRecord {
+        DecisionRecord {
             time: now_rfc3339(),
             call_id: bounded(msg.value(HeaderId::CallId).unwrap_or_default()),
-            source: format!(
-                "{}:{}",
-                from.transport.as_str().to_ascii_lowercase(),
-                from.addr
-            ),
+            source: from.label(),
             peer: self.config.source_of(from.addr.ip()).to_owned(),
             orig: tn(HeaderId::From),
             dest: tn(HeaderId::To),
@@ -470,8 +494,8 @@ impl Proxy {
             rule: String::new(),
             action: action.into(),
             code,
-            latency_ms: 0.0,
-        });
+            latency_ms,
+        }
     }
 
     /// Why the proxy is not ready, if it is not: trust anchors and a policy
@@ -1205,17 +1229,13 @@ impl Proxy {
             code,
             "call decided"
         );
-        if self.decision_log.get().is_none() && self.decision_tap.get().is_none() {
+        if !self.logs_decisions() {
             return;
         }
         self.emit(DecisionRecord {
             time: now_rfc3339(),
             call_id: bounded(msg.value(HeaderId::CallId).unwrap_or_default()),
-            source: format!(
-                "{}:{}",
-                txn.upstream.transport.as_str().to_ascii_lowercase(),
-                txn.upstream.addr
-            ),
+            source: txn.upstream.label(),
             peer: bounded(&facts.source),
             orig: bounded(&facts.orig),
             dest: bounded(&facts.dest),
@@ -1235,38 +1255,10 @@ impl Proxy {
     fn cancelled_record(&self, txn: &Txn, msg: &Message<'_>) {
         self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
         self.stats.responses.inc(&["487", "local"]);
-        if self.decision_log.get().is_none() && self.decision_tap.get().is_none() {
-            return;
+        if self.logs_decisions() {
+            let ms = txn.started.elapsed().as_secs_f64() * 1000.0;
+            self.emit(self.unscreened(msg, txn.upstream, "cancelled", 487, ms));
         }
-        let mut r = DecisionRecord {
-            time: now_rfc3339(),
-            call_id: bounded(msg.value(HeaderId::CallId).unwrap_or_default()),
-            source: format!(
-                "{}:{}",
-                txn.upstream.transport.as_str().to_ascii_lowercase(),
-                txn.upstream.addr
-            ),
-            peer: self.config.source_of(txn.upstream.addr.ip()).to_owned(),
-            orig: String::new(),
-            dest: String::new(),
-            attest: "none".into(),
-            verstat: String::new(),
-            failure: "none".into(),
-            stir_code: 0,
-            spc: String::new(),
-            rule: String::new(),
-            action: "cancelled".into(),
-            code: 487,
-            latency_ms: txn.started.elapsed().as_secs_f64() * 1000.0,
-        };
-        let tn = |id| {
-            crate::tn::tn_of_header(msg.value(id).unwrap_or_default())
-                .map(|t| t.to_string())
-                .unwrap_or_default()
-        };
-        r.orig = tn(HeaderId::From);
-        r.dest = tn(HeaderId::To);
-        self.emit(r);
     }
 
     fn facts(&self, msg: &Message<'_>, o: &Outcome, src: IpAddr, now: UnixTime) -> Facts {
@@ -1943,7 +1935,7 @@ pub async fn serve(config: Config, drain: Duration) -> Result<(), ServeError> {
     tracing::info!(
         udp = %proxy.udp_addr().map_or("-".into(), |a| a.to_string()),
         tcp = %proxy.tcp_addr().map_or("-".into(), |a| a.to_string()),
-        next_hop = %format!("{}:{}", proxy.next_hop.transport.as_str().to_ascii_lowercase(), proxy.next_hop.addr),
+        next_hop = %proxy.next_hop.label(),
         admin = %_admin.as_ref().map_or("-".into(), |a| format!("http://{}/metrics", a.addr)),
         decisions = %if log.decisions.is_empty() { "-" } else { log.decisions.as_str() },
         "stirscreen serving"
