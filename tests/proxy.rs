@@ -335,6 +335,7 @@ async fn cancel_during_a_slow_certificate_fetch_ends_the_invite_with_487() {
         "verify_deadline_ms = 5000",
     )
     .await;
+    let mut records = lab.proxy.tap_decisions().unwrap();
     let inv = lab.invite("sp-a.key", "/slow.pem", |_| {});
     lab.send(&inv).await;
     assert!(recv_line(&lab.uac, "SIP/2.0 100", 2000).await.is_some());
@@ -375,6 +376,11 @@ async fn cancel_during_a_slow_certificate_fetch_ends_the_invite_with_487() {
         recv_line(&lab.uas, "INVITE", 2500).await.is_none(),
         "never forwarded after the CANCEL"
     );
+    // One decision record: cancelled, 487.
+    let r = records.try_recv().expect("a decision record");
+    assert_eq!((r.action.as_str(), r.code), ("cancelled", 487), "{r:?}");
+    assert_eq!(r.call_id, header(&inv, "Call-ID")[0]);
+    assert!(records.try_recv().is_err(), "one record per call");
 }
 
 #[tokio::test]
@@ -384,6 +390,7 @@ async fn overload_answers_503_with_retry_after() {
         "max_in_flight = 1\nverify_deadline_ms = 5000",
     )
     .await;
+    let mut records = lab.proxy.tap_decisions().unwrap();
     let first = lab.invite("sp-a.key", "/slow.pem", |_| {});
     let second = lab.invite("sp-a.key", "/slow.pem", |_| {});
     lab.send(&first).await;
@@ -394,6 +401,21 @@ async fn overload_answers_503_with_retry_after() {
     assert!(
         recv_line(&lab.uas, "INVITE", 4000).await.is_some(),
         "the first is still served"
+    );
+    // Records: the overload answer, then the first call's decision.
+    let a = records.try_recv().expect("overload record");
+    assert_eq!((a.action.as_str(), a.code), ("overload", 503), "{a:?}");
+    assert_eq!(a.call_id, header(&second, "Call-ID")[0]);
+    let b = records.try_recv().expect("decision record");
+    assert_eq!(
+        (b.action.as_str(), b.verstat.as_str()),
+        ("forward", "TN-Validation-Passed")
+    );
+    let m = lab.proxy.render_metrics();
+    assert!(m.contains("stirscreen_overload_rejections_total 1"), "{m}");
+    assert!(
+        m.contains("stirscreen_invite_responses_total{code=\"503\",origin=\"local\"} 1"),
+        "{m}"
     );
 }
 
@@ -506,7 +528,9 @@ async fn a_607_from_the_callee_becomes_a_flag() {
     );
     // Stored off the event loop: wait for it.
     for _ in 0..100 {
-        if lab.proxy.store.is_flagged(DEST, ORIG) {
+        if lab.proxy.store.is_flagged(DEST, ORIG)
+            && lab.proxy.store.unwanted_reports(ORIG, Clock.now()).unwrap() == 1
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
