@@ -84,6 +84,51 @@ impl Peer {
     }
 }
 
+/// What a transaction timer does when it fires.
+#[derive(Debug, Clone, Copy)]
+enum Timer {
+    /// Timers A/B: the forwarded INVITE awaits a response from `to`.
+    Invite {
+        to: Peer,
+        wait: Duration,
+        total: Duration,
+    },
+    /// Timers G/H: our final non-2xx response awaits the ACK.
+    FinalResponse { wait: Duration, total: Duration },
+    /// Forget the transaction (after its 2xx or ACK).
+    Remove,
+}
+
+/// A timer in the heap, earliest first.
+#[derive(Debug)]
+struct Scheduled {
+    at: Instant,
+    seq: u64,
+    txn: Arc<Txn>,
+    timer: Timer,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Scheduled {
+    /// Reversed: `BinaryHeap` is a max-heap, the earliest must come first.
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (o.at, o.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+/// Timers fire at most this late (they are batched).
+const TIMER_GRANULARITY: Duration = Duration::from_millis(10);
+
 /// RFC 3261 timers (Appendix A).
 const T1: Duration = Duration::from_millis(500);
 const T2: Duration = Duration::from_secs(4);
@@ -210,6 +255,9 @@ pub struct Proxy {
     shutdown: watch::Sender<bool>,
     decision_log: OnceLock<DecisionLog>,
     decision_tap: OnceLock<mpsc::UnboundedSender<DecisionRecord>>,
+    /// Every transaction timer, earliest first (one task fires them).
+    timers: Mutex<std::collections::BinaryHeap<Scheduled>>,
+    timer_seq: AtomicU64,
     /// Verify workers' queue (`None`: verify on the event loop).
     verify_jobs: Option<std::sync::mpsc::Sender<VerifyJob>>,
 }
@@ -371,6 +419,8 @@ impl Proxy {
             decision_log: OnceLock::new(),
             decision_tap: OnceLock::new(),
             verify_jobs: job_tx,
+            timers: Mutex::new(std::collections::BinaryHeap::new()),
+            timer_seq: AtomicU64::new(0),
             config,
         });
         if let Some(rx) = job_rx {
@@ -389,6 +439,7 @@ impl Proxy {
                     .map_err(|e| cerr(format!("cannot start a verify worker: {e}")))?;
             }
         }
+        tokio::spawn(Proxy::timer_loop(Arc::downgrade(&proxy)));
         for s in udp_sockets {
             let p = Arc::clone(&proxy);
             tokio::spawn(async move { p.udp_loop(s).await });
@@ -1014,12 +1065,7 @@ impl Proxy {
                     if let Ok(mut st) = txn.state.lock() {
                         if st.phase == Phase::Completed {
                             st.phase = Phase::Done;
-                            let me = Arc::clone(self);
-                            let key = txn.branch.clone();
-                            tokio::spawn(async move {
-                                tokio::time::sleep(Duration::from_secs(5)).await;
-                                me.remove_txn(&key);
-                            });
+                            self.schedule(&txn, Timer::Remove, Duration::from_secs(5));
                         }
                         if st.phase == Phase::Done && !st.final_2xx {
                             return;
@@ -1282,51 +1328,110 @@ impl Proxy {
         }
         self.send(txn.upstream, resp);
         // Timer G (UDP) until the ACK; Timer H: give up.
-        let me = Arc::clone(self);
-        let txn = Arc::clone(txn);
-        tokio::spawn(async move {
-            let to = txn.upstream;
-            let timed_out = me
-                .backoff(&txn, to, |s| {
-                    (s.phase == Phase::Completed).then(|| s.last_response.clone())
-                })
-                .await;
-            if timed_out {
-                me.remove_txn(&txn.branch);
-            }
-        });
+        self.schedule(
+            txn,
+            Timer::FinalResponse {
+                wait: T1,
+                total: Duration::ZERO,
+            },
+            T1,
+        );
     }
 
-    /// Retransmits with RFC 3261 backoff (T1 doubling, capped at T2) while
-    /// `pending` returns `Some` (with the bytes to resend, over UDP only);
-    /// returns true when 64·T1 (Timer B/H) passed still pending.
-    async fn backoff(
-        self: &Arc<Self>,
-        txn: &Txn,
-        to: Peer,
-        pending: impl Fn(&TxnState) -> Option<Option<Vec<u8>>>,
-    ) -> bool {
-        let mut wait = T1;
-        let mut total = Duration::ZERO;
+    /// Runs `timer` for `txn` after `after`.
+    fn schedule(&self, txn: &Arc<Txn>, timer: Timer, after: Duration) {
+        let seq = self.timer_seq.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut h) = self.timers.lock() {
+            h.push(Scheduled {
+                at: Instant::now() + after,
+                seq,
+                txn: Arc::clone(txn),
+                timer,
+            });
+        }
+    }
+
+    /// One task for every transaction timer: wakes at the earliest
+    /// deadline (at most every `TIMER_GRANULARITY`, at least every T1: new
+    /// timers are never due sooner than T1), fires what is due.
+    async fn timer_loop(proxy: std::sync::Weak<Proxy>) {
         loop {
-            tokio::time::sleep(wait).await;
-            total += wait;
-            let resend = match txn.state.lock() {
-                Ok(s) => match pending(&s) {
-                    None => return false,
-                    Some(r) => r,
-                },
-                Err(_) => return false,
+            let next = {
+                let Some(p) = proxy.upgrade() else { return };
+                let now = Instant::now();
+                let earliest = p
+                    .timers
+                    .lock()
+                    .ok()
+                    .and_then(|h| h.peek().map(|e| e.at))
+                    .unwrap_or(now + T1);
+                earliest.clamp(now + TIMER_GRANULARITY, now + T1)
             };
-            if total >= T1 * 64 {
-                return true;
+            tokio::time::sleep_until(next.into()).await;
+            let Some(p) = proxy.upgrade() else { return };
+            let now = Instant::now();
+            let mut due = Vec::new();
+            if let Ok(mut h) = p.timers.lock() {
+                while h.peek().is_some_and(|e| e.at <= now) {
+                    if let Some(e) = h.pop() {
+                        due.push(e);
+                    }
+                }
             }
-            if to.transport == Transport::Udp
-                && let Some(r) = resend
-            {
-                self.send(to, r);
+            for e in due {
+                p.fire(e);
             }
-            wait = (wait * 2).min(T2);
+        }
+    }
+
+    /// RFC 3261 Timers A/B (INVITE forwarded, no response yet), G/H (final
+    /// response sent, no ACK yet): resend with doubling waits capped at T2
+    /// (UDP only) until 64·T1, then give up (408 upstream / forget).
+    fn fire(self: &Arc<Self>, e: Scheduled) {
+        let txn = e.txn;
+        match e.timer {
+            Timer::Remove => self.remove_txn(&txn.branch),
+            Timer::Invite { to, wait, total } => {
+                let resend = match txn.state.lock() {
+                    Ok(s) if s.phase == Phase::Forwarded && !s.got_provisional && !s.got_final => {
+                        s.forwarded.clone()
+                    }
+                    _ => return,
+                };
+                let total = total + wait;
+                if total >= T1 * 64 {
+                    if let Ok(m) = Message::parse(&txn.invite) {
+                        let resp = build_response(&m, 408, "Request Timeout", &[], &txn.to_tag);
+                        self.final_upstream(&txn, resp);
+                    }
+                    return;
+                }
+                if to.transport == Transport::Udp
+                    && let Some(r) = resend
+                {
+                    self.send(to, r);
+                }
+                let wait = (wait * 2).min(T2);
+                self.schedule(&txn, Timer::Invite { to, wait, total }, wait);
+            }
+            Timer::FinalResponse { wait, total } => {
+                let resend = match txn.state.lock() {
+                    Ok(s) if s.phase == Phase::Completed => s.last_response.clone(),
+                    _ => return,
+                };
+                let total = total + wait;
+                if total >= T1 * 64 {
+                    self.remove_txn(&txn.branch);
+                    return;
+                }
+                if txn.upstream.transport == Transport::Udp
+                    && let Some(r) = resend
+                {
+                    self.send(txn.upstream, r);
+                }
+                let wait = (wait * 2).min(T2);
+                self.schedule(&txn, Timer::FinalResponse { wait, total }, wait);
+            }
         }
     }
 
@@ -1363,20 +1468,15 @@ impl Proxy {
         }
         self.send(to, out);
         // Timer A (UDP) until a response; Timer B: 408 upstream.
-        let me = Arc::clone(self);
-        let txn = Arc::clone(txn);
-        tokio::spawn(async move {
-            let timed_out = me
-                .backoff(&txn, to, |s| {
-                    (s.phase == Phase::Forwarded && !s.got_provisional && !s.got_final)
-                        .then(|| s.forwarded.clone())
-                })
-                .await;
-            if timed_out && let Ok(m) = Message::parse(&txn.invite) {
-                let resp = build_response(&m, 408, "Request Timeout", &[], &txn.to_tag);
-                me.final_upstream(&txn, resp);
-            }
-        });
+        self.schedule(
+            txn,
+            Timer::Invite {
+                to,
+                wait: T1,
+                total: Duration::ZERO,
+            },
+            T1,
+        );
     }
 
     /// The request as forwarded: our Via on top, the previous top Via with
@@ -1673,12 +1773,7 @@ impl Proxy {
                 self.final_upstream(&txn, out);
             } else {
                 if code >= 200 {
-                    let me = Arc::clone(self);
-                    let key = txn.branch.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(T1 * 64).await;
-                        me.remove_txn(&key);
-                    });
+                    self.schedule(&txn, Timer::Remove, T1 * 64);
                 }
                 if let Ok(mut st) = txn.state.lock()
                     && code < 200

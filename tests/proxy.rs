@@ -805,3 +805,37 @@ async fn with_record_route_an_in_dialog_bye_from_the_callee_reaches_the_caller()
     );
     assert_eq!(header(&got, "Via").len(), 2, "{got}");
 }
+
+/// Timer A: a silent next hop gets the forwarded INVITE again after T1 and
+/// 2·T1; a provisional response stops it.
+#[tokio::test]
+async fn a_silent_next_hop_gets_the_invite_retransmitted_until_a_provisional() {
+    let lab = lab().await;
+    let inv = lab.invite("sp-a.key", "/sp-a.pem", |_| {});
+    lab.send(&inv).await;
+    let first = recv_line(&lab.uas, "INVITE ", 3000)
+        .await
+        .expect("forwarded");
+    let t0 = std::time::Instant::now();
+    let again = recv_line(&lab.uas, "INVITE ", 1500)
+        .await
+        .expect("retransmitted after T1");
+    assert_eq!(first, again, "the same bytes");
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_millis(1000),
+        "{waited:?}"
+    );
+    assert!(
+        recv_line(&lab.uas, "INVITE ", 1500).await.is_some(),
+        "after 2·T1"
+    );
+    lab.uas
+        .send_to(answer(&first, 180, "Ringing").as_bytes(), lab.proxy_addr())
+        .await
+        .unwrap();
+    assert!(
+        recv_line(&lab.uas, "INVITE ", 2500).await.is_none(),
+        "a provisional stops Timer A"
+    );
+}
