@@ -82,7 +82,7 @@ struct Shared {
 /// The writer's handle; cheap to share.
 pub struct DecisionLog {
     shared: Arc<Shared>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     pub written: Arc<AtomicU64>,
     pub dropped: AtomicU64,
 }
@@ -113,14 +113,30 @@ impl DecisionLog {
             .spawn(move || writer(&s, out, &w))?;
         Ok(DecisionLog {
             shared,
-            thread: Some(thread),
+            thread: Mutex::new(Some(thread)),
             written,
             dropped: AtomicU64::new(0),
         })
     }
 
+    /// Writes what is queued and stops the writer (at shutdown: the last
+    /// records must reach the file before the process exits). Records
+    /// after this are counted as dropped.
+    pub fn close(&self) {
+        self.shared.closed.store(true, Ordering::Relaxed);
+        self.shared.wake.notify_one();
+        let t = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(t) = t {
+            let _ = t.join();
+        }
+    }
+
     /// Queues a record; never blocks on I/O.
     pub fn record(&self, r: DecisionRecord) {
+        if self.shared.closed.load(Ordering::Relaxed) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let Ok(mut q) = self.shared.queue.lock() else {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
@@ -140,11 +156,7 @@ impl DecisionLog {
 impl Drop for DecisionLog {
     /// Writes what is queued, then stops the thread.
     fn drop(&mut self) {
-        self.shared.closed.store(true, Ordering::Relaxed);
-        self.shared.wake.notify_one();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.close();
     }
 }
 

@@ -2054,6 +2054,15 @@ pub async fn serve(config: Config, drain: Duration) -> Result<(), ServeError> {
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The last decision records reach the file before the process exits.
+    let p = Arc::clone(&proxy);
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Some(log) = p.decision_log.get() {
+            log.close();
+        }
+    })
+    .await;
+    tracing::info!("stopped");
     Ok(())
 }
 

@@ -738,6 +738,12 @@ async fn serve_binary_answers_and_exits_cleanly_on_sigterm() {
     assert_eq!(rec["verstat"], "No-TN-Validation", "{log}");
     assert_eq!(rec["action"], "forward", "{log}");
     let mut stderr = child.stderr.take().unwrap();
+    // A second call just before SIGTERM: its record (forwarded, or 503
+    // while draining) must still reach the file before the process exits.
+    let invite2 = InviteSpec::new("12025550100", "12025550199").build();
+    c.send_to(invite2.as_bytes(), ("127.0.0.1", port))
+        .await
+        .unwrap();
     let status = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -748,6 +754,8 @@ async fn serve_binary_answers_and_exits_cleanly_on_sigterm() {
         .unwrap()
         .unwrap();
     assert!(exit.success(), "{exit:?}");
+    let log = std::fs::read_to_string(&decisions).unwrap();
+    assert_eq!(log.lines().count(), 2, "{log}");
     // JSON logs on stderr: the start and the drain.
     let mut err = String::new();
     use std::io::Read as _;
