@@ -1712,6 +1712,7 @@ impl Proxy {
         if let Some(txn) = txn.filter(|_| info.cseq_method == "INVITE") {
             let mut extra: Option<String> = None;
             let mut ack: Option<(Vec<u8>, Peer)> = None;
+            let mut cancel: Option<(Vec<u8>, Peer)> = None;
             let mut relay = true;
             let mut completed = false;
             if let Ok(mut st) = txn.state.lock() {
@@ -1719,8 +1720,8 @@ impl Proxy {
                     st.got_provisional = true;
                     if st.cancel_pending {
                         st.cancel_pending = false;
-                        if let (Some(f), Some(to)) = (st.forwarded.clone(), st.downstream) {
-                            self.send(to, cancel_for(&f));
+                        if let (Some(f), Some(to)) = (st.forwarded.as_deref(), st.downstream) {
+                            cancel = Some((cancel_for(f), to));
                         }
                     }
                     relay = code != 100 && !st.got_final;
@@ -1758,6 +1759,10 @@ impl Proxy {
                 if relay && code > 100 {
                     extra = st.upstream_reason.take();
                 }
+            }
+            // Sent after the state lock is released.
+            if let Some((c, to)) = cancel {
+                self.send(to, c);
             }
             if let Some((a, to)) = ack {
                 self.send(to, a);

@@ -339,25 +339,7 @@ async fn cancel_during_a_slow_certificate_fetch_ends_the_invite_with_487() {
     let inv = lab.invite("sp-a.key", "/slow.pem", |_| {});
     lab.send(&inv).await;
     assert!(recv_line(&lab.uac, "SIP/2.0 100", 2000).await.is_some());
-    let cancel = inv
-        .replacen("INVITE ", "CANCEL ", 1)
-        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL")
-        .split("\r\n\r\n")
-        .next()
-        .unwrap()
-        .replace(
-            &format!(
-                "Content-Length: {}",
-                inv.split("\r\n\r\n").nth(1).unwrap().len()
-            ),
-            "Content-Length: 0",
-        )
-        + "\r\n\r\n";
-    let cancel: String = cancel
-        .split("\r\n")
-        .filter(|l| !l.starts_with("Identity:") && !l.starts_with("Content-Type:"))
-        .collect::<Vec<_>>()
-        .join("\r\n");
+    let cancel = cancel_of(&inv);
     lab.send(&cancel).await;
     let mut got = Vec::new();
     for _ in 0..2 {
@@ -845,5 +827,59 @@ async fn a_silent_next_hop_gets_the_invite_retransmitted_until_a_provisional() {
     assert!(
         recv_line(&lab.uas, "INVITE ", 2500).await.is_none(),
         "a provisional stops Timer A"
+    );
+}
+
+/// The CANCEL a UAC sends for `inv` (same Via branch, CSeq method CANCEL).
+fn cancel_of(inv: &str) -> String {
+    let head = inv.split("\r\n\r\n").next().unwrap();
+    let lines: Vec<String> = head
+        .split("\r\n")
+        .filter(|l| !l.starts_with("Identity:") && !l.starts_with("Content-Type:"))
+        .map(|l| {
+            if l.starts_with("INVITE ") {
+                l.replacen("INVITE ", "CANCEL ", 1)
+            } else if l.starts_with("CSeq:") {
+                "CSeq: 1 CANCEL".to_owned()
+            } else if l.starts_with("Content-Length:") {
+                "Content-Length: 0".to_owned()
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect();
+    lines.join("\r\n") + "\r\n\r\n"
+}
+
+/// RFC 3261 §9.1: a CANCEL for a forwarded INVITE that has no provisional
+/// response yet is held, and sent downstream after the first 1xx.
+#[tokio::test]
+async fn a_cancel_before_any_provisional_is_sent_downstream_after_the_first_1xx() {
+    let lab = lab().await;
+    let inv = lab.invite("sp-a.key", "/sp-a.pem", |_| {});
+    lab.send(&inv).await;
+    let fwd = recv_line(&lab.uas, "INVITE ", 3000)
+        .await
+        .expect("forwarded");
+    lab.send(&cancel_of(&inv)).await;
+    assert!(
+        recv_line(&lab.uac, "SIP/2.0 200", 2000).await.is_some(),
+        "200 to the CANCEL"
+    );
+    assert!(
+        recv_line(&lab.uas, "CANCEL ", 300).await.is_none(),
+        "held until a provisional"
+    );
+    lab.uas
+        .send_to(answer(&fwd, 180, "Ringing").as_bytes(), lab.proxy_addr())
+        .await
+        .unwrap();
+    let c = recv_line(&lab.uas, "CANCEL ", 2000)
+        .await
+        .expect("CANCEL after the 180");
+    assert_eq!(
+        header(&c, "Via"),
+        header(&fwd, "Via")[..1].to_vec(),
+        "our branch: {c}"
     );
 }
