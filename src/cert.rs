@@ -199,8 +199,39 @@ struct Anchor {
 pub struct TrustStore {
     anchors: Vec<Anchor>,
     intermediates: Vec<Vec<u8>>,
-    /// (issuer DN DER, serial bytes) of revoked certificates.
-    revoked: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Configured CRLs.
+    revoked: Vec<Crl>,
+}
+
+/// A configured CRL. A listed certificate counts as revoked only when the
+/// CRL's signature verifies with the key of that certificate's issuer on
+/// the validated path (RFC 5280 §6.3.3): a CRL file alone is not trusted.
+struct Crl {
+    /// Issuer DN, DER.
+    issuer: Vec<u8>,
+    der: Vec<u8>,
+    serials: Vec<Vec<u8>>,
+}
+
+impl Crl {
+    /// Is `c` listed, by a CRL `issuer` signed?
+    fn revokes(&self, c: &X509Certificate<'_>, issuer: &X509Certificate<'_>) -> bool {
+        self.issuer.as_slice() == c.issuer().as_raw()
+            && self.serials.iter().any(|s| s.as_slice() == c.raw_serial())
+            && crl_signed_by(&self.der, issuer) == Ok(true)
+    }
+}
+
+/// Verifies a DER CRL's signature with `issuer`'s public key.
+fn crl_signed_by(der: &[u8], issuer: &X509Certificate<'_>) -> Result<bool, ()> {
+    let (_, crl) =
+        x509_parser::revocation_list::CertificateRevocationList::from_der(der).map_err(|_| ())?;
+    verify_with(
+        issuer,
+        crl.tbs_cert_list.as_ref(),
+        crl.signature_algorithm.algorithm.as_bytes(),
+        &crl.signature_value.data,
+    )
 }
 
 impl fmt::Debug for TrustStore {
@@ -208,7 +239,7 @@ impl fmt::Debug for TrustStore {
         f.debug_struct("TrustStore")
             .field("anchors", &self.anchors.len())
             .field("intermediates", &self.intermediates.len())
-            .field("revoked", &self.revoked.len())
+            .field("crls", &self.revoked.len())
             .finish()
     }
 }
@@ -291,6 +322,22 @@ fn summary(c: &X509Certificate<'_>) -> CertSummary {
 
 /// Verifies `child`'s signature with `issuer`'s public key.
 fn signed_by(child: &X509Certificate<'_>, issuer: &X509Certificate<'_>) -> Result<bool, ()> {
+    verify_with(
+        issuer,
+        child.tbs_certificate.as_ref(),
+        child.signature_algorithm.algorithm.as_bytes(),
+        &child.signature_value.data,
+    )
+}
+
+/// Verifies `signature` over `tbs` (algorithm `sig_alg`) with `issuer`'s
+/// public key; `Err` for an unsupported key or algorithm.
+fn verify_with(
+    issuer: &X509Certificate<'_>,
+    tbs: &[u8],
+    sig_alg: &[u8],
+    signature: &[u8],
+) -> Result<bool, ()> {
     let spki = issuer.public_key();
     let key_alg = spki.algorithm.algorithm.as_bytes();
     let curve = spki
@@ -299,7 +346,6 @@ fn signed_by(child: &X509Certificate<'_>, issuer: &X509Certificate<'_>) -> Resul
         .as_ref()
         .and_then(|p| p.as_oid().ok())
         .map(|o| o.as_bytes().to_vec());
-    let sig_alg = child.signature_algorithm.algorithm.as_bytes();
     let alg: &'static dyn sig::VerificationAlgorithm = match (key_alg, curve.as_deref(), sig_alg) {
         (oid::EC_PUBLIC_KEY, Some(oid::P256), oid::ECDSA_SHA256) => &sig::ECDSA_P256_SHA256_ASN1,
         (oid::EC_PUBLIC_KEY, Some(oid::P256), oid::ECDSA_SHA384) => &sig::ECDSA_P256_SHA384_ASN1,
@@ -309,9 +355,7 @@ fn signed_by(child: &X509Certificate<'_>, issuer: &X509Certificate<'_>) -> Resul
         _ => return Err(()),
     };
     let key = sig::UnparsedPublicKey::new(alg, &spki.subject_public_key.data);
-    Ok(key
-        .verify(child.tbs_certificate.as_ref(), &child.signature_value.data)
-        .is_ok())
+    Ok(key.verify(tbs, signature).is_ok())
 }
 
 /// Reads one DER TLV; returns (tag, content, rest).
@@ -371,8 +415,9 @@ fn tn_auth_list_spc(c: &X509Certificate<'_>) -> Result<Option<String>, ()> {
 
 impl TrustStore {
     /// Builds a store from DER anchors, extra intermediates (for carriers
-    /// that serve only the leaf at x5u) and DER CRLs. CRL files are
-    /// configuration and trusted as such.
+    /// that serve only the leaf at x5u) and DER CRLs. A CRL whose issuer is
+    /// configured must verify with it (else an error here); every CRL is
+    /// verified again against the issuer on each path it is applied to.
     pub fn new(
         anchors: Vec<Vec<u8>>,
         intermediates: Vec<Vec<u8>>,
@@ -381,6 +426,12 @@ impl TrustStore {
         for (i, a) in anchors.iter().chain(intermediates.iter()).enumerate() {
             parse(i, a)?;
         }
+        let configured: Vec<X509Certificate<'_>> = anchors
+            .iter()
+            .chain(intermediates.iter())
+            .enumerate()
+            .map(|(i, d)| parse(i, d))
+            .collect::<Result<_, _>>()?;
         let mut revoked = Vec::new();
         for (index, der) in crls.iter().enumerate() {
             let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(der)
@@ -388,10 +439,29 @@ impl TrustStore {
                 index,
                 detail: format!("CRL: {e}"),
             })?;
-            for r in crl.iter_revoked_certificates() {
-                revoked.push((crl.issuer().as_raw().to_vec(), r.raw_serial().to_vec()));
+            let issuers: Vec<&X509Certificate<'_>> = configured
+                .iter()
+                .filter(|c| c.subject().as_raw() == crl.issuer().as_raw())
+                .collect();
+            if !issuers.is_empty() && !issuers.iter().any(|c| crl_signed_by(der, c) == Ok(true)) {
+                return Err(CertError::Parse {
+                    index,
+                    detail: format!(
+                        "CRL of `{}`: its signature does not verify with that configured certificate",
+                        crl.issuer()
+                    ),
+                });
             }
+            revoked.push(Crl {
+                issuer: crl.issuer().as_raw().to_vec(),
+                der: der.clone(),
+                serials: crl
+                    .iter_revoked_certificates()
+                    .map(|r| r.raw_serial().to_vec())
+                    .collect(),
+            });
         }
+        drop(configured);
         Ok(TrustStore {
             anchors: anchors.into_iter().map(|der| Anchor { der }).collect(),
             intermediates,
@@ -536,7 +606,7 @@ impl TrustStore {
                 });
             }
         }
-        for c in &path {
+        for (i, c) in path.iter().enumerate() {
             for ext in c.extensions() {
                 if ext.critical && !oid::UNDERSTOOD.contains(&ext.oid.as_bytes()) {
                     return Err(CertError::UnknownCriticalExtension {
@@ -545,9 +615,8 @@ impl TrustStore {
                     });
                 }
             }
-            if self.revoked.iter().any(|(issuer, serial)| {
-                issuer.as_slice() == c.issuer().as_raw() && serial.as_slice() == c.raw_serial()
-            }) {
+            let issuer = path.get(i + 1).copied().unwrap_or(anchor);
+            if self.revoked.iter().any(|crl| crl.revokes(c, issuer)) {
                 return Err(CertError::Revoked {
                     subject: subject_of(c),
                     serial: c.raw_serial_as_string(),
@@ -726,5 +795,61 @@ fn profile_problems(c: &X509Certificate<'_>, is_ca: bool, out: &mut Vec<ProfileP
     }
     if !has_ski {
         p("subjectKeyIdentifier is absent");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pem_der(pem: &[u8], label: &str) -> Vec<u8> {
+        x509_parser::pem::Pem::iter_from_buffer(pem)
+            .filter_map(Result::ok)
+            .find(|p| p.label == label)
+            .map(|p| p.contents)
+            .unwrap()
+    }
+
+    fn store(crl: Vec<u8>, with_intermediate: bool) -> Result<TrustStore, CertError> {
+        let root = split_chain(include_bytes!("../certs/demo/sti-root.pem")).unwrap();
+        let inter = if with_intermediate {
+            split_chain(include_bytes!("../certs/demo/sti-intermediate.pem")).unwrap()
+        } else {
+            Vec::new()
+        };
+        TrustStore::new(root, inter, &[crl])
+    }
+
+    fn revoked_chain() -> Vec<Vec<u8>> {
+        split_chain(include_bytes!("../certs/demo/sp-revoked.pem")).unwrap()
+    }
+
+    #[test]
+    fn a_signed_crl_revokes() {
+        let crl = pem_der(include_bytes!("../certs/demo/sti-crl.pem"), "X509 CRL");
+        for with_intermediate in [false, true] {
+            let s = store(crl.clone(), with_intermediate).unwrap();
+            assert!(
+                matches!(
+                    s.credential(&revoked_chain()),
+                    Err(CertError::Revoked { .. })
+                ),
+                "with_intermediate = {with_intermediate}"
+            );
+        }
+    }
+
+    /// A CRL file is not trusted on its own: one whose signature does not
+    /// verify is refused when its issuer is configured, and never applied.
+    #[test]
+    fn a_crl_with_a_bad_signature_is_refused_or_ignored() {
+        let mut crl = pem_der(include_bytes!("../certs/demo/sti-crl.pem"), "X509 CRL");
+        if let Some(b) = crl.last_mut() {
+            *b ^= 0x01;
+        }
+        let e = store(crl.clone(), true).unwrap_err();
+        assert!(e.to_string().contains("signature does not verify"), "{e}");
+        let s = store(crl, false).unwrap();
+        assert!(s.credential(&revoked_chain()).is_ok());
     }
 }
