@@ -40,13 +40,7 @@ fn setup() -> Setup {
     let trust = Arc::new(TrustStore::new(anchors, vec![], &[]).unwrap());
     let chain = split_chain(&std::fs::read(demo.join("sp-a.pem")).unwrap()).unwrap();
     let cred = Arc::new(trust.credential(&chain).unwrap());
-    let pem = std::fs::read(demo.join("sp-a.key")).unwrap();
-    let der = x509_parser::pem::Pem::iter_from_buffer(&pem)
-        .next()
-        .unwrap()
-        .unwrap()
-        .contents;
-    let key = SigningKey::from_pkcs8(&der).unwrap();
+    let key = SigningKey::from_pem(&std::fs::read(demo.join("sp-a.key")).unwrap()).unwrap();
     let ident = sign_identity(
         &key,
         X5U,

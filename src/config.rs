@@ -503,15 +503,7 @@ impl Config {
             None => None,
             Some(path) => {
                 let pem = read(path)?;
-                let der = x509_parser::pem::Pem::iter_from_buffer(&pem)
-                    .filter_map(Result::ok)
-                    .find(|p| p.label == "PRIVATE KEY")
-                    .ok_or_else(|| ConfigError::Certificates {
-                        path: path.display().to_string(),
-                        detail: "no PKCS#8 `PRIVATE KEY`".into(),
-                    })?
-                    .contents;
-                let key = crate::passport::SigningKey::from_pkcs8(&der).map_err(|e| {
+                let key = crate::passport::SigningKey::from_pem(&pem).map_err(|e| {
                     ConfigError::Certificates {
                         path: path.display().to_string(),
                         detail: e.to_string(),

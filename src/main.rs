@@ -414,16 +414,7 @@ fn demo(
 
 fn load_key(path: &Path) -> anyhow::Result<SigningKey> {
     let text = std::fs::read(path).with_context(|| format!("cannot read `{}`", path.display()))?;
-    let der = x509_pem_contents(&text, "PRIVATE KEY")
-        .with_context(|| format!("`{}` holds no PKCS#8 `PRIVATE KEY`", path.display()))?;
-    SigningKey::from_pkcs8(&der).with_context(|| format!("`{}`", path.display()))
-}
-
-fn x509_pem_contents(text: &[u8], label: &str) -> Option<Vec<u8>> {
-    x509_parser::pem::Pem::iter_from_buffer(text)
-        .filter_map(Result::ok)
-        .find(|p| p.label == label)
-        .map(|p| p.contents)
+    SigningKey::from_pem(&text).with_context(|| format!("`{}`", path.display()))
 }
 
 fn read_input(path: &Path) -> anyhow::Result<Vec<u8>> {

@@ -327,6 +327,8 @@ pub enum SignError {
     BadKey,
     #[error("signing failed")]
     Sign,
+    #[error("no PKCS#8 `PRIVATE KEY` block")]
+    NoPemKey,
 }
 
 /// A P-256 signing key (lab STI-AS).
@@ -351,7 +353,7 @@ impl SigningKey {
         let der = x509_parser::pem::Pem::iter_from_buffer(pem)
             .filter_map(Result::ok)
             .find(|p| p.label == "PRIVATE KEY")
-            .ok_or(SignError::BadKey)?
+            .ok_or(SignError::NoPemKey)?
             .contents;
         Self::from_pkcs8(&der)
     }

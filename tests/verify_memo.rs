@@ -32,13 +32,7 @@ fn retransmission_passes_and_replay_in_another_call_fails() {
             .credential(&split_chain(&std::fs::read(demo.join("sp-a.pem")).unwrap()).unwrap())
             .unwrap(),
     );
-    let pem = std::fs::read(demo.join("sp-a.key")).unwrap();
-    let der = x509_parser::pem::Pem::iter_from_buffer(&pem)
-        .next()
-        .unwrap()
-        .unwrap()
-        .contents;
-    let key = SigningKey::from_pkcs8(&der).unwrap();
+    let key = SigningKey::from_pem(&std::fs::read(demo.join("sp-a.key")).unwrap()).unwrap();
     let x5u = "https://cert.example.org/sp-a.pem";
     let ident = sign_identity(
         &key,

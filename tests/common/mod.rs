@@ -19,13 +19,7 @@ pub fn read(name: &str) -> Vec<u8> {
 }
 
 pub fn key(name: &str) -> SigningKey {
-    let pem = read(name);
-    let der = x509_parser::pem::Pem::iter_from_buffer(&pem)
-        .filter_map(Result::ok)
-        .find(|p| p.label == "PRIVATE KEY")
-        .unwrap()
-        .contents;
-    SigningKey::from_pkcs8(&der).unwrap()
+    SigningKey::from_pem(&read(name)).unwrap()
 }
 
 /// The chains tests serve, by path.
