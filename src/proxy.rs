@@ -1018,8 +1018,11 @@ impl Proxy {
                 return;
             }
         };
-        let scheme = info.uri.scheme.to_ascii_lowercase();
-        if !matches!(scheme.as_str(), "sip" | "sips" | "tel") {
+        let scheme = info.uri.scheme;
+        if !["sip", "sips", "tel"]
+            .iter()
+            .any(|s| scheme.eq_ignore_ascii_case(s))
+        {
             self.respond(msg, from, 416, "Unsupported URI Scheme", &[]);
             return;
         }
@@ -1027,10 +1030,9 @@ impl Proxy {
             self.respond(msg, from, 483, "Too Many Hops", &[]);
             return;
         }
-        let unsupported: Vec<String> = msg
+        let unsupported: Vec<&str> = msg
             .values(HeaderId::ProxyRequire)
             .flat_map(split_values)
-            .map(str::to_owned)
             .collect();
         if !unsupported.is_empty() && info.method != "ACK" && info.method != "CANCEL" {
             self.respond(
@@ -1097,32 +1099,29 @@ impl Proxy {
         }
     }
 
+    /// 503 with Retry-After for an INVITE not screened (draining, or
+    /// `max_in_flight` reached): counted and logged as `overload`.
+    fn overloaded(self: &Arc<Self>, msg: &Message<'_>, from: Peer, retry_after: &str) {
+        self.stats.overload.fetch_add(1, Ordering::Relaxed);
+        self.stats.responses.inc(&["503", "local"]);
+        self.unscreened_record(msg, from, "overload", 503);
+        self.respond(
+            msg,
+            from,
+            503,
+            "Service Unavailable",
+            &[("Retry-After".into(), retry_after.into())],
+        );
+    }
+
     fn new_invite(self: &Arc<Self>, msg: &Message<'_>, from: Peer, branch: String) {
         self.stats.invites.fetch_add(1, Ordering::Relaxed);
         if *self.shutdown.borrow() {
-            self.stats.overload.fetch_add(1, Ordering::Relaxed);
-            self.stats.responses.inc(&["503", "local"]);
-            self.unscreened_record(msg, from, "overload", 503);
-            self.respond(
-                msg,
-                from,
-                503,
-                "Service Unavailable",
-                &[("Retry-After".into(), "5".into())],
-            );
+            self.overloaded(msg, from, "5");
             return;
         }
         let Ok(permit) = Arc::clone(&self.inflight).try_acquire_owned() else {
-            self.stats.overload.fetch_add(1, Ordering::Relaxed);
-            self.stats.responses.inc(&["503", "local"]);
-            self.unscreened_record(msg, from, "overload", 503);
-            self.respond(
-                msg,
-                from,
-                503,
-                "Service Unavailable",
-                &[("Retry-After".into(), "1".into())],
-            );
+            self.overloaded(msg, from, "1");
             return;
         };
         let trying = build_response(msg, 100, "Trying", &[], "");
