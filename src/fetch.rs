@@ -242,19 +242,20 @@ impl CertFetcher {
         }
     }
 
+    /// The cached credential for `url`, counted as a hit or negative hit.
     pub fn cached(&self, url: &str) -> Option<CredentialResult> {
-        let cache = self.cache.read().ok()?;
-        match cache.get(url) {
-            Some(Entry::Done { result, expires }) if *expires > Instant::now() => {
-                if result.is_ok() {
-                    self.stats.hits.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    self.stats.negative_hits.fetch_add(1, Ordering::Relaxed);
-                }
-                Some(result.clone())
-            }
-            _ => None,
-        }
+        let r = self.peek(url)?;
+        self.count(&r);
+        Some(r)
+    }
+
+    fn count(&self, r: &CredentialResult) {
+        let counter = if r.is_ok() {
+            &self.stats.hits
+        } else {
+            &self.stats.negative_hits
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The credential for `url`: from the cache, or fetched once however
@@ -486,27 +487,18 @@ pub fn verify_request_cached(
     let prepared = verifier.prepare(msg, now);
     let mut creds: Vec<(&str, CredentialResult)> = Vec::new();
     for url in prepared.urls() {
-        if creds.iter().any(|(u, _)| *u == url) {
-            continue;
+        if !creds.iter().any(|(u, _)| *u == url) {
+            creds.push((url, fetcher.peek(url)?));
         }
-        creds.push((url, fetcher.peek(url)?));
     }
     for (_, r) in &creds {
-        let counter = if r.is_ok() {
-            &fetcher.stats.hits
-        } else {
-            &fetcher.stats.negative_hits
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        fetcher.count(r);
     }
-    Some(verifier.finish(prepared, now, |url| {
-        creds
-            .iter()
-            .find(|(u, _)| *u == url)
-            .map(|(_, r)| r.clone())
-    }))
+    Some(finish(verifier, prepared, now, &creds))
 }
 
+/// Verifies the Identity headers of `msg`, fetching (once, cached) the
+/// credentials they name.
 pub async fn verify_request(
     verifier: &crate::verify::Verifier,
     fetcher: &Arc<CertFetcher>,
@@ -514,19 +506,26 @@ pub async fn verify_request(
     now: UnixTime,
 ) -> crate::verify::Outcome {
     let prepared = verifier.prepare(msg, now);
-    let mut creds: Vec<(String, CredentialResult)> = Vec::new();
+    let mut creds: Vec<(&str, CredentialResult)> = Vec::new();
     for url in prepared.urls() {
-        if creds.iter().any(|(u, _)| u == url) {
-            continue;
+        if !creds.iter().any(|(u, _)| *u == url) {
+            creds.push((url, fetcher.get(url).await));
         }
-        let r = match fetcher.cached(url) {
-            Some(r) => r,
-            None => fetcher.get(url).await,
-        };
-        creds.push((url.to_owned(), r));
     }
+    finish(verifier, prepared, now, &creds)
+}
+
+fn finish(
+    verifier: &crate::verify::Verifier,
+    prepared: crate::verify::Prepared<'_>,
+    now: UnixTime,
+    creds: &[(&str, CredentialResult)],
+) -> crate::verify::Outcome {
     verifier.finish(prepared, now, |url| {
-        creds.iter().find(|(u, _)| u == url).map(|(_, r)| r.clone())
+        creds
+            .iter()
+            .find(|(u, _)| *u == url)
+            .map(|(_, r)| r.clone())
     })
 }
 
