@@ -54,6 +54,16 @@ pub struct DecisionRecord {
     pub latency_ms: f64,
 }
 
+/// [`bounded`] for an owned text: returned as it is (no copy) when it is
+/// already short and clean.
+pub fn bounded_owned(s: String) -> String {
+    if s.len() <= MAX_FIELD && !s.chars().any(char::is_control) {
+        s
+    } else {
+        bounded(&s)
+    }
+}
+
 /// Cuts a text to [`MAX_FIELD`] characters, dropping control characters.
 pub fn bounded(s: &str) -> String {
     s.chars()
@@ -366,5 +376,7 @@ mod tests {
         let long = "x".repeat(10_000) + "\n\r";
         assert_eq!(bounded(&long).len(), MAX_FIELD);
         assert_eq!(bounded("a\r\nb"), "ab");
+        assert_eq!(bounded_owned(long), "x".repeat(MAX_FIELD));
+        assert_eq!(bounded_owned("1202\n".into()), "1202");
     }
 }

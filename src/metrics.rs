@@ -5,6 +5,7 @@
 //! Components own their metrics (the proxy, the certificate fetcher, the
 //! policy handle); the admin endpoint asks each to render itself.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
@@ -15,20 +16,6 @@ use std::time::Duration;
 /// `other` (a policy reloaded with ever-new rule ids cannot grow memory
 /// without bound).
 pub const MAX_LABEL_SETS: usize = 2048;
-
-/// A monotonically increasing counter.
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
-
-impl Counter {
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
 
 /// A counter family with fixed label names.
 #[derive(Debug)]
@@ -49,26 +36,33 @@ impl Family {
     }
 
     /// Adds one to the series with these label values (in `labels` order).
+    /// Allocates only for a series seen for the first time (the key is
+    /// built in a per-thread buffer).
     pub fn inc(&self, values: &[&str]) {
-        let mut key = String::with_capacity(64);
-        for (i, v) in values.iter().enumerate() {
-            if i > 0 {
-                key.push(SEP);
+        thread_local! {
+            static KEY: RefCell<String> = RefCell::new(String::with_capacity(128));
+        }
+        KEY.with_borrow_mut(|key| {
+            key.clear();
+            for (i, v) in values.iter().enumerate() {
+                if i > 0 {
+                    key.push(SEP);
+                }
+                // Bounded and without the separator.
+                key.extend(v.chars().filter(|c| *c != SEP).take(128));
             }
-            // Bounded and without the separator.
-            key.extend(v.chars().filter(|c| *c != SEP).take(128));
-        }
-        let Ok(mut map) = self.values.lock() else {
-            return;
-        };
-        if let Some(n) = map.get_mut(&key) {
-            *n += 1;
-        } else if map.len() < MAX_LABEL_SETS {
-            map.insert(key, 1);
-        } else {
-            let other = vec!["other"; self.labels.len()].join(&SEP.to_string());
-            *map.entry(other).or_insert(0) += 1;
-        }
+            let Ok(mut map) = self.values.lock() else {
+                return;
+            };
+            if let Some(n) = map.get_mut(key.as_str()) {
+                *n += 1;
+            } else if map.len() < MAX_LABEL_SETS {
+                map.insert(key.clone(), 1);
+            } else {
+                let other = vec!["other"; self.labels.len()].join(&SEP.to_string());
+                *map.entry(other).or_insert(0) += 1;
+            }
+        });
     }
 
     /// The value of one series (0 when it was never incremented).
@@ -98,6 +92,13 @@ impl Family {
             let _ = writeln!(out, "}} {n}");
         }
     }
+}
+
+/// A SIP status code (100–699) as a label value, without allocating.
+pub fn code_label(code: u16, buf: &mut [u8; 3]) -> &str {
+    let digit = |d: u16| b'0' + u8::try_from(d % 10).unwrap_or(0);
+    *buf = [digit(code / 100), digit(code / 10), digit(code)];
+    std::str::from_utf8(buf).unwrap_or("000")
 }
 
 /// Label value escaping (exposition format: backslash, quote, newline).
@@ -263,6 +264,14 @@ mod tests {
             f.inc(&[&i.to_string(), "reject"]);
         }
         assert_eq!(f.get(&["other", "other"]), 11);
+    }
+
+    #[test]
+    fn code_labels() {
+        let mut b = [0; 3];
+        assert_eq!(code_label(607, &mut b), "607");
+        assert_eq!(code_label(100, &mut b), "100");
+        assert_eq!(code_label(438, &mut b), "438");
     }
 
     #[test]

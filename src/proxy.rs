@@ -19,10 +19,10 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 
 use crate::config::Config;
-use crate::decisionlog::{DecisionLog, DecisionRecord, bounded};
+use crate::decisionlog::{DecisionLog, DecisionRecord, bounded, bounded_owned};
 use crate::facts::{CallInfo, Facts, StateInfo};
 use crate::fetch::{CertFetcher, verify_request, verify_request_cached};
-use crate::metrics::{Exposition, Family, Histogram};
+use crate::metrics::{Exposition, Family, Histogram, code_label};
 use crate::policy::render::{
     ForwardPlan, Operator, Verdict, annotated_line, build_response, verdict,
 };
@@ -1232,11 +1232,13 @@ impl Proxy {
             Verdict::Forward(_) => ("forward", 0),
         };
         self.stats.decide_seconds.observe(verified.elapsed());
-        self.account(txn, msg, &facts, rule, action, code);
+        self.account(txn, msg, facts, rule, action, code);
         match v {
             Verdict::Reject(p) => {
                 self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-                self.stats.responses.inc(&[&p.code.to_string(), "local"]);
+                self.stats
+                    .responses
+                    .inc(&[code_label(p.code, &mut [0; 3]), "local"]);
                 let resp = build_response(msg, p.code, &p.phrase, &p.headers, &txn.to_tag);
                 self.final_upstream(txn, resp);
             }
@@ -1247,12 +1249,13 @@ impl Proxy {
         }
     }
 
-    /// Metrics and the decision record for one screened call.
+    /// Metrics and the decision record for one screened call (the
+    /// record takes the facts' strings).
     fn account(
         &self,
         txn: &Txn,
         msg: &Message<'_>,
-        facts: &Facts,
+        facts: Facts,
         rule: &str,
         action: &str,
         code: u16,
@@ -1261,8 +1264,10 @@ impl Proxy {
         s.calls
             .inc(&[facts.verstat.as_str(), facts.attest.as_str()]);
         if facts.failure.0.is_some() {
-            s.failures
-                .inc(&[facts.failure.as_str(), &facts.stir_code.to_string()]);
+            s.failures.inc(&[
+                facts.failure.as_str(),
+                code_label(facts.stir_code, &mut [0; 3]),
+            ]);
         }
         s.decisions.inc(&[rule, action]);
         tracing::debug!(
@@ -1281,14 +1286,14 @@ impl Proxy {
             time: now_rfc3339(),
             call_id: bounded(msg.value(HeaderId::CallId).unwrap_or_default()),
             source: txn.upstream.label(),
-            peer: bounded(&facts.source),
-            orig: bounded(&facts.orig),
-            dest: bounded(&facts.dest),
+            peer: bounded_owned(facts.source),
+            orig: bounded_owned(facts.orig),
+            dest: bounded_owned(facts.dest),
             attest: facts.attest.as_str().into(),
             verstat: facts.verstat.as_str().into(),
             failure: facts.failure.as_str().into(),
             stir_code: facts.stir_code,
-            spc: bounded(&facts.spc),
+            spc: bounded_owned(facts.spc),
             rule: bounded(rule),
             action: action.into(),
             code,
@@ -1770,7 +1775,9 @@ impl Proxy {
                 return;
             }
             if code >= 200 {
-                self.stats.responses.inc(&[&code.to_string(), "downstream"]);
+                self.stats
+                    .responses
+                    .inc(&[code_label(code, &mut [0; 3]), "downstream"]);
             }
             let out = strip_top_via(msg, extra.as_deref());
             if completed {
