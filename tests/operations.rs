@@ -8,6 +8,8 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -372,28 +374,21 @@ async fn policy_reloads_are_counted() {
         let s = parse(&proxy.render_metrics());
         counter(&s, "stirscreen_policy_reloads_total", &[("result", want)])
     };
-    tokio::time::sleep(Duration::from_millis(1100)).await; // a distinct mtime
-    std::fs::write(&policy, "name = \"t2\"\n[default]\nforward = true\n").unwrap();
-    let mut ok = 0.0;
-    for _ in 0..100 {
-        ok = metric("ok");
-        if ok >= 1.0 {
-            break;
+    // Polls the counter until it reaches 1 (or 2 s pass).
+    let reaches_one = async |result: &str| {
+        for _ in 0..100 {
+            if metric(result) >= 1.0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(ok, 1.0);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    std::fs::write(&policy, "name = \"t3\"\n[default]\nforwrd = true\n").unwrap();
-    let mut failed = 0.0;
-    for _ in 0..100 {
-        failed = metric("failed");
-        if failed >= 1.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(failed, 1.0);
+        metric(result)
+    };
+    common::write_with_mtime(&policy, "name = \"t2\"\n[default]\nforward = true\n", 2);
+    assert_eq!(reaches_one("ok").await, 1.0);
+    common::write_with_mtime(&policy, "name = \"t3\"\n[default]\nforwrd = true\n", 4);
+    assert_eq!(reaches_one("failed").await, 1.0);
+    assert_eq!(metric("ok"), 1.0, "a refused edit is not a reload");
 }
 
 #[test]

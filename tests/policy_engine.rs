@@ -8,7 +8,9 @@
     clippy::indexing_slicing
 )]
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -244,7 +246,7 @@ fn reload_swaps_a_valid_change_and_keeps_the_old_policy_on_error() {
             .replace("\"flagged\"", "\"flagged-v2\""),
     )
     .unwrap();
-    set_mtime_forward(&path);
+    common::set_mtime_ahead(&path, 2);
     assert!(h.changed());
     h.reload().unwrap();
     assert_eq!(h.current().decide(&f).rule_id(), "flagged-v2");
@@ -254,7 +256,7 @@ fn reload_swaps_a_valid_change_and_keeps_the_old_policy_on_error() {
         "[[rule]]\nid = \"broken\"\n[rule.when]\ncalee_flagged = true\n[rule.then]\nreject = 607\n",
     )
     .unwrap();
-    set_mtime_forward(&path);
+    common::set_mtime_ahead(&path, 2);
     let errs = h.reload().unwrap_err();
     assert!(
         errs[0]
@@ -270,14 +272,6 @@ fn reload_swaps_a_valid_change_and_keeps_the_old_policy_on_error() {
     );
 }
 
-/// Makes the file's mtime differ from what was recorded, even on
-/// filesystems with coarse timestamps.
-fn set_mtime_forward(p: &Path) {
-    let f = std::fs::File::options().append(true).open(p).unwrap();
-    let t = std::time::SystemTime::now() + std::time::Duration::from_secs(2);
-    f.set_modified(t).unwrap();
-}
-
 #[test]
 fn a_list_change_is_picked_up_by_reload() {
     let dir = tempfile::tempdir().unwrap();
@@ -288,7 +282,7 @@ fn a_list_change_is_picked_up_by_reload() {
     let f = facts(VerstatFact::Passed, AttestFact::A);
     assert_eq!(h.current().decide(&f).rule_id(), "default");
     std::fs::write(dir.path().join("dno.txt"), "19005550100\n12155551212\n").unwrap();
-    set_mtime_forward(&dir.path().join("dno.txt"));
+    common::set_mtime_ahead(&dir.path().join("dno.txt"), 2);
     assert!(h.changed());
     h.reload().unwrap();
     assert_eq!(h.current().decide(&f).rule_id(), "dno");
@@ -389,7 +383,7 @@ async fn the_watcher_reloads_on_file_change() {
         "[[rule]]\nid = \"v2\"\n[rule.when]\ncallee_flagged = true\n[rule.then]\nreject = 607\n",
     )
     .unwrap();
-    set_mtime_forward(&path);
+    common::set_mtime_ahead(&path, 2);
     let mut seen = String::new();
     for _ in 0..100 {
         seen = h.current().decide(&f).rule_id().to_owned();

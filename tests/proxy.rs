@@ -455,13 +455,7 @@ async fn a_policy_edit_takes_effect_while_running_and_a_broken_one_does_not() {
         "[rule.then]\nreject = \"stir\"",
     );
     assert_ne!(text, strict);
-    std::fs::write(&lab.policy, &strict).unwrap();
-    let f = std::fs::File::options()
-        .append(true)
-        .open(&lab.policy)
-        .unwrap();
-    f.set_modified(std::time::SystemTime::now() + Duration::from_secs(2))
-        .unwrap();
+    common::write_with_mtime(&lab.policy, &strict, 2);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let inv = lab.invite("sp-b.key", "/sp-a.pem", |_| {});
     lab.send(&inv).await;
@@ -470,17 +464,11 @@ async fn a_policy_edit_takes_effect_while_running_and_a_broken_one_does_not() {
         "the edited policy rejects"
     );
     // A broken edit leaves the strict policy in force.
-    std::fs::write(
+    common::write_with_mtime(
         &lab.policy,
         "[[rule]]\nid = \"x\"\n[rule.when]\nno_such_fact = 1\n[rule.then]\nforward = true\n",
-    )
-    .unwrap();
-    let f = std::fs::File::options()
-        .append(true)
-        .open(&lab.policy)
-        .unwrap();
-    f.set_modified(std::time::SystemTime::now() + Duration::from_secs(4))
-        .unwrap();
+        4,
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let inv = lab.invite("sp-b.key", "/sp-a.pem", |_| {});
     lab.send(&inv).await;

@@ -87,3 +87,18 @@ pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// Sets `path`'s mtime `ahead_secs` into the future, so a reload watcher
+/// sees a change even on filesystems with coarse timestamps (and without
+/// sleeping for one).
+pub fn set_mtime_ahead(path: &Path, ahead_secs: u64) {
+    let f = std::fs::File::options().append(true).open(path).unwrap();
+    f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(ahead_secs))
+        .unwrap();
+}
+
+/// Writes `text` to `path`, then [`set_mtime_ahead`].
+pub fn write_with_mtime(path: &Path, text: &str, ahead_secs: u64) {
+    std::fs::write(path, text).unwrap();
+    set_mtime_ahead(path, ahead_secs);
+}
