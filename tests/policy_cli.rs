@@ -124,44 +124,42 @@ fn policy_test_passes_the_shipped_cases_and_fails_wrong_ones() {
 
 #[test]
 fn explain_shows_facts_rules_decision_and_response() {
-    let (code, out) = run(&[
-        "policy",
-        "explain",
-        "policies/default.toml",
-        "--now",
-        "1767225600",
-        "--facts",
-        "tests/data/facts-dno-verified.json",
-    ]);
-    assert_eq!(code, 0, "{out}");
-    assert!(
-        out.contains("Call-Info: <data:application/jose,"),
-        "a verified caller gets the jCard: {out}"
-    );
-    golden("explain-dno-verified.txt", &mask(&out));
-    let (code, out) = run(&[
-        "policy",
-        "explain",
-        "policies/default.toml",
-        "--now",
-        "1767225600",
-        "--facts",
-        "tests/data/facts-bad-signature.json",
-    ]);
-    assert_eq!(code, 0, "{out}");
-    golden("explain-bad-signature.txt", &mask(&out));
-    // A real call: verified against the pinned demo credential.
-    let (code, out) = run(&[
-        "policy",
-        "explain",
-        "policies/default.toml",
-        "--now",
-        "1767225600",
-        "--call",
-        "tests/data/sample-call.sip",
-    ]);
-    assert_eq!(code, 0, "{out}");
-    golden("explain-sample-call.txt", &mask(&out));
+    // (input flag, input, golden file, text it must contain); the last is
+    // a real call verified against the pinned demo credential. A verified
+    // do-not-originate caller gets the jCard.
+    for (flag, input, name, must) in [
+        (
+            "--facts",
+            "tests/data/facts-dno-verified.json",
+            "explain-dno-verified.txt",
+            "Call-Info: <data:application/jose,",
+        ),
+        (
+            "--facts",
+            "tests/data/facts-bad-signature.json",
+            "explain-bad-signature.txt",
+            "",
+        ),
+        (
+            "--call",
+            "tests/data/sample-call.sip",
+            "explain-sample-call.txt",
+            "",
+        ),
+    ] {
+        let (code, out) = run(&[
+            "policy",
+            "explain",
+            "policies/default.toml",
+            "--now",
+            "1767225600",
+            flag,
+            input,
+        ]);
+        assert_eq!(code, 0, "{input}: {out}");
+        assert!(out.contains(must), "{input} lacks `{must}`: {out}");
+        golden(name, &mask(&out));
+    }
 }
 
 #[test]
