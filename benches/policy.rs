@@ -14,10 +14,11 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use stirscreen::facts::{AttestFact, Facts, FailureFact, VerstatFact};
+use stirscreen::facts::{AttestFact, Facts, FailureFact};
 use stirscreen::lists::{List, ListKind};
 use stirscreen::policy::{Engine, PolicySet};
 use stirscreen::verify::FailureKind;
+use stirscreen::verify::Verstat;
 
 /// One million distinct 11-digit numbers, deterministic.
 fn million_numbers() -> String {
@@ -72,7 +73,7 @@ fn thousand_rules() -> String {
 
 fn facts(orig: &str) -> Facts {
     Facts {
-        verstat: VerstatFact::Passed,
+        verstat: Verstat::Passed,
         attest: AttestFact::A,
         failure: FailureFact(None),
         stir_code: 0,

@@ -11,7 +11,7 @@ use crate::verify::{FailureKind, Outcome, Verstat};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Facts {
-    pub verstat: VerstatFact,
+    pub verstat: Verstat,
     /// A, B or C when verification passed, else `none`.
     #[serde(default)]
     pub attest: AttestFact,
@@ -64,51 +64,6 @@ fn unknown() -> String {
 
 fn invite() -> String {
     "INVITE".into()
-}
-
-/// `verstat` as a fact.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum VerstatFact {
-    #[serde(rename = "TN-Validation-Passed")]
-    Passed,
-    #[serde(rename = "TN-Validation-Failed")]
-    Failed,
-    #[serde(rename = "No-TN-Validation")]
-    NoValidation,
-}
-
-impl VerstatFact {
-    pub const NAMES: [&'static str; 3] = [
-        "TN-Validation-Passed",
-        "TN-Validation-Failed",
-        "No-TN-Validation",
-    ];
-
-    /// Index for bit sets.
-    pub fn index(self) -> usize {
-        match self {
-            VerstatFact::Passed => 0,
-            VerstatFact::Failed => 1,
-            VerstatFact::NoValidation => 2,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        Self::NAMES
-            .get(self.index())
-            .copied()
-            .unwrap_or("No-TN-Validation")
-    }
-}
-
-impl From<Verstat> for VerstatFact {
-    fn from(v: Verstat) -> Self {
-        match v {
-            Verstat::Passed => VerstatFact::Passed,
-            Verstat::Failed => VerstatFact::Failed,
-            Verstat::NoValidation => VerstatFact::NoValidation,
-        }
-    }
 }
 
 /// `attest` as a fact.
@@ -238,7 +193,7 @@ impl Facts {
     /// Builds the facts of a call from its verification outcome.
     pub fn from_outcome(o: &Outcome, call: &CallInfo, state: StateInfo) -> Facts {
         Facts {
-            verstat: o.verstat.into(),
+            verstat: o.verstat,
             attest: o.attest().into(),
             failure: FailureFact(o.failure.as_ref().map(|f| f.kind)),
             stir_code: o.stir_code.unwrap_or(0),

@@ -24,8 +24,9 @@ use crate::sip::{HeaderId, Message, StartLine};
 use crate::time::{UnixTime, parse_sip_date};
 use crate::tn::{Tn, tn_of_header, tn_of_uri};
 
-/// The `verstat` values (3GPP TS 24.229 §7.2A.20).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+/// The `verstat` values (3GPP TS 24.229 §7.2A.20); also the policy's
+/// `verstat` fact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 pub enum Verstat {
     #[serde(rename = "TN-Validation-Passed")]
     Passed,
@@ -36,6 +37,22 @@ pub enum Verstat {
 }
 
 impl Verstat {
+    /// The wire values, in [`Verstat::index`] order.
+    pub const NAMES: [&'static str; 3] = [
+        "TN-Validation-Passed",
+        "TN-Validation-Failed",
+        "No-TN-Validation",
+    ];
+
+    /// Index for the policy's bit sets.
+    pub fn index(self) -> usize {
+        match self {
+            Verstat::Passed => 0,
+            Verstat::Failed => 1,
+            Verstat::NoValidation => 2,
+        }
+    }
+
     /// The wire value.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -16,18 +16,19 @@ use std::sync::Arc;
 use base64::Engine as _;
 use stirscreen::cert::{TrustStore, split_chain};
 use stirscreen::config::{Config, read_certs};
-use stirscreen::facts::{AttestFact, Facts, FailureFact, VerstatFact};
+use stirscreen::facts::{AttestFact, Facts, FailureFact};
 use stirscreen::policy::render::{Verdict, build_response, verdict};
 use stirscreen::policyfile::{EngineHandle, load_engine};
 use stirscreen::sip::Message;
 use stirscreen::time::TEST_NOW;
 use stirscreen::verify::FailureKind;
+use stirscreen::verify::Verstat;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn facts(verstat: VerstatFact, attest: AttestFact) -> Facts {
+fn facts(verstat: Verstat, attest: AttestFact) -> Facts {
     Facts {
         verstat,
         attest,
@@ -89,7 +90,7 @@ fn respond(engine: &stirscreen::policy::Engine, f: &Facts) -> (Verdict, String) 
 fn each_reject_action_produces_its_exact_response() {
     let engine = load_engine(&root().join("policies/default.toml")).unwrap();
     // 607: callee flagged.
-    let mut f = facts(VerstatFact::Passed, AttestFact::A);
+    let mut f = facts(Verstat::Passed, AttestFact::A);
     f.callee_flagged = true;
     let (_, r) = respond(&engine, &f);
     let lines: Vec<&str> = r.split("\r\n").collect();
@@ -124,7 +125,7 @@ fn each_reject_action_produces_its_exact_response() {
     assert!(!r.contains("Call-Info"), "607 carries no jCard");
 
     // 603+ for bad reputation, with the jCard (caller verified).
-    let mut f = facts(VerstatFact::Passed, AttestFact::C);
+    let mut f = facts(Verstat::Passed, AttestFact::C);
     f.orig_unwanted_reports = 10;
     let (_, r) = respond(&engine, &f);
     assert!(r.starts_with("SIP/2.0 603 Network Blocked\r\n"), "{r}");
@@ -132,7 +133,7 @@ fn each_reject_action_produces_its_exact_response() {
     assert!(r.contains("Call-Info: <data:application/jose,"), "{r}");
 
     // 608 for a DNO number: jCard only when the caller verified (RFC 8688 §6).
-    let mut f = facts(VerstatFact::NoValidation, AttestFact::None);
+    let mut f = facts(Verstat::NoValidation, AttestFact::None);
     f.orig = "19005550101".into();
     f.failure = FailureFact(Some(FailureKind::NoIdentity));
     f.stir_code = 428;
@@ -147,7 +148,7 @@ fn each_reject_action_produces_its_exact_response() {
 #[test]
 fn the_608_jcard_verifies_against_the_operator_certificate() {
     let engine = load_engine(&root().join("policies/default.toml")).unwrap();
-    let mut f = facts(VerstatFact::Passed, AttestFact::A);
+    let mut f = facts(Verstat::Passed, AttestFact::A);
     f.orig = "19005550100".into();
     let (_, r) = respond(&engine, &f);
     let line = r
@@ -186,7 +187,7 @@ fn the_608_jcard_verifies_against_the_operator_certificate() {
 fn forward_annotates_verstat_and_reason() {
     use stirscreen::policy::render::build_forward;
     let engine = load_engine(&root().join("policies/default.toml")).unwrap();
-    let mut f = facts(VerstatFact::Failed, AttestFact::None);
+    let mut f = facts(Verstat::Failed, AttestFact::None);
     f.failure = FailureFact(Some(FailureKind::BadSignature));
     f.stir_code = 438;
     let (v, _) = respond(&engine, &f);
@@ -204,7 +205,7 @@ fn forward_annotates_verstat_and_reason() {
     assert!(out.contains("Identity: aaa.bbb.ccc"), "kept");
     assert!(out.starts_with("INVITE sip:+12125551213@example.net;user=phone SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKabc\r\n"));
     // Verified call: default action adds P-Attestation-Indicator.
-    let (v, _) = respond(&engine, &facts(VerstatFact::Passed, AttestFact::B));
+    let (v, _) = respond(&engine, &facts(Verstat::Passed, AttestFact::B));
     let Verdict::Forward(plan) = v else { panic!() };
     assert_eq!(
         plan.add,
@@ -216,7 +217,7 @@ fn forward_annotates_verstat_and_reason() {
 #[test]
 fn strict_example_rejects_with_the_rfc8224_code() {
     let engine = load_engine(&root().join("policies/examples/strict-rfc8224.toml")).unwrap();
-    let mut f = facts(VerstatFact::NoValidation, AttestFact::None);
+    let mut f = facts(Verstat::NoValidation, AttestFact::None);
     f.failure = FailureFact(Some(FailureKind::Stale));
     f.stir_code = 403;
     let (_, r) = respond(&engine, &f);
@@ -234,7 +235,7 @@ fn reload_swaps_a_valid_change_and_keeps_the_old_policy_on_error() {
     let v1 = "[[rule]]\nid = \"flagged\"\n[rule.when]\ncallee_flagged = true\n[rule.then]\nreject = 607\n";
     std::fs::write(&path, v1).unwrap();
     let h = Arc::new(EngineHandle::load(&path).unwrap());
-    let mut f = facts(VerstatFact::Passed, AttestFact::A);
+    let mut f = facts(Verstat::Passed, AttestFact::A);
     f.callee_flagged = true;
     assert_eq!(h.current().decide(&f).rule_id(), "flagged");
     assert!(!h.changed());
@@ -279,7 +280,7 @@ fn a_list_change_is_picked_up_by_reload() {
     let path = dir.path().join("p.toml");
     std::fs::write(&path, "[lists.dno]\nfile = \"dno.txt\"\n[[rule]]\nid = \"dno\"\n[rule.when]\norig_in = \"dno\"\n[rule.then]\nreject = 608\n").unwrap();
     let h = EngineHandle::load(&path).unwrap();
-    let f = facts(VerstatFact::Passed, AttestFact::A);
+    let f = facts(Verstat::Passed, AttestFact::A);
     assert_eq!(h.current().decide(&f).rule_id(), "default");
     std::fs::write(dir.path().join("dno.txt"), "19005550100\n12155551212\n").unwrap();
     common::set_mtime_ahead(&dir.path().join("dno.txt"), 2);
@@ -334,11 +335,7 @@ fn a_stray_key_in_every_table_of_every_example_is_reported_precisely() {
 #[test]
 fn the_fast_path_agrees_with_the_explanation() {
     let engine = load_engine(&root().join("policies/default.toml")).unwrap();
-    for verstat in [
-        VerstatFact::Passed,
-        VerstatFact::Failed,
-        VerstatFact::NoValidation,
-    ] {
+    for verstat in [Verstat::Passed, Verstat::Failed, Verstat::NoValidation] {
         for attest in [
             AttestFact::A,
             AttestFact::B,
@@ -376,7 +373,7 @@ async fn the_watcher_reloads_on_file_change() {
     .unwrap();
     let h = Arc::new(EngineHandle::load(&path).unwrap());
     let task = h.spawn_watcher(std::time::Duration::from_millis(20));
-    let mut f = facts(VerstatFact::Passed, AttestFact::A);
+    let mut f = facts(Verstat::Passed, AttestFact::A);
     f.callee_flagged = true;
     std::fs::write(
         &path,

@@ -8,9 +8,10 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::Diagnostic;
-use crate::facts::{AttestFact, Facts, FailureFact, VerstatFact};
+use crate::facts::{AttestFact, Facts, FailureFact};
 use crate::lists::{List, ListKind};
 use crate::tn::Tn;
+use crate::verify::Verstat;
 
 /// A fact a condition can test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -68,7 +69,7 @@ impl Fact {
 
     fn kind(self) -> FactKind {
         match self {
-            Fact::Verstat => FactKind::Enum(&VerstatFact::NAMES),
+            Fact::Verstat => FactKind::Enum(&Verstat::NAMES),
             Fact::Attest => FactKind::Enum(&AttestFact::NAMES),
             Fact::Failure => FactKind::Failure,
             Fact::Diversion | Fact::CalleeFlagged => FactKind::Bool,

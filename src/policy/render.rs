@@ -5,12 +5,13 @@
 use serde_json::json;
 
 use super::lang::{Action, Forward, RejectCode, Template, fill};
-use crate::facts::{Facts, VerstatFact};
+use crate::facts::Facts;
 use crate::passport::SigningKey;
 use crate::sip::addr::NameAddr;
 use crate::sip::{HeaderId, Message};
 use crate::time::UnixTime;
 use crate::verify::FailureKind;
+use crate::verify::Verstat;
 
 /// Who is rejecting: named in guidance, the Warning agent and the jCard.
 #[derive(Debug)]
@@ -201,7 +202,7 @@ pub fn verdict(
             ];
             // RFC 8688 §6: a jCard only for callers that verified.
             if r.jcard
-                && facts.verstat == VerstatFact::Passed
+                && facts.verstat == Verstat::Passed
                 && let Some(j) = &op.jcard
                 && let Some(v) = jcard_call_info(j, facts, now)
             {
@@ -243,18 +244,18 @@ fn var(name: &str, f: &Facts, rule: &str, op: &Operator, code: u16) -> String {
 
 fn forward_plan(f: &Forward, facts: &Facts) -> ForwardPlan {
     let mut verstat = facts.verstat.as_str().to_owned();
-    if f.attest_suffix && facts.verstat == VerstatFact::Passed {
+    if f.attest_suffix && facts.verstat == Verstat::Passed {
         verstat.push('-');
         verstat.push_str(facts.attest.as_str());
     }
     let mut add = Vec::new();
-    if f.p_attestation_indicator && facts.verstat == VerstatFact::Passed {
+    if f.p_attestation_indicator && facts.verstat == Verstat::Passed {
         add.push((
             "P-Attestation-Indicator".to_owned(),
             facts.attest.as_str().to_owned(),
         ));
     }
-    if f.p_origination_id && facts.verstat == VerstatFact::Passed && !facts.origid.is_empty() {
+    if f.p_origination_id && facts.verstat == Verstat::Passed && !facts.origid.is_empty() {
         add.push(("P-Origination-ID".to_owned(), facts.origid.clone()));
     }
     let upstream_reason = (f.reason && facts.stir_code != 0).then(|| {
