@@ -1939,24 +1939,6 @@ fn strip_top_via(msg: &Message<'_>, extra: Option<&str>) -> Vec<u8> {
     out
 }
 
-/// Headers of our forwarded INVITE, as (name, value) text.
-fn header_values(bytes: &[u8]) -> Vec<(String, String)> {
-    let Ok(m) = Message::parse(bytes) else {
-        return Vec::new();
-    };
-    m.headers
-        .iter()
-        .map(|h| (h.name.to_owned(), m.text(h).unwrap_or_default().to_owned()))
-        .collect()
-}
-
-fn request_uri(bytes: &[u8]) -> String {
-    match Message::parse(bytes).map(|m| m.start) {
-        Ok(crate::sip::StartLine::Request { uri, .. }) => uri.to_owned(),
-        _ => String::new(),
-    }
-}
-
 /// CANCEL for our forwarded INVITE (RFC 3261 §9.1): same R-URI, Call-ID,
 /// From, To, CSeq number, our Via only, Route headers.
 fn cancel_for(forwarded: &[u8]) -> Vec<u8> {
@@ -1970,35 +1952,28 @@ fn ack_for(forwarded: &[u8], resp: &Message<'_>) -> Vec<u8> {
 }
 
 fn hop_request(forwarded: &[u8], method: &str, to: Option<&str>) -> Vec<u8> {
-    let hv = header_values(forwarded);
-    let get = |n: &str| {
-        hv.iter()
-            .find(|(k, _)| HeaderId::of(k) == HeaderId::of(n))
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
+    // The forwarded INVITE is our own output: it parses.
+    let Ok(m) = Message::parse(forwarded) else {
+        return Vec::new();
     };
-    let via = get("Via");
-    let via = split_outside_quotes(&via, b',')
+    let get = |id| m.value(id).unwrap_or_default();
+    let via = split_outside_quotes(get(HeaderId::Via), b',')
         .next()
         .unwrap_or_default()
-        .trim()
-        .to_owned();
-    let cseq_n = get("CSeq")
-        .split_whitespace()
-        .next()
-        .unwrap_or("1")
-        .to_owned();
+        .trim();
+    let cseq_n = get(HeaderId::CSeq).split_whitespace().next().unwrap_or("1");
+    let uri = match m.start {
+        crate::sip::StartLine::Request { uri, .. } => uri,
+        crate::sip::StartLine::Response { .. } => "",
+    };
     let mut out = format!(
-        "{method} {} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq_n} {method}\r\n",
-        request_uri(forwarded),
-        get("From"),
-        to.map_or_else(|| get("To"), str::to_owned),
-        get("Call-ID"),
+        "{method} {uri} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq_n} {method}\r\n",
+        get(HeaderId::From),
+        to.unwrap_or_else(|| get(HeaderId::To)),
+        get(HeaderId::CallId),
     );
-    for (k, v) in &hv {
-        if HeaderId::of(k) == HeaderId::Route {
-            out.push_str(&format!("Route: {v}\r\n"));
-        }
+    for r in m.values(HeaderId::Route) {
+        out.push_str(&format!("Route: {r}\r\n"));
     }
     out.push_str("Content-Length: 0\r\n\r\n");
     out.into_bytes()
