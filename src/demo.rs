@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::decisionlog::{DecisionLog, DecisionRecord, Sink};
 use crate::lab::{InviteSpec, random_hex};
 use crate::passport::{Attest, SignRequest, SigningKey, identity_header_value};
+use crate::policy::render::build_response;
 use crate::proxy::Proxy;
 use crate::sip::{HeaderId, Message};
 use crate::time::Clock;
@@ -525,15 +526,18 @@ async fn callee(sock: UdpSocket, seen: Arc<Mutex<HashMap<String, String>>>) {
                     }
                     m.insert(call_id, verstat);
                 }
-                let contact = local.map(|a| format!("<sip:callee@{a}>"));
+                let contact: Vec<(String, String)> = local
+                    .map(|a| ("Contact".to_owned(), format!("<sip:callee@{a}>")))
+                    .into_iter()
+                    .collect();
                 for (code, phrase) in [(180, "Ringing"), (200, "OK")] {
-                    let r = answer(&msg, code, phrase, contact.as_deref());
-                    let _ = sock.send_to(r.as_bytes(), from).await;
+                    let r = build_response(&msg, code, phrase, &contact, "callee1");
+                    let _ = sock.send_to(&r, from).await;
                 }
             }
             "BYE" | "CANCEL" | "OPTIONS" => {
-                let r = answer(&msg, 200, "OK", None);
-                let _ = sock.send_to(r.as_bytes(), from).await;
+                let r = build_response(&msg, 200, "OK", &[], "callee1");
+                let _ = sock.send_to(&r, from).await;
             }
             _ => {}
         }
@@ -552,32 +556,6 @@ fn param(value: &str, name: &str) -> Option<String> {
                 .to_owned()
         })
     })
-}
-
-/// A response echoing the request's Via, From, To (tagged), Call-ID, CSeq.
-fn answer(req: &Message<'_>, code: u16, phrase: &str, contact: Option<&str>) -> String {
-    let mut r = format!("SIP/2.0 {code} {phrase}\r\n");
-    for v in req.values(HeaderId::Via) {
-        let _ = write!(r, "Via: {v}\r\n");
-    }
-    let to = req.value(HeaderId::To).unwrap_or_default();
-    let _ = write!(
-        r,
-        "From: {}\r\nTo: {to}{}\r\nCall-ID: {}\r\nCSeq: {}\r\n",
-        req.value(HeaderId::From).unwrap_or_default(),
-        if to.contains(";tag=") {
-            ""
-        } else {
-            ";tag=callee1"
-        },
-        req.value(HeaderId::CallId).unwrap_or_default(),
-        req.value(HeaderId::CSeq).unwrap_or_default(),
-    );
-    if let Some(c) = contact {
-        let _ = write!(r, "Contact: {c}\r\n");
-    }
-    r.push_str("Content-Length: 0\r\n\r\n");
-    r
 }
 
 /// The ACK for a final response: to the proxy (same branch) for non-2xx,
