@@ -954,14 +954,10 @@ impl Proxy {
                 .unwrap_or_default()
                 .split(|b| *b == b'\n')
             {
-                let lower = String::from_utf8_lossy(l).to_ascii_lowercase();
-                let name = lower
-                    .split(':')
-                    .next()
-                    .unwrap_or_default()
-                    .trim()
-                    .to_owned();
-                if name == "content-length" || name == "l" {
+                let name = l.split(|b| *b == b':').next().unwrap_or_default();
+                if std::str::from_utf8(name)
+                    .is_ok_and(|n| HeaderId::of(n.trim()) == HeaderId::ContentLength)
+                {
                     continue;
                 }
                 head.extend_from_slice(l);
