@@ -35,8 +35,9 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct Peer {
     pub name: String,
-    /// Addresses or CIDR blocks (`192.0.2.0/24`, `2001:db8::/32`).
-    pub addresses: Vec<String>,
+    /// Addresses or CIDR blocks (`192.0.2.0/24`, `2001:db8::/32`), parsed
+    /// when the file is read (a bad one is a configuration error).
+    pub addresses: Vec<crate::net::Cidr>,
 }
 
 impl Config {
@@ -44,7 +45,7 @@ impl Config {
     pub fn source_of(&self, ip: std::net::IpAddr) -> &str {
         self.peers
             .iter()
-            .find(|p| p.addresses.iter().any(|a| crate::net::cidr_contains(a, ip)))
+            .find(|p| p.addresses.iter().any(|a| a.contains(ip)))
             .map_or("unknown", |p| p.name.as_str())
     }
 }
@@ -588,6 +589,18 @@ mod tests {
         assert_eq!(c.source_of("2001:db8::1".parse().unwrap()), "wholesale");
         assert_eq!(c.source_of("198.51.100.7".parse().unwrap()), "retail");
         assert_eq!(c.source_of("198.51.100.8".parse().unwrap()), "unknown");
+        // A bad block is an error with its position, not a peer that never
+        // matches.
+        for bad in ["192.0.2.0/33", "2001:db8::/129", "192.0.2.x", "10.0.0.0/"] {
+            let e = Config::parse(
+                &format!("[[peers]]\nname = \"p\"\naddresses = [\"{bad}\"]\n"),
+                "x.toml",
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.starts_with("x.toml:3:"), "{bad}: {e}");
+            assert!(e.contains(bad), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -38,38 +38,77 @@ pub fn is_special(ip: IpAddr) -> bool {
     }
 }
 
-/// Does `cidr` (`a.b.c.d/len`, `x::/len`, or a single address) contain `ip`?
-/// A malformed entry contains nothing.
-pub fn cidr_contains(cidr: &str, ip: IpAddr) -> bool {
-    let (addr, len) = match cidr.split_once('/') {
-        Some((a, l)) => (a, l.parse::<u32>().ok()),
-        None => (cidr, None),
-    };
-    let Ok(net) = addr.trim().parse::<IpAddr>() else {
-        return false;
-    };
-    match (net, ip) {
-        (IpAddr::V4(n), IpAddr::V4(i)) => {
-            let len = len.unwrap_or(32).min(32);
-            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-            u32::from(n) & mask == u32::from(i) & mask
+/// An address block (`a.b.c.d/len`, `x::/len`, or a single address),
+/// parsed once from configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub struct Cidr {
+    net: IpAddr,
+    len: u32,
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}` is not an address or address/prefix-length");
+        let (addr, len) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l.trim().parse::<u32>().map_err(|_| bad())?)),
+            None => (s, None),
+        };
+        let net: IpAddr = addr.trim().parse().map_err(|_| bad())?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let len = len.unwrap_or(max);
+        if len > max {
+            return Err(bad());
         }
-        (IpAddr::V6(n), IpAddr::V6(i)) => {
-            let len = len.unwrap_or(128).min(128);
-            let mask = if len == 0 {
-                0
-            } else {
-                u128::MAX << (128 - len)
-            };
-            u128::from(n) & mask == u128::from(i) & mask
+        Ok(Cidr { net, len })
+    }
+}
+
+impl TryFrom<String> for Cidr {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl Cidr {
+    /// Does the block contain `ip`?
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.net, ip) {
+            (IpAddr::V4(n), IpAddr::V4(i)) => {
+                let mask = u32::MAX.checked_shl(32 - self.len).unwrap_or(0);
+                u32::from(n) & mask == u32::from(i) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(i)) => {
+                let mask = u128::MAX.checked_shl(128 - self.len).unwrap_or(0);
+                u128::from(n) & mask == u128::from(i) & mask
+            }
+            _ => false,
         }
-        _ => false,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cidr_blocks() {
+        let c = |s: &str| s.parse::<Cidr>().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(c("0.0.0.0/0").contains(ip("203.0.113.9")));
+        assert!(!c("0.0.0.0/0").contains(ip("::1")), "families never mix");
+        assert!(c("192.0.2.7").contains(ip("192.0.2.7")));
+        assert!(!c("192.0.2.7/32").contains(ip("192.0.2.8")));
+        assert!(c("192.0.2.0/25").contains(ip("192.0.2.127")));
+        assert!(!c("192.0.2.0/25").contains(ip("192.0.2.128")));
+        assert!(c("2001:db8::/32").contains(ip("2001:db8:ffff::1")));
+        assert!(c("::/0").contains(ip("::1")));
+        assert!("192.0.2.0/33".parse::<Cidr>().is_err());
+    }
 
     #[test]
     fn special_addresses() {
