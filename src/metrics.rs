@@ -66,7 +66,8 @@ impl Family {
     }
 
     /// The value of one series (0 when it was never incremented).
-    pub fn get(&self, values: &[&str]) -> u64 {
+    #[cfg(test)]
+    fn get(&self, values: &[&str]) -> u64 {
         let key = values.join(&SEP.to_string());
         self.values
             .lock()

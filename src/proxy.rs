@@ -140,8 +140,6 @@ const UDP_MTU_LIMIT: usize = 1300;
 pub struct ProxyStats {
     pub received: AtomicU64,
     pub invites: AtomicU64,
-    pub forwarded: AtomicU64,
-    pub rejected: AtomicU64,
     pub overload: AtomicU64,
     pub cancelled: AtomicU64,
     pub bad_requests: AtomicU64,
@@ -164,8 +162,6 @@ impl Default for ProxyStats {
         ProxyStats {
             received: AtomicU64::new(0),
             invites: AtomicU64::new(0),
-            forwarded: AtomicU64::new(0),
-            rejected: AtomicU64::new(0),
             overload: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             bad_requests: AtomicU64::new(0),
@@ -1231,7 +1227,6 @@ impl Proxy {
         self.account(txn, msg, facts, rule, action, code);
         match v {
             Verdict::Reject(p) => {
-                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
                 self.stats
                     .responses
                     .inc(&[code_label(p.code, &mut [0; 3]), "local"]);
@@ -1239,7 +1234,6 @@ impl Proxy {
                 self.final_upstream(txn, resp);
             }
             Verdict::Forward(plan) => {
-                self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
                 self.forward_invite(txn, msg, &plan);
             }
         }
