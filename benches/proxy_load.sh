@@ -77,12 +77,18 @@ rm -f stirscreen.db stirscreen.db-wal stirscreen.db-shm decisions.jsonl*
 serve_pid=$!
 pids+=("$serve_pid")
 sleep 1
-best=0
-for r in $rates; do
-  line=$(run_step 5060 "$r" "uac->stirscreen->uas")
-  echo "$line"
-  case "$line" in *yes) best=$r ;; *) break ;; esac
-done
+# ramp PORT LABEL: each rate in turn until one is not held; prints the rows
+# and sets $best to the highest rate held.
+ramp() {
+  best=0
+  for r in $rates; do
+    line=$(run_step "$1" "$r" "$2")
+    echo "$line"
+    case "$line" in *yes) best=$r ;; *) break ;; esac
+  done
+}
+
+ramp 5060 "uac->stirscreen->uas"
 kill "$serve_pid"; wait "$serve_pid" 2>/dev/null || true
 serve_pid=""
 echo "highest rate held for ${secs}s through stirscreen: $best calls/s"
@@ -91,11 +97,10 @@ sleep 0.2
 total=$(cat decisions.jsonl* 2>/dev/null | wc -l)
 passed=$(cat decisions.jsonl* 2>/dev/null | grep -c '"verstat":"TN-Validation-Passed"' || true)
 echo "decision log: $passed of $total calls TN-Validation-Passed (verified with ECDSA)"
+if [ "$total" = 0 ] || [ "$passed" != "$total" ]; then
+  echo "not every call was verified: the figures above do not measure verification"
+  exit 1
+fi
 [ -n "${SKIP_CEILING:-}" ] && exit 0
-best_direct=0
-for r in $rates; do
-  line=$(run_step 5080 "$r" "uac->uas (ceiling)")
-  echo "$line"
-  case "$line" in *yes) best_direct=$r ;; *) break ;; esac
-done
-echo "highest rate held for ${secs}s directly (harness ceiling): $best_direct calls/s"
+ramp 5080 "uac->uas (ceiling)"
+echo "highest rate held for ${secs}s directly (harness ceiling): $best calls/s"
