@@ -92,12 +92,14 @@ ramp 5060 "uac->stirscreen->uas"
 kill "$serve_pid"; wait "$serve_pid" 2>/dev/null || true
 serve_pid=""
 echo "highest rate held for ${secs}s through stirscreen: $best calls/s"
-# Every call must have been verified (ECDSA), not failed early.
+# Every screened call must have been verified (ECDSA), not failed early.
+# (503s for overload are not screened; SIPp counts them as failed calls.)
 sleep 0.2
-total=$(cat decisions.jsonl* 2>/dev/null | wc -l)
+overload=$(cat decisions.jsonl* 2>/dev/null | grep -c '"action":"overload"' || true)
+total=$(( $(cat decisions.jsonl* 2>/dev/null | wc -l) - overload ))
 passed=$(cat decisions.jsonl* 2>/dev/null | grep -c '"verstat":"TN-Validation-Passed"' || true)
-echo "decision log: $passed of $total calls TN-Validation-Passed (verified with ECDSA)"
-if [ "$total" = 0 ] || [ "$passed" != "$total" ]; then
+echo "decision log: $passed of $total screened calls TN-Validation-Passed (verified with ECDSA); $overload answered 503 unscreened"
+if [ "$total" -le 0 ] || [ "$passed" != "$total" ]; then
   echo "not every call was verified: the figures above do not measure verification"
   exit 1
 fi
