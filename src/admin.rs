@@ -8,9 +8,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::http1::{Head, read_head, request_line, response};
 use crate::proxy::Proxy;
 
 /// Largest request head read.
@@ -64,69 +65,37 @@ impl Admin {
 }
 
 async fn serve(mut s: TcpStream, proxy: &Proxy) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    let head_end = loop {
-        if let Some(i) = memchr::memmem::find(&buf, b"\r\n\r\n") {
-            break Some(i);
-        }
-        if buf.len() > MAX_HEAD {
-            break None;
-        }
-        let n = match tokio::time::timeout(READ_TIMEOUT, s.read(&mut chunk)).await {
-            Ok(Ok(0)) | Err(_) => return Ok(()),
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => return Err(e),
-        };
-        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
-    };
-    let (code, ctype, body, head_only) = match head_end {
-        None => (
-            431,
-            "text/plain",
-            "request header too large\n".to_owned(),
-            false,
-        ),
-        Some(end) => {
-            let head = String::from_utf8_lossy(buf.get(..end).unwrap_or_default());
-            let line = head.lines().next().unwrap_or_default();
-            let mut parts = line.split(' ');
-            let (method, target, version) = (parts.next(), parts.next(), parts.next());
-            match (
-                method,
-                target.map(|t| t.split('?').next().unwrap_or(t)),
-                version,
-            ) {
-                (Some(m @ ("GET" | "HEAD")), Some(path), Some(v)) if v.starts_with("HTTP/1.") => {
-                    let head_only = m == "HEAD";
-                    match path {
-                        "/metrics" => (
-                            200,
-                            "text/plain; version=0.0.4; charset=utf-8",
-                            proxy.render_metrics(),
-                            head_only,
-                        ),
-                        "/healthz" => (200, "text/plain", "ok\n".to_owned(), head_only),
-                        "/readyz" => match proxy.readiness() {
-                            Ok(()) => (200, "text/plain", "ready\n".to_owned(), head_only),
-                            Err(why) => {
-                                (503, "text/plain", format!("not ready: {why}\n"), head_only)
-                            }
-                        },
-                        _ => (
-                            404,
-                            "text/plain",
-                            "not found: try /metrics, /healthz or /readyz\n".to_owned(),
-                            head_only,
-                        ),
-                    }
-                }
-                (Some(_), Some(_), Some(v)) if v.starts_with("HTTP/1.") => {
-                    (405, "text/plain", "only GET and HEAD\n".to_owned(), false)
-                }
-                _ => (400, "text/plain", "bad request\n".to_owned(), false),
+    let text = "text/plain";
+    let (code, ctype, body, head_only) = match read_head(&mut s, MAX_HEAD, READ_TIMEOUT).await {
+        Head::Closed => return Ok(()),
+        Head::TooLarge => (431, text, "request header too large\n".to_owned(), false),
+        Head::Complete(head) => match request_line(&head) {
+            (m @ ("GET" | "HEAD"), path, v) if v.starts_with("HTTP/1.") => {
+                let head_only = m == "HEAD";
+                let (code, ctype, body) = match path {
+                    "/metrics" => (
+                        200,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                        proxy.render_metrics(),
+                    ),
+                    "/healthz" => (200, text, "ok\n".to_owned()),
+                    "/readyz" => match proxy.readiness() {
+                        Ok(()) => (200, text, "ready\n".to_owned()),
+                        Err(why) => (503, text, format!("not ready: {why}\n")),
+                    },
+                    _ => (
+                        404,
+                        text,
+                        "not found: try /metrics, /healthz or /readyz\n".to_owned(),
+                    ),
+                };
+                (code, ctype, body, head_only)
             }
-        }
+            (m, p, v) if !m.is_empty() && !p.is_empty() && v.starts_with("HTTP/1.") => {
+                (405, text, "only GET and HEAD\n".to_owned(), false)
+            }
+            _ => (400, text, "bad request\n".to_owned(), false),
+        },
     };
     let reason = match code {
         200 => "OK",
@@ -136,14 +105,14 @@ async fn serve(mut s: TcpStream, proxy: &Proxy) -> std::io::Result<()> {
         431 => "Request Header Fields Too Large",
         _ => "Service Unavailable",
     };
-    let mut out = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n{}\r\n",
-        body.len(),
-        if code == 405 { "Allow: GET, HEAD\r\n" } else { "" },
-    )
-    .into_bytes();
-    if !head_only {
-        out.extend_from_slice(body.as_bytes());
+    let allow: &[(&str, &str)] = if code == 405 {
+        &[("Allow", "GET, HEAD")]
+    } else {
+        &[]
+    };
+    let mut out = response(code, reason, ctype, allow, body.as_bytes());
+    if head_only {
+        out.truncate(out.len() - body.len());
     }
     s.write_all(&out).await?;
     s.shutdown().await

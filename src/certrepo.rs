@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
+
+use crate::http1::{Head, read_head, request_line, response};
 use tokio::net::TcpListener;
 
 /// What a path answers.
@@ -100,37 +102,33 @@ impl CertRepo {
                     let Ok(mut tls) = acceptor.accept(tcp).await else {
                         return;
                     };
-                    let mut buf = vec![0u8; 8192];
-                    let mut n = 0;
-                    while n < buf.len() {
-                        match tls.read(buf.get_mut(n..).unwrap_or_default()).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(k) => n += k,
-                        }
-                        if buf
-                            .get(..n)
-                            .is_some_and(|b| b.windows(4).any(|w| w == b"\r\n\r\n"))
-                        {
-                            break;
-                        }
-                    }
-                    let req =
-                        String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).into_owned();
-                    let path = req.split(' ').nth(1).unwrap_or("/").to_owned();
+                    let Head::Complete(head) =
+                        read_head(&mut tls, 8192, Duration::from_secs(10)).await
+                    else {
+                        return;
+                    };
+                    let path = request_line(&head).1.to_owned();
                     if let Some(h) = hits.get(&path) {
                         h.fetch_add(1, Ordering::Relaxed);
                     }
+                    let pem = "application/x-pem-file";
                     let resp = match routes.get(&path) {
-                        Some(Route::Body { body, headers }) => response(200, "OK", headers, body),
+                        Some(Route::Body { body, headers }) => {
+                            let h: Vec<(&str, &str)> = headers
+                                .iter()
+                                .map(|(k, v)| (k.as_str(), v.as_str()))
+                                .collect();
+                            response(200, "OK", pem, &h, body)
+                        }
                         Some(Route::Slow { body, delay }) => {
                             tokio::time::sleep(*delay).await;
-                            response(200, "OK", &[], body)
+                            response(200, "OK", pem, &[], body)
                         }
-                        Some(Route::Status(code)) => response(*code, "Status", &[], b""),
+                        Some(Route::Status(code)) => response(*code, "Status", pem, &[], b""),
                         Some(Route::Redirect(to)) => {
-                            response(302, "Found", &[("Location".into(), to.clone())], b"")
+                            response(302, "Found", pem, &[("Location", to)], b"")
                         }
-                        None => response(404, "Not Found", &[], b""),
+                        None => response(404, "Not Found", pem, &[], b""),
                     };
                     let _ = tls.write_all(&resp).await;
                     let _ = tls.shutdown().await;
@@ -149,18 +147,4 @@ impl CertRepo {
     pub fn url(&self, path: &str) -> String {
         format!("https://{}{}", self.addr, path)
     }
-}
-
-fn response(code: u16, reason: &str, headers: &[(String, String)], body: &[u8]) -> Vec<u8> {
-    let mut out = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: application/x-pem-file\r\nContent-Length: {}\r\nConnection: close\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        out.push_str(&format!("{k}: {v}\r\n"));
-    }
-    out.push_str("\r\n");
-    let mut bytes = out.into_bytes();
-    bytes.extend_from_slice(body);
-    bytes
 }

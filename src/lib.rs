@@ -25,7 +25,8 @@
 //! - [`proxy`]: the inline SIP proxy; [`policyfile`]: policy loading and
 //!   reload; [`store`]: callee flags and reputation.
 //! - Operations: [`metrics`] (Prometheus text format), [`admin`] (the
-//!   `/metrics`, `/healthz`, `/readyz` listener), [`decisionlog`] (one JSON
+//!   `/metrics`, `/healthz`, `/readyz` listener; [`http1`] is the HTTP both
+//!   it and [`certrepo`] speak), [`decisionlog`] (one JSON
 //!   line per call), [`logging`] (tracing setup), [`demo`] (`stirscreen
 //!   demo`).
 #![cfg_attr(
@@ -52,6 +53,8 @@ pub mod demo;
 pub mod facts;
 #[cfg(feature = "runtime")]
 pub mod fetch;
+#[cfg(feature = "runtime")]
+pub mod http1;
 pub mod identity;
 pub mod lab;
 pub mod limits;
