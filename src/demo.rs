@@ -27,7 +27,7 @@ use crate::lab::{InviteSpec, random_hex};
 use crate::passport::{Attest, SignRequest, SigningKey, identity_header_value};
 use crate::policy::render::build_response;
 use crate::proxy::Proxy;
-use crate::sip::{HeaderId, Message};
+use crate::sip::{HeaderId, Message, StartLine};
 use crate::time::Clock;
 
 /// The files the demo needs, compiled in.
@@ -602,13 +602,7 @@ struct Final {
     jcard: bool,
 }
 
-fn read_final(msg: &Message<'_>, code: u16) -> Final {
-    let first = msg.wire().split(|b| *b == b'\r').next().unwrap_or_default();
-    let phrase = String::from_utf8_lossy(first)
-        .splitn(3, ' ')
-        .nth(2)
-        .unwrap_or_default()
-        .to_owned();
+fn read_final(msg: &Message<'_>, code: u16, phrase: String) -> Final {
     let quoted = |v: &str| {
         v.split_once('"')
             .map(|(_, rest)| rest.trim_end().trim_end_matches('"').replace("\\\"", "\""))
@@ -625,10 +619,14 @@ fn read_final(msg: &Message<'_>, code: u16) -> Final {
     }
 }
 
-/// The status code of a response.
-fn status(msg: &Message<'_>) -> Option<u16> {
-    let first = msg.wire().split(|b| *b == b' ').nth(1)?;
-    std::str::from_utf8(first).ok()?.parse().ok()
+/// The status code and reason phrase of a response (the parser read them).
+fn status(msg: &Message<'_>) -> Option<(u16, String)> {
+    match msg.start {
+        StartLine::Response { code, reason, .. } => {
+            Some((code, String::from_utf8_lossy(reason).into_owned()))
+        }
+        StartLine::Request { .. } => None,
+    }
 }
 
 /// A plain HTTP GET of `path` on the admin listener.
@@ -696,7 +694,9 @@ pub async fn run_table(opts: &DemoOptions) -> Result<Report, DemoError> {
             if msg.value(HeaderId::CallId) != Some(call_id.as_str()) {
                 continue;
             }
-            let Some(code) = status(&msg) else { continue };
+            let Some((code, phrase)) = status(&msg) else {
+                continue;
+            };
             if code < 200 {
                 // The Reason of a forwarded failure rides on the first
                 // response relayed upstream (often the 180).
@@ -705,7 +705,7 @@ pub async fn run_table(opts: &DemoOptions) -> Result<Report, DemoError> {
                 }
                 continue;
             }
-            let mut f = read_final(&msg, code);
+            let mut f = read_final(&msg, code, phrase);
             if f.reason.is_empty() {
                 f.reason.clone_from(&upstream_reason);
             }
@@ -1005,7 +1005,7 @@ pub async fn run_load(
                 let Ok(msg) = Message::parse(buf.get(..n).unwrap_or_default()) else {
                     continue;
                 };
-                let Some(code) = status(&msg).filter(|c| *c >= 200) else {
+                let Some(code) = status(&msg).map(|(c, _)| c).filter(|c| *c >= 200) else {
                     continue;
                 };
                 let cid = msg.value(HeaderId::CallId).unwrap_or_default();
