@@ -284,13 +284,19 @@ async fn metrics_parse_and_move_as_the_demo_calls_go_through() {
     }
 }
 
-async fn minimal_proxy() -> (Arc<Proxy>, tempfile::TempDir) {
+/// A proxy on 127.0.0.1:0 with the demo anchors and `policy` (the shipped
+/// default when `None`), its store in a temporary directory.
+async fn minimal_proxy(policy: Option<&std::path::Path>) -> (Arc<Proxy>, tempfile::TempDir) {
     let root = env!("CARGO_MANIFEST_DIR");
     let dir = tempfile::tempdir().unwrap();
+    let policy = policy.map_or_else(
+        || format!("{root}/policies/default.toml"),
+        |p| p.display().to_string(),
+    );
     let text = format!(
         "[verify]\ntrust_anchors = [\"{root}/certs/demo/sti-root.pem\"]\n\
          [proxy]\nlisten = [\"udp:127.0.0.1:0\"]\nnext_hop = \"udp:127.0.0.1:9\"\n\
-         [policy]\nfile = \"{root}/policies/default.toml\"\n\
+         [policy]\nfile = \"{policy}\"\nreload_check_ms = 20\n\
          [store]\npath = \"{}\"\n\
          [operator]\njcard_key = \"{root}/certs/demo/operator.key\"\n",
         dir.path().join("s.db").display()
@@ -303,7 +309,7 @@ async fn minimal_proxy() -> (Arc<Proxy>, tempfile::TempDir) {
 
 #[tokio::test]
 async fn admin_endpoints_answer_and_refuse_clearly() {
-    let (proxy, _dir) = minimal_proxy().await;
+    let (proxy, _dir) = minimal_proxy(None).await;
     let admin = Admin::start("127.0.0.1:0", Arc::clone(&proxy))
         .await
         .unwrap();
@@ -354,22 +360,10 @@ async fn admin_endpoints_answer_and_refuse_clearly() {
 
 #[tokio::test]
 async fn policy_reloads_are_counted() {
-    let root = env!("CARGO_MANIFEST_DIR");
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("p.toml");
     std::fs::write(&policy, "name = \"t\"\n[default]\nforward = true\n").unwrap();
-    let text = format!(
-        "[verify]\ntrust_anchors = [\"{root}/certs/demo/sti-root.pem\"]\n\
-         [proxy]\nlisten = [\"udp:127.0.0.1:0\"]\nnext_hop = \"udp:127.0.0.1:9\"\n\
-         [policy]\nfile = \"{}\"\nreload_check_ms = 20\n\
-         [store]\npath = \"{}\"\n\
-         [operator]\njcard_key = \"{root}/certs/demo/operator.key\"\n",
-        policy.display(),
-        dir.path().join("s.db").display()
-    );
-    let proxy = Proxy::start(Config::parse(&text, "t.toml").unwrap())
-        .await
-        .unwrap();
+    let (proxy, _state) = minimal_proxy(Some(&policy)).await;
     let metric = |want: &str| {
         let s = parse(&proxy.render_metrics());
         counter(&s, "stirscreen_policy_reloads_total", &[("result", want)])
