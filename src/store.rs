@@ -45,7 +45,7 @@ pub struct Store {
     flags: RwLock<HashMap<String, HashSet<String>>>,
     /// caller → callee → time of the latest report (mirror of `reports`).
     reports: RwLock<HashMap<String, HashMap<String, i64>>>,
-    rates: Mutex<HashMap<String, VecDeque<i64>>>,
+    rates: Mutex<Rates>,
     /// How far back unwanted reports count (seconds).
     pub report_window: i64,
 }
@@ -115,7 +115,7 @@ impl Store {
             db: Mutex::new(db),
             flags: RwLock::new(flags),
             reports: RwLock::new(reports),
-            rates: Mutex::new(HashMap::new()),
+            rates: Mutex::new(Rates::default()),
             report_window: 30 * 86_400,
         })
     }
@@ -217,22 +217,79 @@ impl Store {
     }
 
     /// Counts a call from `caller` and returns its calls in the last 60 s.
+    /// Allocates only for a caller not seen in the last minute.
     pub fn count_call(&self, caller: &str, now: UnixTime) -> u32 {
-        let Ok(mut rates) = self.rates.lock() else {
+        let Ok(mut r) = self.rates.lock() else {
             return 0;
         };
-        let q = rates.entry(caller.to_owned()).or_default();
-        while q.front().is_some_and(|t| *t <= now.0 - 60) {
+        let since = now.0 - 60;
+        let q = match r.calls.get_mut(caller) {
+            Some(q) => q,
+            None => {
+                // Forget callers silent for a minute before the map grows
+                // past its mark (the mark doubles with the live callers).
+                if r.calls.len() >= r.prune_at {
+                    r.calls.retain(|_, q| q.back().is_some_and(|t| *t > since));
+                    r.prune_at = (r.calls.len() * 2).max(RATES_PRUNE_AT);
+                }
+                r.calls.entry(caller.to_owned()).or_default()
+            }
+        };
+        while q.front().is_some_and(|t| *t <= since) {
             q.pop_front();
         }
         q.push_back(now.0);
         u32::try_from(q.len()).unwrap_or(u32::MAX)
+    }
+
+    #[cfg(test)]
+    fn rate_entries(&self) -> usize {
+        self.rates.lock().map_or(0, |r| r.calls.len())
+    }
+}
+
+/// Callers tracked before the first prune of silent ones.
+const RATES_PRUNE_AT: usize = 65_536;
+
+/// Calls in the last minute, per caller.
+#[derive(Debug)]
+struct Rates {
+    calls: HashMap<String, VecDeque<i64>>,
+    prune_at: usize,
+}
+
+impl Default for Rates {
+    fn default() -> Self {
+        Rates {
+            calls: HashMap::new(),
+            prune_at: RATES_PRUNE_AT,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn call_rates_forget_silent_callers() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("s.db")).unwrap();
+        let t0 = UnixTime(1_000_000);
+        assert_eq!(s.count_call("1", t0), 1);
+        assert_eq!(s.count_call("1", UnixTime(t0.0 + 30)), 2);
+        assert_eq!(
+            s.count_call("1", UnixTime(t0.0 + 61)),
+            2,
+            "the first left the window"
+        );
+        for i in 0..RATES_PRUNE_AT {
+            s.count_call(&i.to_string(), t0);
+        }
+        // A new caller two minutes later prunes everyone silent since.
+        s.count_call("new", UnixTime(t0.0 + 120));
+        assert!(s.rate_entries() <= 2, "{}", s.rate_entries());
+    }
 
     #[test]
     fn flags_and_reports_survive_reopening() {
