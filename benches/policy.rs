@@ -80,6 +80,7 @@ fn facts(orig: &str) -> Facts {
         spc: "1234".into(),
         iat_age: Some(1),
         orig: orig.into(),
+        orig_verified: true,
         dest: "12125551213".into(),
         display_name: String::new(),
         source: "unknown".into(),
@@ -88,6 +89,8 @@ fn facts(orig: &str) -> Facts {
         callee_flagged: false,
         orig_unwanted_reports: 3,
         orig_calls_per_minute: 1,
+        spc_unwanted_reports: 0,
+        state: stirscreen::facts::StateFact::Ok,
         origid: String::new(),
     }
 }

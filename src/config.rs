@@ -75,12 +75,16 @@ impl Default for PolicySection {
 pub struct AdminSection {
     /// `address:port` (IPv6 as `[::1]:9090`); empty turns the listener off.
     pub listen: String,
+    /// Bearer token the `/v1/flags` endpoints require when set. On a
+    /// listener that is not loopback they are refused until one is set.
+    pub token: String,
 }
 
 impl Default for AdminSection {
     fn default() -> Self {
         AdminSection {
             listen: "127.0.0.1:9090".into(),
+            token: String::new(),
         }
     }
 }
@@ -121,21 +125,56 @@ impl Default for LogSection {
     }
 }
 
+/// Where screening state lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// One node: SQLite (WAL) and memory.
+    Embedded,
+    /// Shared by every node: Redis or Valkey.
+    Redis,
+}
+
 /// `[store]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSection {
-    /// SQLite database of callee flags and caller reports.
+    /// `embedded` (default) or `redis`.
+    pub backend: Backend,
+    /// SQLite database: the state itself (`embedded`), or the outbox of
+    /// writes waiting for Redis to come back (`redis`).
     pub path: PathBuf,
+    /// Redis/Valkey URL (`redis://host:6379/0`, `rediss://…` for TLS); with
+    /// `cluster = true`, comma-separated seed nodes of a Redis Cluster.
+    pub url: String,
+    pub cluster: bool,
+    /// Prefix of every key and of the pub/sub channel (several
+    /// deployments can share one Redis).
+    pub key_prefix: String,
+    /// Deadline of the one round trip to Redis an INVITE makes.
+    pub timeout_ms: u64,
     /// How long an unwanted-call report counts, in days.
     pub report_window_days: i64,
+    /// PASSporTs remembered for replay detection (on each node; sized for
+    /// 10,000 calls/s over the freshness window by default).
+    pub replay_capacity: usize,
+    /// `embedded`: how often changes made by other processes (`stirscreen
+    /// flags`) are looked for.
+    pub sync_ms: u64,
 }
 
 impl Default for StoreSection {
     fn default() -> Self {
         StoreSection {
+            backend: Backend::Embedded,
             path: PathBuf::from("stirscreen.db"),
+            url: "redis://127.0.0.1:6379".into(),
+            cluster: false,
+            key_prefix: "stirscreen:".into(),
+            timeout_ms: 50,
             report_window_days: 30,
+            replay_capacity: 1_200_000,
+            sync_ms: 250,
         }
     }
 }
@@ -192,7 +231,7 @@ pub struct VerifySection {
     pub allow_http_x5u: bool,
     pub code_profile: CodeProfile,
     /// Per failure kind code overrides, e.g. `wrong-typ = 437`.
-    pub codes: BTreeMap<FailureKind, u16>,
+    pub codes: BTreeMap<FailureKind, RejectCode>,
     /// Verified tokens remembered so retransmissions skip ECDSA.
     pub memo_capacity: usize,
 }
@@ -213,6 +252,23 @@ impl Default for VerifySection {
             code_profile: v.code_profile,
             codes: BTreeMap::new(),
             memo_capacity: 16_384,
+        }
+    }
+}
+
+/// A SIP status code a failure may be answered with: one of RFC 8224's
+/// (403, 428, 436, 437, 438) or another final error code, 400-699.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RejectCode(pub u16);
+
+impl<'de> Deserialize<'de> for RejectCode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = i64::deserialize(d)?;
+        match u16::try_from(n) {
+            Ok(c @ 400..=699) => Ok(RejectCode(c)),
+            _ => Err(serde::de::Error::custom(format!(
+                "`{n}` is not a SIP error code: use 403, 428, 436, 437 or 438 (RFC 8224), or another code from 400 to 699"
+            ))),
         }
     }
 }
@@ -403,7 +459,7 @@ impl Config {
                 any_port_on_private: self.fetch.allow_private_addresses,
             },
             code_profile: v.code_profile,
-            code_overrides: v.codes.iter().map(|(k, c)| (*k, *c)).collect(),
+            code_overrides: v.codes.iter().map(|(k, c)| (*k, c.0)).collect(),
         }
     }
 
@@ -542,6 +598,20 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn verify_codes_accept_only_sip_error_codes() {
+        for bad in ["200", "0", "700", "-1", "399"] {
+            let text = format!("[verify.codes]\nwrong-typ = {bad}\n");
+            let e = Config::parse(&text, "x.toml").unwrap_err().to_string();
+            assert!(e.starts_with("x.toml:2:13"), "{bad}: {e}");
+            assert!(e.contains("is not a SIP error code"), "{e}");
+        }
+        for good in ["403", "438", "488", "603"] {
+            let text = format!("[verify.codes]\nwrong-typ = {good}\n");
+            assert!(Config::parse(&text, "x.toml").is_ok(), "{good}");
+        }
+    }
 
     #[test]
     fn embedded_default_parses() {

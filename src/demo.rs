@@ -241,6 +241,14 @@ const SCENARIOS: &[Scenario] = &[
     },
 ];
 
+/// A verified number as the subject of a report.
+fn tn_subject(tn: &str) -> crate::state::Subject<'_> {
+    crate::state::Subject {
+        kind: crate::state::SubjectKind::Tn,
+        value: tn,
+    }
+}
+
 /// What went wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -397,16 +405,20 @@ impl Lab {
             .await
             .map_err(setup("admin listener"))?;
 
-        // The store: one callee flag, one caller with ten reports.
+        // The store: one callee flag, and ten callees that reported
+        // verified (A-attested) calls from one number.
         let now = Clock.now();
         proxy
             .store
             .add_flag(CALLEE, FLAGGED, "demo", now)
+            .await
             .map_err(setup("store"))?;
         for i in 0..10 {
+            let tn = tn_subject(REPUTATION);
             proxy
                 .store
-                .report_unwanted(REPUTATION, &format!("1202555{:04}", 2000 + i), now)
+                .report(tn, &format!("1202555{:04}", 2000 + i), now)
+                .await
                 .map_err(setup("store"))?;
         }
 

@@ -27,10 +27,16 @@ pub struct Facts {
     /// `now − iat` of the PASSporT, when there is one.
     #[serde(default)]
     pub iat_age: Option<i64>,
-    /// Canonical calling number (verified when `verstat` is passed).
+    /// Canonical calling number: the verified `orig` when verification
+    /// passed, else the number the call claims (P-Asserted-Identity, else
+    /// From), so number rules apply to unverified calls too.
     #[serde(default)]
     pub orig: String,
-    /// Canonical called number.
+    /// `orig` was verified (a PASSporT signed for it passed).
+    #[serde(default)]
+    pub orig_verified: bool,
+    /// Canonical called number: the number the call is routed to
+    /// (Request-URI, else To).
     #[serde(default)]
     pub dest: String,
     /// The caller's display name, if any.
@@ -47,12 +53,24 @@ pub struct Facts {
     /// The callee has flagged this caller (607 feedback or `flags add`).
     #[serde(default)]
     pub callee_flagged: bool,
-    /// Distinct callees that flagged or answered 607 to this caller recently.
+    /// Distinct callees that answered 607 to (or flagged) A-attested,
+    /// verified calls from this number within the report window.
     #[serde(default)]
     pub orig_unwanted_reports: u32,
-    /// Calls from this caller in the last minute.
+    /// Distinct callees that answered 607 to (or flagged) B/C-attested
+    /// calls signed by this call's verified SPC within the report window.
+    #[serde(default)]
+    pub spc_unwanted_reports: u32,
+    /// Calls from this number in the last minute with the same
+    /// verification status as this one (verified and unverified calls are
+    /// counted apart, so spoofed calls cannot raise a real caller's rate).
     #[serde(default)]
     pub orig_calls_per_minute: u32,
+    /// Whether the screening state answered: `ok`, or `unavailable` when
+    /// the shared store could not be asked (flags and reports then come
+    /// from this node's last copy, rates and replays from this node only).
+    #[serde(default)]
+    pub state: StateFact,
     /// The verified PASSporT's `origid` (for `P-Origination-ID`), else empty.
     #[serde(default)]
     pub origid: String,
@@ -64,6 +82,30 @@ fn unknown() -> String {
 
 fn invite() -> String {
     "INVITE".into()
+}
+
+/// `state` as a fact.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateFact {
+    #[default]
+    Ok,
+    Unavailable,
+}
+
+impl StateFact {
+    pub const NAMES: [&'static str; 2] = ["ok", "unavailable"];
+
+    pub fn index(self) -> usize {
+        match self {
+            StateFact::Ok => 0,
+            StateFact::Unavailable => 1,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        Self::NAMES.get(self.index()).copied().unwrap_or("ok")
+    }
 }
 
 /// `attest` as a fact.
@@ -153,6 +195,11 @@ impl<'de> Deserialize<'de> for FailureFact {
 /// What the call itself contributes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CallInfo {
+    /// The claimed calling number (P-Asserted-Identity, else From),
+    /// canonical; empty when neither carries a number.
+    pub orig: String,
+    /// The number the call is routed to (Request-URI, else To), canonical.
+    pub callee: String,
     pub display_name: String,
     pub source: String,
     pub method: String,
@@ -160,9 +207,24 @@ pub struct CallInfo {
 }
 
 impl CallInfo {
-    /// What a request says about its call: the From display name, the
-    /// method and whether it was diverted (Diversion or History-Info).
+    /// What a request says about its call: the claimed calling number, the
+    /// number it is routed to, the From display name, the method and
+    /// whether it was diverted (Diversion or History-Info).
     pub fn from_request(msg: &crate::sip::Message<'_>, source: &str) -> CallInfo {
+        use crate::sip::HeaderId;
+        use crate::tn::{tn_of_header, tn_of_uri};
+        let orig = msg
+            .values(HeaderId::PAssertedIdentity)
+            .flat_map(crate::sip::addr::split_values)
+            .find_map(tn_of_header)
+            .or_else(|| msg.value(HeaderId::From).and_then(tn_of_header));
+        let callee = match msg.start {
+            crate::sip::StartLine::Request { uri, .. } => crate::sip::addr::Uri::parse(uri)
+                .ok()
+                .and_then(|u| tn_of_uri(&u)),
+            crate::sip::StartLine::Response { .. } => None,
+        }
+        .or_else(|| msg.value(HeaderId::To).and_then(tn_of_header));
         let display_name = msg
             .value(crate::sip::HeaderId::From)
             .and_then(|v| crate::sip::addr::NameAddr::parse(v).ok())
@@ -173,6 +235,8 @@ impl CallInfo {
             h.name.eq_ignore_ascii_case("diversion") || h.name.eq_ignore_ascii_case("history-info")
         });
         CallInfo {
+            orig: orig.map(|t| t.to_string()).unwrap_or_default(),
+            callee: callee.map(|t| t.to_string()).unwrap_or_default(),
             display_name,
             source: source.to_owned(),
             method: msg.method().unwrap_or("INVITE").to_owned(),
@@ -186,7 +250,9 @@ impl CallInfo {
 pub struct StateInfo {
     pub callee_flagged: bool,
     pub orig_unwanted_reports: u32,
+    pub spc_unwanted_reports: u32,
     pub orig_calls_per_minute: u32,
+    pub state: StateFact,
 }
 
 impl Facts {
@@ -199,8 +265,12 @@ impl Facts {
             stir_code: o.stir_code.unwrap_or(0),
             spc: o.spc().unwrap_or_default().to_owned(),
             iat_age: o.iat_age,
-            orig: o.orig.map(|t| t.to_string()).unwrap_or_default(),
-            dest: o.dest.first().map(|t| t.to_string()).unwrap_or_default(),
+            orig: match &o.verified {
+                Some(v) => v.orig.to_string(),
+                None => call.orig.clone(),
+            },
+            orig_verified: o.verified.is_some(),
+            dest: call.callee.clone(),
             display_name: call.display_name.clone(),
             source: if call.source.is_empty() {
                 unknown()
@@ -215,7 +285,9 @@ impl Facts {
             diversion: call.diversion,
             callee_flagged: state.callee_flagged,
             orig_unwanted_reports: state.orig_unwanted_reports,
+            spc_unwanted_reports: state.spc_unwanted_reports,
             orig_calls_per_minute: state.orig_calls_per_minute,
+            state: state.state,
             origid: o
                 .verified
                 .as_ref()

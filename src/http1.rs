@@ -50,6 +50,30 @@ pub fn request_line(head: &[u8]) -> (&str, &str, &str) {
     (method, path, parts.next().unwrap_or_default())
 }
 
+/// The query string of a request head's target (`a=1&b=2`), if any.
+pub fn query(head: &[u8]) -> &str {
+    let line = head
+        .split(|b| *b == b'\r' || *b == b'\n')
+        .next()
+        .and_then(|l| std::str::from_utf8(l).ok())
+        .unwrap_or_default();
+    line.split(' ')
+        .nth(1)
+        .and_then(|t| t.split_once('?'))
+        .map_or("", |(_, q)| q)
+}
+
+/// The first value of header `name` (case-insensitive) in a request head.
+pub fn header<'h>(head: &'h [u8], name: &str) -> Option<&'h str> {
+    std::str::from_utf8(head)
+        .ok()?
+        .split("\r\n")
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+}
+
 /// A complete response with `Connection: close`.
 pub fn response(
     code: u16,

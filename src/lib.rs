@@ -23,7 +23,8 @@
 //!   repository; [`pki`]: the lab STI PKI generator; `time::Clock`: the one
 //!   reader of the system clock.
 //! - [`proxy`]: the inline SIP proxy; [`policyfile`]: policy loading and
-//!   reload; [`store`]: callee flags and reputation.
+//!   reload; [`state`]: screening state (callee flags, reputation, rates,
+//!   replays) on the embedded SQLite backend or shared on Redis/Valkey.
 //! - Operations: [`metrics`] (Prometheus text format), [`admin`] (the
 //!   `/metrics`, `/healthz`, `/readyz` listener; [`http1`] is the HTTP both
 //!   it and [`certrepo`] speak), [`decisionlog`] (one JSON
@@ -73,7 +74,7 @@ pub mod policyfile;
 pub mod proxy;
 pub mod sip;
 #[cfg(feature = "runtime")]
-pub mod store;
+pub mod state;
 pub mod time;
 pub mod tn;
 pub mod verify;

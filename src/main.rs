@@ -123,7 +123,8 @@ enum Command {
     },
     /// Callee flags (the callee does not want calls from a caller).
     Flags {
-        /// Configuration file (for `[store] path`).
+        /// Configuration file (for `[store]`: the embedded database, or the
+        /// Redis/Valkey every node shares).
         #[arg(long, global = true)]
         config: Option<PathBuf>,
         #[command(subcommand)]
@@ -826,16 +827,21 @@ fn call_facts(
     let source = from.map(|ip| cfg.source_of(ip)).unwrap_or_default();
     let call = CallInfo::from_request(&msg, source);
     let mut state = StateInfo::default();
-    if cfg.store.path.exists() {
-        let store = stirscreen::store::Store::open(&cfg.store.path)?;
-        let orig = outcome.orig.map(|t| t.to_string()).unwrap_or_default();
-        let dest = outcome
-            .dest
-            .first()
-            .map(|t| t.to_string())
-            .unwrap_or_default();
-        state.callee_flagged = store.is_flagged(&dest, &orig);
-        state.orig_unwanted_reports = store.unwanted_reports(&orig, now)?;
+    let shared = cfg.store.backend == stirscreen::config::Backend::Redis;
+    if shared || cfg.store.path.exists() {
+        let rt = runtime()?;
+        let store = stirscreen::state::Store::open(&cfg.store)?;
+        rt.block_on(store.refresh(now))?;
+        let v = outcome.verified.as_ref();
+        let q = stirscreen::state::CallQuery {
+            caller: v.map_or(call.orig.as_str(), |v| v.orig.as_str()),
+            caller_verified: v.is_some(),
+            callee: &call.callee,
+            spc: v.map_or("", |v| &v.spc),
+            replay: None,
+            now,
+        };
+        state = store.lookup_local(&q).info;
     }
     Ok(Facts::from_outcome(&outcome, &call, state))
 }
@@ -967,12 +973,6 @@ fn explain_text(
     s
 }
 
-fn open_store(cfg: &Config) -> anyhow::Result<stirscreen::store::Store> {
-    let mut store = stirscreen::store::Store::open(&cfg.store.path)?;
-    store.report_window = cfg.store.report_window_days * 86_400;
-    Ok(store)
-}
-
 fn flags_cmd(config: Option<&Path>, cmd: FlagsCommand) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(config)?;
     let canon = |s: &str| {
@@ -980,18 +980,17 @@ fn flags_cmd(config: Option<&Path>, cmd: FlagsCommand) -> anyhow::Result<ExitCod
             .map(|t| t.to_string())
             .with_context(|| format!("`{s}` is not a telephone number"))
     };
-    let store = open_store(&cfg)?;
+    let store = stirscreen::state::Store::open(&cfg.store)?;
+    let rt = runtime()?;
     match cmd {
         FlagsCommand::Add { callee, caller } => {
             let (callee, caller) = (canon(&callee)?, canon(&caller)?);
-            let now = Clock.now();
-            store.add_flag(&callee, &caller, "admin", now)?;
-            store.report_unwanted(&caller, &callee, now)?;
+            rt.block_on(store.add_flag(&callee, &caller, "admin", Clock.now()))?;
             outln!("flagged: {callee} does not want calls from {caller}");
         }
         FlagsCommand::Remove { callee, caller } => {
             let (callee, caller) = (canon(&callee)?, canon(&caller)?);
-            if store.remove_flag(&callee, &caller)? {
+            if rt.block_on(store.remove_flag(&callee, &caller))? {
                 outln!("removed: {callee} / {caller}");
             } else {
                 outln!("no flag: {callee} / {caller}");
@@ -1000,7 +999,7 @@ fn flags_cmd(config: Option<&Path>, cmd: FlagsCommand) -> anyhow::Result<ExitCod
         }
         FlagsCommand::List { callee } => {
             let callee = callee.map(|c| canon(&c)).transpose()?;
-            let flags = store.list_flags(callee.as_deref())?;
+            let flags = rt.block_on(store.list_flags(callee.as_deref()))?;
             outln!("{:<16} {:<16} {:<29} origin", "callee", "caller", "since");
             for f in &flags {
                 outln!(

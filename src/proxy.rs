@@ -20,7 +20,7 @@ use tokio::sync::{Notify, Semaphore, mpsc, watch};
 
 use crate::config::Config;
 use crate::decisionlog::{DecisionLog, DecisionRecord, bounded, bounded_owned};
-use crate::facts::{CallInfo, Facts, StateInfo};
+use crate::facts::{CallInfo, Facts};
 use crate::fetch::{CertFetcher, verify_request, verify_request_cached};
 use crate::metrics::{Exposition, Family, Histogram, code_label};
 use crate::policy::render::{
@@ -30,7 +30,7 @@ use crate::policyfile::EngineHandle;
 use crate::sip::addr::{NameAddr, Via, split_outside_quotes, split_values};
 use crate::sip::validate::{check_request, check_response};
 use crate::sip::{HeaderId, Message, frame_stream};
-use crate::store::Store;
+use crate::state::{CallQuery, Lookup, Seen, Store, Subject, SubjectKind};
 use crate::time::{Clock, UnixTime};
 use crate::verify::{Outcome, Verifier};
 
@@ -205,6 +205,8 @@ struct TxnState {
     upstream_reason: Option<String>,
     orig: String,
     dest: String,
+    /// What a 607 to this call counts against (none: not verified).
+    report: Option<(SubjectKind, String)>,
 }
 
 #[derive(Debug)]
@@ -286,7 +288,7 @@ fn verify_worker(
             continue;
         };
         if let Some(o) = verify_request_cached(&p.verifier, &p.fetcher, &msg, job.arrived) {
-            p.conclude(&job.txn, &msg, &o, job.arrived);
+            p.conclude(&job.txn, &msg, o, job.arrived);
             drop(job.permit);
         } else {
             let (txn, arrived, permit) = (job.txn, job.arrived, job.permit);
@@ -343,8 +345,8 @@ impl Proxy {
                     .join("\n"),
             )
         })?);
-        let mut store = Store::open(&config.store.path).map_err(|e| cerr(e.to_string()))?;
-        store.report_window = config.store.report_window_days * 86_400;
+        let store = Store::open(&config.store).map_err(|e| cerr(e.to_string()))?;
+        store.start();
         let operator = config.operator().map_err(|e| cerr(e.to_string()))?;
 
         let mut udp_sockets = Vec::new();
@@ -403,7 +405,7 @@ impl Proxy {
             verifier: Verifier::with_memo(config.verify_config(), config.verify.memo_capacity),
             fetcher,
             engine,
-            store: Arc::new(store),
+            store,
             operator,
             txns: Mutex::new(TxnTable::default()),
             inflight: Arc::new(Semaphore::new(config.proxy.max_in_flight)),
@@ -448,6 +450,11 @@ impl Proxy {
             .engine
             .spawn_watcher(Duration::from_millis(proxy.config.policy.reload_check_ms));
         Ok(proxy)
+    }
+
+    /// The bearer token of the admin flag endpoints (`[admin] token`).
+    pub fn admin_token(&self) -> &str {
+        &self.config.admin.token
     }
 
     /// The UDP address the proxy listens on.
@@ -683,6 +690,47 @@ impl Proxy {
                 (&["ok"], n(&self.engine.reloads_ok)),
                 (&["failed"], n(&self.engine.reloads_failed)),
             ],
+        );
+        let st = &self.store.stats;
+        e.gauge(
+            "stirscreen_state_store_up",
+            "1 when the screening state store answers (always 1 for the embedded backend).",
+            if self.store.health().is_ok() {
+                1.0
+            } else {
+                0.0
+            },
+        );
+        e.counter(
+            "stirscreen_state_unavailable_lookups_total",
+            "Calls decided without the shared state store (state = unavailable).",
+            n(&st.unavailable_lookups),
+        );
+        e.counter(
+            "stirscreen_state_store_errors_total",
+            "Failed or late requests to the shared state store.",
+            n(&st.remote_errors),
+        );
+        e.gauge(
+            "stirscreen_state_outbox_pending",
+            "607 feedback waiting on this node for the shared state store.",
+            n(&st.outbox) as f64,
+        );
+        e.counter(
+            "stirscreen_state_reloads_total",
+            "Reloads of this node's copy of flags and reports.",
+            n(&st.reloads),
+        );
+        let (replay_entries, replay_evicted) = self.store.replay_stats();
+        e.gauge(
+            "stirscreen_replay_cache_entries",
+            "PASSporTs remembered for replay detection on this node.",
+            replay_entries as f64,
+        );
+        e.counter(
+            "stirscreen_replay_cache_evictions_total",
+            "PASSporTs forgotten before their window ended because the replay cache was full.",
+            replay_evicted,
         );
         let (written, dropped) = self
             .decision_log
@@ -1135,6 +1183,7 @@ impl Proxy {
                 upstream_reason: None,
                 orig: String::new(),
                 dest: String::new(),
+                report: None,
             }),
             cancelled: Notify::new(),
         });
@@ -1157,7 +1206,7 @@ impl Proxy {
             return;
         }
         if let Some(outcome) = verify_request_cached(&self.verifier, &self.fetcher, msg, arrived) {
-            self.conclude(&txn, msg, &outcome, arrived);
+            self.conclude(&txn, msg, outcome, arrived);
             drop(permit);
             return;
         }
@@ -1185,22 +1234,64 @@ impl Proxy {
                 return;
             }
         };
-        self.conclude(&txn, &msg, &outcome, arrived);
+        self.conclude(&txn, &msg, outcome, arrived);
     }
 
-    /// Decides on a verified INVITE and forwards or rejects it.
+    /// Asks the screening state about a verified INVITE, then decides. The
+    /// shared store (`redis`) costs one round trip: the decision then
+    /// happens in a task on the event loop when the answer (or the
+    /// deadline) arrives, so no thread waits on the network.
     fn conclude(
         self: &Arc<Self>,
         txn: &Arc<Txn>,
         msg: &Message<'_>,
-        outcome: &Outcome,
+        outcome: Outcome,
         arrived: UnixTime,
     ) {
         let verified = Instant::now();
         self.stats
             .verify_seconds
             .observe(verified.saturating_duration_since(txn.started));
-        let facts = self.facts(msg, outcome, txn.upstream.addr.ip(), arrived);
+        let call = CallInfo::from_request(msg, self.config.source_of(txn.upstream.addr.ip()));
+        if !self.store.is_shared() {
+            let l = self
+                .store
+                .lookup_local(&call_query(&call, &outcome, arrived));
+            self.decide(txn, msg, outcome, &call, l, arrived, verified);
+            return;
+        }
+        let (me, txn) = (Arc::clone(self), Arc::clone(txn));
+        tokio::spawn(async move {
+            let q = call_query(&call, &outcome, arrived);
+            let local = me.store.lookup_local(&q);
+            let l = me.store.lookup_shared(&q, local).await;
+            let Ok(msg) = Message::parse(&txn.invite) else {
+                return;
+            };
+            me.decide(&txn, &msg, outcome, &call, l, arrived, verified);
+        });
+    }
+
+    /// Decides on a verified INVITE and forwards or rejects it.
+    #[expect(clippy::too_many_arguments, reason = "one call's whole context")]
+    fn decide(
+        self: &Arc<Self>,
+        txn: &Arc<Txn>,
+        msg: &Message<'_>,
+        outcome: Outcome,
+        call: &CallInfo,
+        l: Lookup,
+        arrived: UnixTime,
+        verified: Instant,
+    ) {
+        let mut info = l.info;
+        let outcome = if l.replay == Seen::Replay {
+            info.spc_unwanted_reports = 0;
+            self.verifier.replayed(outcome)
+        } else {
+            outcome
+        };
+        let facts = Facts::from_outcome(&outcome, call, info);
         let engine = self.engine.current();
         let d = engine.decide(&facts);
         let rule = d.rule_id();
@@ -1218,6 +1309,9 @@ impl Proxy {
             };
             st.orig.clone_from(&facts.orig);
             st.dest.clone_from(&facts.dest);
+            st.report =
+                Subject::for_call(facts.orig_verified, facts.attest, &facts.orig, &facts.spc)
+                    .map(|s| (s.kind, s.value.to_owned()));
         }
         let (action, code) = match &v {
             Verdict::Reject(p) => ("reject", p.code),
@@ -1301,16 +1395,27 @@ impl Proxy {
         }
     }
 
-    fn facts(&self, msg: &Message<'_>, o: &Outcome, src: IpAddr, now: UnixTime) -> Facts {
-        let call = CallInfo::from_request(msg, self.config.source_of(src));
-        let orig = o.orig.map(|t| t.to_string()).unwrap_or_default();
-        let dest = o.dest.first().map(|t| t.to_string()).unwrap_or_default();
-        let state = StateInfo {
-            callee_flagged: self.store.is_flagged(&dest, &orig),
-            orig_unwanted_reports: self.store.unwanted_reports(&orig, now).unwrap_or(0),
-            orig_calls_per_minute: self.store.count_call(&orig, now),
-        };
-        Facts::from_outcome(o, &call, state)
+    /// Stores what a 607 teaches, off the call path (the write is durable
+    /// before it counts; with Redis down it waits in the outbox).
+    fn feedback_607(&self, st: &TxnState) {
+        let now = self.clock.now();
+        let store = Arc::clone(&self.store);
+        let (orig, dest, report) = (st.orig.clone(), st.dest.clone(), st.report.clone());
+        if report.is_none() {
+            tracing::info!(
+                caller = orig.as_str(),
+                callee = dest.as_str(),
+                "607 for a call whose number was not verified: the callee's flag is kept, no report counts against the number"
+            );
+        }
+        tokio::spawn(async move {
+            let subject = report
+                .as_ref()
+                .map(|(kind, value)| Subject { kind: *kind, value });
+            if let Err(e) = store.feedback_607(&dest, &orig, subject, now).await {
+                tracing::error!("607 feedback not stored: {e}");
+            }
+        });
     }
 
     /// Sends a final non-2xx response upstream and retransmits it over UDP
@@ -1735,19 +1840,7 @@ impl Proxy {
                         completed = true;
                     }
                     if code == 607 && !st.orig.is_empty() && !st.dest.is_empty() {
-                        // SQLite writes go to the blocking pool: the event
-                        // loop never waits on the file.
-                        let now = self.clock.now();
-                        let store = Arc::clone(&self.store);
-                        let (orig, dest) = (st.orig.clone(), st.dest.clone());
-                        tokio::task::spawn_blocking(move || {
-                            if let Err(e) = store
-                                .add_flag(&dest, &orig, "607", now)
-                                .and_then(|()| store.report_unwanted(&orig, &dest, now))
-                            {
-                                tracing::error!("607 feedback not stored: {e}");
-                            }
-                        });
+                        self.feedback_607(&st);
                     }
                 }
                 if relay && code > 100 {
@@ -1804,6 +1897,19 @@ impl Proxy {
             return;
         };
         self.send(to, strip_top_via(msg, None));
+    }
+}
+
+/// What the screening state is asked about a call.
+fn call_query<'a>(call: &'a CallInfo, o: &'a Outcome, now: UnixTime) -> CallQuery<'a> {
+    let v = o.verified.as_ref();
+    CallQuery {
+        caller: v.map_or(call.orig.as_str(), |v| v.orig.as_str()),
+        caller_verified: v.is_some(),
+        callee: &call.callee,
+        spc: v.map_or("", |v| &v.spc),
+        replay: v.map(|v| v.replay),
+        now,
     }
 }
 

@@ -582,6 +582,43 @@ pub struct Verified {
     pub spc: Arc<str>,
     pub signer: Arc<str>,
     pub iat: i64,
+    /// What replay detection remembers of this PASSporT.
+    #[serde(skip)]
+    pub replay: ReplayKey,
+}
+
+/// A verified PASSporT as replay detection sees it (RFC 8224 §12.1): the
+/// token's digest, the dialog it arrived in and when it stops being fresh.
+/// Digests are SHA-256 (truncated), so every node derives the same key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ReplayKey {
+    /// SHA-256 of the whole token (signature included), first 16 bytes.
+    pub token: [u8; 16],
+    /// SHA-256 of the Call-ID, first 8 bytes: the same token in the same
+    /// dialog is a retransmission, never a replay.
+    pub call: [u8; 8],
+    /// Last second (Unix time) at which the token is still fresh:
+    /// `iat + max_iat_age`.
+    pub expires: i64,
+}
+
+impl ReplayKey {
+    /// The key of `token` seen in the dialog `call_id`.
+    pub fn new(token: &str, call_id: &str, expires: i64) -> ReplayKey {
+        let mut k = ReplayKey {
+            expires,
+            ..ReplayKey::default()
+        };
+        let t = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+        let c = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, call_id.as_bytes());
+        for (d, s) in k.token.iter_mut().zip(t.as_ref()) {
+            *d = *s;
+        }
+        for (d, s) in k.call.iter_mut().zip(c.as_ref()) {
+            *d = *s;
+        }
+        k
+    }
 }
 
 /// The result for one Identity header.
@@ -712,11 +749,13 @@ impl<'m> Prepared<'m> {
     }
 }
 
-/// token → (credential id, expiry, hash of the Call-ID it arrived in).
-type MemoShard = Mutex<HashMap<Box<str>, (u64, i64, u64)>>;
+/// token → (credential id, expiry).
+type MemoShard = Mutex<HashMap<Box<str>, (u64, i64)>>;
 
 /// Memo of signatures already verified (UDP retransmissions of an INVITE
 /// carry the same PASSporT): ECDSA runs once per distinct token and key.
+/// A cache only: replays are told apart by the screening state's replay
+/// cache, which holds every token for its whole freshness window.
 /// Bounded; sharded so that threads rarely meet on a lock; no lock is held
 /// across anything but a hash-map probe.
 pub struct SignatureMemo {
@@ -750,29 +789,24 @@ impl SignatureMemo {
             .get(usize::try_from(self.hasher.hash_one(token)).unwrap_or(0) % n.max(1))
     }
 
-    /// Was this exact token verified with this credential before, and in
-    /// which dialog (Call-ID hash)?
-    fn lookup(&self, token: &str, cred: u64, now: i64) -> Option<u64> {
-        let m = self.shard(token)?.lock().ok()?;
-        m.get(token)
-            .filter(|(c, e, _)| *c == cred && *e >= now)
-            .map(|(_, _, call)| *call)
+    /// Was this exact token verified with this credential before?
+    fn seen(&self, token: &str, cred: u64, now: i64) -> bool {
+        self.shard(token)
+            .and_then(|m| m.lock().ok())
+            .is_some_and(|m| m.get(token).is_some_and(|(c, e)| *c == cred && *e >= now))
     }
 
-    fn call_hash(&self, call_id: &str) -> u64 {
-        self.hasher.hash_one(call_id)
-    }
-
-    /// Records a verified token; expired entries go first when full.
-    fn insert(&self, token: &str, cred: u64, expires: i64, now: i64, call: u64) {
+    /// Records a verified token; expired entries go first when full (then
+    /// the shard starts over: a cache may forget).
+    fn insert(&self, token: &str, cred: u64, expires: i64, now: i64) {
         if let Some(mut m) = self.shard(token).and_then(|m| m.lock().ok()) {
             if m.len() >= self.per_shard {
-                m.retain(|_, (_, e, _)| *e > now);
+                m.retain(|_, (_, e)| *e > now);
                 if m.len() >= self.per_shard {
                     m.clear();
                 }
             }
-            m.insert(token.into(), (cred, expires, call));
+            m.insert(token.into(), (cred, expires));
         }
     }
 }
@@ -1105,6 +1139,7 @@ impl Verifier {
                         spc: Arc::clone(&cred.spc),
                         signer: Arc::clone(&cred.subject),
                         iat: r.iat,
+                        replay: ReplayKey::new(r.token, r.call_id, r.iat + self.config.max_iat_age),
                     };
                     if best.as_ref().is_none_or(|(b, _)| v.attest < b.attest) {
                         best = Some((v, cred.problems.clone()));
@@ -1176,17 +1211,9 @@ impl Verifier {
             .map_err(|e| CredentialError::Cert(e).failure())?;
         let cred_id = cred.id();
         if let Some(memo) = &self.memo
-            && let Some(call) = memo.lookup(r.token, cred_id, now.0)
+            && memo.seen(r.token, cred_id, now.0)
         {
-            // Same dialog: a retransmission, already verified. Another
-            // dialog: the same PASSporT replayed within its window.
-            if call == memo.call_hash(r.call_id) {
-                return Ok(());
-            }
-            return Err(Failure::new(
-                FailureKind::Replay,
-                "this PASSporT was already used by another call (another Call-ID) within its freshness window",
-            ));
+            return Ok(());
         }
         if !cred.verify_es256(r.signing_input.as_bytes(), &r.signature) {
             return Err(Failure::new(
@@ -1198,15 +1225,24 @@ impl Verifier {
             ));
         }
         if let Some(memo) = &self.memo {
-            memo.insert(
-                r.token,
-                cred_id,
-                r.iat + self.config.max_iat_age,
-                now.0,
-                memo.call_hash(r.call_id),
-            );
+            memo.insert(r.token, cred_id, r.iat + self.config.max_iat_age, now.0);
         }
         Ok(())
+    }
+
+    /// The outcome of a request whose verified PASSporT was already used
+    /// by another dialog within its freshness window (RFC 8224 §12.1): the
+    /// verification fails as `replay`; the claimed numbers stay.
+    pub fn replayed(&self, mut o: Outcome) -> Outcome {
+        let f = Failure::new(
+            FailureKind::Replay,
+            "this PASSporT was already used by another call (another Call-ID) within its freshness window",
+        );
+        o.verified = None;
+        o.verstat = f.kind.verstat();
+        o.stir_code = Some(self.config.code(f.kind));
+        o.failure = Some(f);
+        o
     }
 
     /// Convenience for callers that hold every credential already.

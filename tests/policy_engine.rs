@@ -37,6 +37,7 @@ fn facts(verstat: Verstat, attest: AttestFact) -> Facts {
         spc: "1234".into(),
         iat_age: Some(2),
         orig: "12155551212".into(),
+        orig_verified: true,
         dest: "12125551213".into(),
         display_name: String::new(),
         source: "unknown".into(),
@@ -45,6 +46,8 @@ fn facts(verstat: Verstat, attest: AttestFact) -> Facts {
         callee_flagged: false,
         orig_unwanted_reports: 0,
         orig_calls_per_minute: 0,
+        spc_unwanted_reports: 0,
+        state: stirscreen::facts::StateFact::Ok,
         origid: "o-1".into(),
     }
 }

@@ -19,6 +19,7 @@ use stirscreen::config::Config;
 use stirscreen::lab::InviteSpec;
 use stirscreen::passport::{Attest, SignRequest, identity_header_value};
 use stirscreen::proxy::Proxy;
+use stirscreen::state::{Subject, SubjectKind};
 use stirscreen::time::Clock;
 use tokio::net::UdpSocket;
 
@@ -101,7 +102,12 @@ impl Lab {
 
     /// A freshly signed INVITE (iat = now) from the UAC.
     fn invite(&self, key: &str, path: &str, edit: impl FnOnce(&mut SignRequest)) -> String {
-        let url = self.repo.url(path);
+        self.invite_at(key, &self.repo.url(path), edit)
+    }
+
+    /// Like [`Lab::invite`], with any x5u URL.
+    fn invite_at(&self, key: &str, url: &str, edit: impl FnOnce(&mut SignRequest)) -> String {
+        let url = url.to_owned();
         let mut r = SignRequest {
             attest: Attest::A,
             orig: ORIG.into(),
@@ -123,6 +129,13 @@ impl Lab {
             .send_to(msg.as_bytes(), self.proxy_addr())
             .await
             .unwrap();
+    }
+}
+
+fn tn(n: &str) -> Subject<'_> {
+    Subject {
+        kind: SubjectKind::Tn,
+        value: n,
     }
 }
 
@@ -255,6 +268,7 @@ async fn a_flagged_caller_gets_607_and_the_ack_is_absorbed() {
     lab.proxy
         .store
         .add_flag(DEST, ORIG, "admin", Clock.now())
+        .await
         .unwrap();
     let inv = lab.invite("sp-a.key", "/sp-a.pem", |_| {});
     lab.send(&inv).await;
@@ -306,7 +320,8 @@ async fn dno_caller_gets_608_with_jcard_and_bad_reputation_gets_603_plus() {
     for i in 0..10 {
         lab.proxy
             .store
-            .report_unwanted("12155550123", &format!("1212555{i:04}"), Clock.now())
+            .report(tn("12155550123"), &format!("1212555{i:04}"), Clock.now())
+            .await
             .unwrap();
     }
     let inv = lab.invite("sp-a.key", "/sp-a.pem", |r| r.orig = "12155550123".into());
@@ -499,7 +514,7 @@ async fn a_607_from_the_callee_becomes_a_flag() {
     // Stored off the event loop: wait for it.
     for _ in 0..100 {
         if lab.proxy.store.is_flagged(DEST, ORIG)
-            && lab.proxy.store.unwanted_reports(ORIG, Clock.now()).unwrap() == 1
+            && lab.proxy.store.unwanted_reports(tn(ORIG), Clock.now()) == 1
         {
             break;
         }
@@ -507,9 +522,103 @@ async fn a_607_from_the_callee_becomes_a_flag() {
     }
     assert!(lab.proxy.store.is_flagged(DEST, ORIG));
     assert_eq!(
-        lab.proxy.store.unwanted_reports(ORIG, Clock.now()).unwrap(),
-        1
+        lab.proxy.store.unwanted_reports(tn(ORIG), Clock.now()),
+        1,
+        "an A-attested, verified caller: the report counts against the number"
     );
+}
+
+/// Regression (reputation poisoning): 607s to calls that only claimed a
+/// number must not count against it. Ten callees answer 607 to unsigned
+/// calls "from" a victim; the victim's own A-attested call still goes
+/// through instead of being blocked as bad reputation.
+#[tokio::test]
+async fn unverified_607s_do_not_poison_the_claimed_number() {
+    let lab = lab().await;
+    const VICTIM: &str = "12155550177";
+    let callees: Vec<String> = (0..10).map(|i| format!("1212555{:04}", 3000 + i)).collect();
+    for callee in &callees {
+        let mut spec = InviteSpec::new(VICTIM, callee);
+        spec.via = lab.uac.local_addr().unwrap().to_string();
+        lab.send(&spec.build()).await;
+        let fwd = recv_line(&lab.uas, "INVITE ", 3000)
+            .await
+            .expect("forwarded");
+        lab.uas
+            .send_to(answer(&fwd, 607, "Unwanted").as_bytes(), lab.proxy_addr())
+            .await
+            .unwrap();
+        assert!(recv_line(&lab.uac, "SIP/2.0 607", 2000).await.is_some());
+    }
+    let last = callees.last().unwrap();
+    for _ in 0..200 {
+        if lab.proxy.store.is_flagged(last, VICTIM) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        lab.proxy.store.is_flagged(last, VICTIM),
+        "the callee's own flag is kept"
+    );
+    assert_eq!(
+        lab.proxy.store.unwanted_reports(tn(VICTIM), Clock.now()),
+        0,
+        "no report counts against an unverified number"
+    );
+    let inv = lab.invite("sp-a.key", "/sp-a.pem", |r| r.orig = VICTIM.into());
+    lab.send(&inv).await;
+    let fwd = recv_line(&lab.uas, "INVITE ", 3000).await;
+    assert!(fwd.is_some(), "the victim's verified call is delivered");
+    assert!(fwd.unwrap().contains("verstat=TN-Validation-Passed"));
+}
+
+/// Regression (screening bypass): a caller that points x5u at a host that
+/// accepts and never answers makes verification time out; the claimed
+/// numbers still reach the policy, so a do-not-originate caller gets 608
+/// and a flagged caller 607.
+#[tokio::test]
+async fn a_verification_timeout_does_not_bypass_number_rules() {
+    let stall = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = stall.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = stall.accept().await {
+            conns.push(c); // accepted, never answered
+        }
+    });
+    let lab = lab_with(
+        &root().join("policies/default.toml"),
+        "verify_deadline_ms = 300",
+    )
+    .await;
+    let url = format!("https://127.0.0.1:{port}/stall-1.pem");
+    let inv = lab.invite_at("sp-a.key", &url, |r| r.orig = "19005550100".into());
+    let t0 = std::time::Instant::now();
+    lab.send(&inv).await;
+    let r = recv_line(&lab.uac, "SIP/2.0 608", 3000)
+        .await
+        .expect("608 for a DNO number despite the timeout");
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    assert!(
+        header(&r, "Reason")[0].starts_with("SIP;cause=608;text=\""),
+        "{r}"
+    );
+
+    lab.proxy
+        .store
+        .add_flag(DEST, ORIG, "admin", Clock.now())
+        .await
+        .unwrap();
+    let url = format!("https://127.0.0.1:{port}/stall-2.pem");
+    let inv = lab.invite_at("sp-a.key", &url, |_| {});
+    lab.send(&inv).await;
+    assert!(
+        recv_line(&lab.uac, "SIP/2.0 607", 3000).await.is_some(),
+        "607 for a flagged caller despite the timeout"
+    );
+    assert!(recv_line(&lab.uas, "INVITE ", 300).await.is_none());
+    held.abort();
 }
 
 /// RFC 4475 through the running proxy: each message gets the outcome the

@@ -1,5 +1,7 @@
 //! The verifier's memo: a UDP retransmission (same token, same Call-ID) is
-//! answered without ECDSA; the same token in another call is a replay.
+//! answered without ECDSA. Replays are judged by the screening state (which
+//! remembers every token for its whole window): the verifier hands it the
+//! token's replay key and turns an outcome into `replay` when told.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -54,25 +56,31 @@ fn retransmission_passes_and_replay_in_another_call_fails() {
     let v = Verifier::with_memo(VerifyConfig::default(), 100);
     let lookup = |_: &str| Some(Ok(Arc::clone(&cred)));
     let verify = |m: &str| v.verify(&Message::parse(m.as_bytes()).unwrap(), TEST_NOW, lookup);
-    assert_eq!(verify(&first).verstat, Verstat::Passed);
-    assert_eq!(verify(&first).verstat, Verstat::Passed, "retransmission");
-    let replay = verify(&second);
+    let a = verify(&first);
+    assert_eq!(a.verstat, Verstat::Passed);
+    let again = verify(&first);
+    assert_eq!(again.verstat, Verstat::Passed, "retransmission");
+    let b = verify(&second);
+    assert_eq!(b.verstat, Verstat::Passed, "the signature itself is good");
+    let (ka, kb) = (
+        a.verified.unwrap().replay,
+        b.verified.as_ref().unwrap().replay,
+    );
+    assert_eq!(
+        ka,
+        again.verified.unwrap().replay,
+        "same token, same dialog"
+    );
+    assert_eq!(ka.token, kb.token, "same token");
+    assert_ne!(ka.call, kb.call, "another dialog");
+    assert_eq!(ka.expires, TEST_NOW.0 - 1 + 60, "iat + max_iat_age");
+    let replay = v.replayed(b);
     assert_eq!(
         replay.failure.as_ref().unwrap().kind,
         FailureKind::Replay,
         "{replay:?}"
     );
     assert_eq!(replay.stir_code, Some(438));
-    // Without a memo the verifier cannot tell, and verifies each.
-    let plain = Verifier::new(VerifyConfig::default());
-    assert_eq!(
-        plain
-            .verify(
-                &Message::parse(second.as_bytes()).unwrap(),
-                TEST_NOW,
-                lookup
-            )
-            .verstat,
-        Verstat::Passed
-    );
+    assert_eq!(replay.verstat, Verstat::Failed);
+    assert!(replay.verified.is_none());
 }

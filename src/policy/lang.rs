@@ -8,7 +8,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::Diagnostic;
-use crate::facts::{AttestFact, Facts, FailureFact};
+use crate::facts::{AttestFact, Facts, FailureFact, StateFact};
 use crate::lists::{List, ListKind};
 use crate::tn::Tn;
 use crate::verify::Verstat;
@@ -23,6 +23,7 @@ pub enum Fact {
     Spc,
     IatAge,
     Orig,
+    OrigVerified,
     Dest,
     DisplayName,
     Source,
@@ -30,14 +31,16 @@ pub enum Fact {
     Diversion,
     CalleeFlagged,
     OrigUnwantedReports,
+    SpcUnwantedReports,
     OrigCallsPerMinute,
+    State,
     OrigIn,
     DestIn,
     SpcIn,
 }
 
 /// Fact names as written in policy files.
-pub const FACT_NAMES: [(&str, Fact); 18] = [
+pub const FACT_NAMES: [(&str, Fact); 21] = [
     ("verstat", Fact::Verstat),
     ("attest", Fact::Attest),
     ("failure", Fact::Failure),
@@ -45,6 +48,7 @@ pub const FACT_NAMES: [(&str, Fact); 18] = [
     ("spc", Fact::Spc),
     ("iat_age", Fact::IatAge),
     ("orig", Fact::Orig),
+    ("orig_verified", Fact::OrigVerified),
     ("dest", Fact::Dest),
     ("display_name", Fact::DisplayName),
     ("source", Fact::Source),
@@ -52,7 +56,9 @@ pub const FACT_NAMES: [(&str, Fact); 18] = [
     ("diversion", Fact::Diversion),
     ("callee_flagged", Fact::CalleeFlagged),
     ("orig_unwanted_reports", Fact::OrigUnwantedReports),
+    ("spc_unwanted_reports", Fact::SpcUnwantedReports),
     ("orig_calls_per_minute", Fact::OrigCallsPerMinute),
+    ("state", Fact::State),
     ("orig_in", Fact::OrigIn),
     ("dest_in", Fact::DestIn),
     ("spc_in", Fact::SpcIn),
@@ -72,10 +78,12 @@ impl Fact {
             Fact::Verstat => FactKind::Enum(&Verstat::NAMES),
             Fact::Attest => FactKind::Enum(&AttestFact::NAMES),
             Fact::Failure => FactKind::Failure,
-            Fact::Diversion | Fact::CalleeFlagged => FactKind::Bool,
+            Fact::State => FactKind::Enum(&StateFact::NAMES),
+            Fact::Diversion | Fact::CalleeFlagged | Fact::OrigVerified => FactKind::Bool,
             Fact::StirCode
             | Fact::IatAge
             | Fact::OrigUnwantedReports
+            | Fact::SpcUnwantedReports
             | Fact::OrigCallsPerMinute => FactKind::Number,
             Fact::Spc | Fact::DisplayName | Fact::Source | Fact::Method => FactKind::Text,
             Fact::Orig | Fact::Dest => FactKind::TelNumber,
@@ -327,6 +335,8 @@ fn enum_value(f: Fact, facts: &Facts) -> usize {
         Fact::Failure => facts.failure.index(),
         Fact::CalleeFlagged => usize::from(facts.callee_flagged),
         Fact::Diversion => usize::from(facts.diversion),
+        Fact::OrigVerified => usize::from(facts.orig_verified),
+        Fact::State => facts.state.index(),
         _ => 0,
     }
 }
@@ -539,6 +549,7 @@ pub(super) fn number(f: Fact, facts: &Facts) -> Option<i64> {
         Fact::StirCode => Some(i64::from(facts.stir_code)),
         Fact::IatAge => facts.iat_age,
         Fact::OrigUnwantedReports => Some(i64::from(facts.orig_unwanted_reports)),
+        Fact::SpcUnwantedReports => Some(i64::from(facts.spc_unwanted_reports)),
         Fact::OrigCallsPerMinute => Some(i64::from(facts.orig_calls_per_minute)),
         _ => None,
     }
@@ -563,10 +574,14 @@ pub(super) fn show(f: Fact, facts: &Facts) -> String {
         Fact::Attest => facts.attest.as_str().into(),
         Fact::Failure => facts.failure.as_str().into(),
         Fact::CalleeFlagged => facts.callee_flagged.to_string(),
+        Fact::OrigVerified => facts.orig_verified.to_string(),
+        Fact::State => facts.state.as_str().into(),
         Fact::Diversion => facts.diversion.to_string(),
-        Fact::StirCode | Fact::IatAge | Fact::OrigUnwantedReports | Fact::OrigCallsPerMinute => {
-            number(f, facts).map_or("(none)".into(), |n| n.to_string())
-        }
+        Fact::StirCode
+        | Fact::IatAge
+        | Fact::OrigUnwantedReports
+        | Fact::SpcUnwantedReports
+        | Fact::OrigCallsPerMinute => number(f, facts).map_or("(none)".into(), |n| n.to_string()),
         _ => {
             let t = text(f, facts);
             if t.is_empty() {
