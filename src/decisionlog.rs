@@ -52,6 +52,14 @@ pub struct DecisionRecord {
     pub code: u16,
     /// Arrival to decision, milliseconds.
     pub latency_ms: f64,
+    /// `ok`, or `unavailable` when the shared state store did not answer:
+    /// then rates and replays are this node's only, flags and reports its
+    /// last copy (absent on records of calls that were not screened).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<crate::facts::StateFact>,
+    /// The calling number was verified (absent when it was not).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub orig_verified: bool,
 }
 
 /// [`bounded`] for an owned text: returned as it is (no copy) when it is
@@ -330,6 +338,8 @@ mod tests {
             action: "forward".into(),
             code: 0,
             latency_ms: 0.1,
+            state: Some(crate::facts::StateFact::Ok),
+            orig_verified: true,
         }
     }
 

@@ -549,6 +549,8 @@ impl Proxy {
             action: action.into(),
             code,
             latency_ms,
+            state: None,
+            orig_verified: false,
         }
     }
 
@@ -1382,6 +1384,8 @@ impl Proxy {
             action: action.into(),
             code,
             latency_ms: txn.started.elapsed().as_secs_f64() * 1000.0,
+            state: Some(facts.state),
+            orig_verified: facts.orig_verified,
         });
     }
 
