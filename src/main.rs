@@ -815,7 +815,7 @@ fn call_facts(
     now: UnixTime,
     from: Option<std::net::IpAddr>,
 ) -> anyhow::Result<stirscreen::facts::Facts> {
-    use stirscreen::facts::{CallInfo, Facts, StateInfo};
+    use stirscreen::facts::{CallInfo, Facts};
     let msg = Message::parse(bytes)
         .with_context(|| format!("`{}` is not a SIP message", name.display()))?;
     if msg.method().is_none() {
@@ -826,23 +826,27 @@ fn call_facts(
     let outcome = runtime()?.block_on(verify_request(&verifier, &fetcher, &msg, now));
     let source = from.map(|ip| cfg.source_of(ip)).unwrap_or_default();
     let call = CallInfo::from_request(&msg, source);
-    let mut state = StateInfo::default();
+    // The configured store when there is one (flags and reports as they
+    // are), else an empty one: the call counts itself either way, as in
+    // `serve`.
     let shared = cfg.store.backend == stirscreen::config::Backend::Redis;
-    if shared || cfg.store.path.exists() {
-        let rt = runtime()?;
-        let store = stirscreen::state::Store::open(&cfg.store)?;
-        rt.block_on(store.refresh(now))?;
-        let v = outcome.verified.as_ref();
-        let q = stirscreen::state::CallQuery {
-            caller: v.map_or(call.orig.as_str(), |v| v.orig.as_str()),
-            caller_verified: v.is_some(),
-            callee: &call.callee,
-            spc: v.map_or("", |v| &v.spc),
-            replay: None,
-            now,
-        };
-        state = store.lookup_local(&q).info;
-    }
+    let store = if shared || cfg.store.path.exists() {
+        stirscreen::state::Store::open(&cfg.store)?
+    } else {
+        stirscreen::state::Store::in_memory()?
+    };
+    runtime()?.block_on(store.refresh(now))?;
+    let v = outcome.verified.as_ref();
+    let q = stirscreen::state::CallQuery {
+        caller: v.map_or(call.orig.as_str(), |v| v.orig.as_str()),
+        caller_verified: v.is_some(),
+        callee: &call.callee,
+        spc: v.map_or("", |v| &v.spc),
+        replay: None,
+        count_rate: true,
+        now,
+    };
+    let state = store.lookup_local(&q).info;
     Ok(Facts::from_outcome(&outcome, &call, state))
 }
 

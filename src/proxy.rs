@@ -713,6 +713,11 @@ impl Proxy {
             "Failed or late requests to the shared state store.",
             n(&st.remote_errors),
         );
+        e.histogram(
+            "stirscreen_state_round_trip_seconds",
+            "The one round trip to the shared state store an INVITE makes (answered ones).",
+            &st.round_trip,
+        );
         e.gauge(
             "stirscreen_state_outbox_pending",
             "607 feedback waiting on this node for the shared state store.",
@@ -1254,38 +1259,39 @@ impl Proxy {
         self.stats
             .verify_seconds
             .observe(verified.saturating_duration_since(txn.started));
-        let call = CallInfo::from_request(msg, self.config.source_of(txn.upstream.addr.ip()));
+        let p = Pending {
+            call: CallInfo::from_request(msg, self.config.source_of(txn.upstream.addr.ip())),
+            engine: self.engine.current(),
+            outcome,
+            arrived,
+            verified,
+        };
         if !self.store.is_shared() {
-            let l = self
-                .store
-                .lookup_local(&call_query(&call, &outcome, arrived));
-            self.decide(txn, msg, outcome, &call, l, arrived, verified);
+            let l = self.store.lookup_local(&p.query());
+            self.decide(txn, msg, p, l);
             return;
         }
         let (me, txn) = (Arc::clone(self), Arc::clone(txn));
         tokio::spawn(async move {
-            let q = call_query(&call, &outcome, arrived);
+            let q = p.query();
             let local = me.store.lookup_local(&q);
             let l = me.store.lookup_shared(&q, local).await;
             let Ok(msg) = Message::parse(&txn.invite) else {
                 return;
             };
-            me.decide(&txn, &msg, outcome, &call, l, arrived, verified);
+            me.decide(&txn, &msg, p, l);
         });
     }
 
     /// Decides on a verified INVITE and forwards or rejects it.
-    #[expect(clippy::too_many_arguments, reason = "one call's whole context")]
-    fn decide(
-        self: &Arc<Self>,
-        txn: &Arc<Txn>,
-        msg: &Message<'_>,
-        outcome: Outcome,
-        call: &CallInfo,
-        l: Lookup,
-        arrived: UnixTime,
-        verified: Instant,
-    ) {
+    fn decide(self: &Arc<Self>, txn: &Arc<Txn>, msg: &Message<'_>, p: Pending, l: Lookup) {
+        let Pending {
+            outcome,
+            call,
+            engine,
+            arrived,
+            verified,
+        } = p;
         let mut info = l.info;
         let outcome = if l.replay == Seen::Replay {
             info.spc_unwanted_reports = 0;
@@ -1293,8 +1299,7 @@ impl Proxy {
         } else {
             outcome
         };
-        let facts = Facts::from_outcome(&outcome, call, info);
-        let engine = self.engine.current();
+        let facts = Facts::from_outcome(&outcome, &call, info);
         let d = engine.decide(&facts);
         let rule = d.rule_id();
         let v = verdict(d.action, rule, &facts, &self.operator, arrived);
@@ -1904,16 +1909,29 @@ impl Proxy {
     }
 }
 
-/// What the screening state is asked about a call.
-fn call_query<'a>(call: &'a CallInfo, o: &'a Outcome, now: UnixTime) -> CallQuery<'a> {
-    let v = o.verified.as_ref();
-    CallQuery {
-        caller: v.map_or(call.orig.as_str(), |v| v.orig.as_str()),
-        caller_verified: v.is_some(),
-        callee: &call.callee,
-        spc: v.map_or("", |v| &v.spc),
-        replay: v.map(|v| v.replay),
-        now,
+/// A verified INVITE waiting for the screening state's answer.
+struct Pending {
+    outcome: Outcome,
+    call: CallInfo,
+    /// The policy in force when verification finished.
+    engine: Arc<crate::policy::Engine>,
+    arrived: UnixTime,
+    verified: Instant,
+}
+
+impl Pending {
+    /// What the screening state is asked about the call.
+    fn query(&self) -> CallQuery<'_> {
+        let v = self.outcome.verified.as_ref();
+        CallQuery {
+            caller: v.map_or(self.call.orig.as_str(), |v| v.orig.as_str()),
+            caller_verified: v.is_some(),
+            callee: &self.call.callee,
+            spc: v.map_or("", |v| &v.spc),
+            replay: v.map(|v| v.replay),
+            count_rate: self.engine.policy.uses_rate(),
+            now: self.arrived,
+        }
     }
 }
 

@@ -47,6 +47,7 @@ fn q<'a>(caller: &'a str, verified: bool, callee: &'a str, now: UnixTime) -> Cal
         callee,
         spc: if verified { "969H" } else { "" },
         replay: None,
+        count_rate: true,
         now,
     }
 }

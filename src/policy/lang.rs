@@ -349,9 +349,17 @@ pub struct PolicySet {
     pub default: Action,
     pub lists: Vec<ListDecl>,
     index: Index,
+    /// Some rule tests `orig_calls_per_minute` (else calls are not counted).
+    uses_rate: bool,
 }
 
 impl PolicySet {
+    /// Whether any rule tests the caller's call rate: when none does, the
+    /// screening state does not count calls (no work, no round trip).
+    pub fn uses_rate(&self) -> bool {
+        self.uses_rate
+    }
+
     /// Parses and validates policy text; every problem is returned.
     pub fn compile(text: &str, file: &str) -> Result<PolicySet, Vec<Diagnostic>> {
         Self::compile_with_lists(text, file).0
@@ -804,12 +812,19 @@ impl<'t> Compiler<'t> {
         }
         self.shadowed(&rules);
         self.lists.clone_from(&lists);
+        let uses_rate = rules.iter().any(|r| {
+            r.when
+                .iter()
+                .chain(&r.unless)
+                .any(|c| c.fact == Fact::OrigCallsPerMinute)
+        });
         let mut set = PolicySet {
             name,
             rules,
             default: default?,
             lists,
             index: Index::default(),
+            uses_rate,
         };
         set.build_index();
         Some(set)

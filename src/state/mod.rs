@@ -275,6 +275,9 @@ pub struct CallQuery<'a> {
     pub spc: &'a str,
     /// The verified PASSporT, for replay detection.
     pub replay: Option<ReplayKey>,
+    /// Count this call in the caller's rate (only when the policy tests
+    /// `orig_calls_per_minute`: otherwise no work, no Redis command).
+    pub count_rate: bool,
     pub now: UnixTime,
 }
 
@@ -297,6 +300,8 @@ pub struct StoreStats {
     pub outbox: AtomicU64,
     /// Mirror reloads (start, reconnect, another process's change).
     pub reloads: AtomicU64,
+    /// The per-INVITE round trip to Redis (answered ones).
+    pub round_trip: crate::metrics::Histogram,
 }
 
 /// Flags, reports, rates and replays.
@@ -580,7 +585,7 @@ impl Store {
             ),
             Err(_) => (false, 0, 0),
         };
-        let rate = if q.caller.is_empty() {
+        let rate = if q.caller.is_empty() || !q.count_rate {
             0
         } else if q.caller_verified {
             self.rates_verified.count(q.caller, q.now.0)
@@ -609,9 +614,11 @@ impl Store {
         let Some(r) = &self.remote else {
             return local;
         };
+        let t0 = std::time::Instant::now();
         match r.call_state(q).await {
             Ok((seen, rate)) => {
-                if !q.caller.is_empty() {
+                self.stats.round_trip.observe(t0.elapsed());
+                if !q.caller.is_empty() && q.count_rate {
                     local.info.orig_calls_per_minute = rate;
                 }
                 if seen == Seen::Replay {

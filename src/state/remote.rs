@@ -415,7 +415,8 @@ impl Remote {
         }
         let b = rates::bucket(q.now.0);
         let mut rate = redis::pipe();
-        if !q.caller.is_empty() {
+        let count = !q.caller.is_empty() && q.count_rate;
+        if count {
             let k = if q.caller_verified { 'v' } else { 'u' };
             let cur = format!("{}rate:{{{k}:{}}}:{b}", self.prefix, q.caller);
             rate.cmd("INCR").arg(&cur);
@@ -440,6 +441,9 @@ impl Remote {
                 .arg("EX")
                 .arg(ttl);
         }
+        if !count && mine.is_none() {
+            return Ok((Seen::Fresh, 0));
+        }
         let (rv, pv) = match &self.target {
             // One pipeline: one round trip.
             Target::Single(_) => {
@@ -458,7 +462,7 @@ impl Remote {
             Target::Cluster(_) => {
                 let (a, b2) = tokio::join!(
                     async {
-                        if q.caller.is_empty() {
+                        if !count {
                             Ok(Vec::new())
                         } else {
                             self.run(&rate, self.timeout).await
@@ -483,7 +487,7 @@ impl Remote {
             },
             _ => Seen::Fresh,
         };
-        let count = match rv.as_slice() {
+        let n = match rv.as_slice() {
             [cur, _, prev] => rates::estimate(
                 q.now.0,
                 u64::try_from(int(prev)).unwrap_or(0),
@@ -491,7 +495,7 @@ impl Remote {
             ),
             _ => 0,
         };
-        Ok((seen, count))
+        Ok((seen, n))
     }
 
     async fn ping(&self) -> Result<(), String> {
