@@ -349,38 +349,7 @@ impl Proxy {
         store.start();
         let operator = config.operator().map_err(|e| cerr(e.to_string()))?;
 
-        let mut udp_sockets = Vec::new();
-        let mut tcp_listeners = Vec::new();
-        for l in &config.proxy.listen {
-            let (t, mut addr) = parse_target(l).map_err(cerr)?;
-            match t {
-                Transport::Udp => {
-                    let s = bind_udp(addr, config.proxy.udp_buffer_bytes).map_err(|source| {
-                        ServeError::Bind {
-                            addr: l.clone(),
-                            source,
-                        }
-                    })?;
-                    udp_sockets.push(Arc::new(s));
-                }
-                Transport::Tcp => {
-                    // Port 0 on both: TCP takes the port UDP got (RFC 3261 §18.2.1).
-                    if addr.port() == 0
-                        && let Some(u) = udp_sockets.first().and_then(|s| s.local_addr().ok())
-                        && u.ip() == addr.ip()
-                    {
-                        addr.set_port(u.port());
-                    }
-                    let s = TcpListener::bind(addr)
-                        .await
-                        .map_err(|source| ServeError::Bind {
-                            addr: l.clone(),
-                            source,
-                        })?;
-                    tcp_listeners.push(s);
-                }
-            }
-        }
+        let (udp_sockets, tcp_listeners) = bind_listeners(&config).await?;
         let local_udp = udp_sockets.first().and_then(|s| s.local_addr().ok());
         let local_tcp = tcp_listeners.first().and_then(|s| s.local_addr().ok());
         let (shutdown, _) = watch::channel(false);
@@ -1932,6 +1901,56 @@ impl Pending {
             count_rate: self.engine.policy.uses_rate(),
             now: self.arrived,
         }
+    }
+}
+
+/// Binds every `[proxy] listen` entry. A TCP listener on port 0 takes the
+/// port its UDP sibling got (RFC 3261 §18.2.1); when another program holds
+/// that TCP port, both are bound again on new ports (a few tries).
+async fn bind_listeners(
+    config: &Config,
+) -> Result<(Vec<Arc<UdpSocket>>, Vec<TcpListener>), ServeError> {
+    const TRIES: usize = 8;
+    let mut attempt = 0;
+    'again: loop {
+        attempt += 1;
+        let mut udp_sockets: Vec<Arc<UdpSocket>> = Vec::new();
+        let mut tcp_listeners = Vec::new();
+        for l in &config.proxy.listen {
+            let (t, mut addr) = parse_target(l).map_err(ServeError::Config)?;
+            let bind_err = |source| ServeError::Bind {
+                addr: l.clone(),
+                source,
+            };
+            match t {
+                Transport::Udp => {
+                    let s = bind_udp(addr, config.proxy.udp_buffer_bytes).map_err(bind_err)?;
+                    udp_sockets.push(Arc::new(s));
+                }
+                Transport::Tcp => {
+                    let mut shared_port = false;
+                    if addr.port() == 0
+                        && let Some(u) = udp_sockets.first().and_then(|s| s.local_addr().ok())
+                        && u.ip() == addr.ip()
+                    {
+                        addr.set_port(u.port());
+                        shared_port = true;
+                    }
+                    match TcpListener::bind(addr).await {
+                        Ok(s) => tcp_listeners.push(s),
+                        Err(e)
+                            if shared_port
+                                && e.kind() == std::io::ErrorKind::AddrInUse
+                                && attempt < TRIES =>
+                        {
+                            continue 'again;
+                        }
+                        Err(e) => return Err(bind_err(e)),
+                    }
+                }
+            }
+        }
+        return Ok((udp_sockets, tcp_listeners));
     }
 }
 

@@ -103,7 +103,6 @@ impl Node {
                 key = root().join("certs/demo/operator.key").display(),
             ),
         );
-        // write_config puts `extra` inside [verify]; the tables above follow it.
         let child = Node::spawn(&config);
         Node {
             sip,
@@ -114,11 +113,17 @@ impl Node {
         }
     }
 
+    /// Starts `serve`; its log goes to `serve.log` beside the config.
     fn spawn(config: &Path) -> std::process::Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(config.with_file_name("serve.log"))
+            .unwrap();
         std::process::Command::new(env!("CARGO_BIN_EXE_stirscreen"))
             .args(["serve", "--config", config.to_str().unwrap()])
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap()
     }
@@ -144,7 +149,12 @@ impl Node {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("node {} not ready: {}", self.sip, self.readyz().await);
+        panic!(
+            "node {} not ready: {:?}; its log:\n{}",
+            self.sip,
+            self.readyz().await,
+            std::fs::read_to_string(self.config.with_file_name("serve.log")).unwrap_or_default()
+        );
     }
 
     fn decisions(&self) -> Vec<serde_json::Value> {
