@@ -203,6 +203,25 @@ async fn redis_backend_passes_the_suite() {
     suite(a, b).await;
 }
 
+#[tokio::test]
+async fn redis_cluster_backend_passes_the_suite() {
+    let cluster = common::RedisCluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&da).unwrap();
+    std::fs::create_dir_all(&db).unwrap();
+    let mut cfg_a = section(Backend::Redis, &da, &cluster.url(), "c:");
+    cfg_a.cluster = true;
+    let mut cfg_b = section(Backend::Redis, &db, &cluster.url(), "c:");
+    cfg_b.cluster = true;
+    let a = Store::open(&cfg_a).unwrap();
+    let b = Store::open(&cfg_b).unwrap();
+    a.start();
+    b.start();
+    wait_until(|| a.health().is_ok() && b.health().is_ok(), "connected").await;
+    suite(a, b).await;
+}
+
 /// A flag that `flags add` acknowledged survives the process: SQLite
 /// committed it (embedded) or Redis has it (redis).
 #[tokio::test]

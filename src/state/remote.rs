@@ -3,12 +3,12 @@
 //!
 //! Keys (`P` is `key_prefix`). Every pipeline touches one hash slot, so the
 //! same commands work on a cluster:
-//! - `P{f}flags:CALLEE` hash caller → `since origin`; `P{f}callees` set.
-//! - `P{r}reports:K:SUBJECT` sorted set callee → time (K `t` number, `s`
-//!   SPC); `P{r}subjects` set of `K:SUBJECT`.
+//! - `P{s}flags:CALLEE` hash caller → `since origin`; `P{s}callees` set.
+//! - `P{s}reports:K:SUBJECT` sorted set callee → time (K `t` number, `s`
+//!   SPC); `P{s}subjects` set of `K:SUBJECT`.
+//! - channel `P{s}events`: every write as an [`Event`] line.
 //! - `Preplay:TOKEN` → Call-ID digest, expiring with the token's freshness.
 //! - `Prate:{K:CALLER}:MINUTE` counters (K `v` verified, `u` not), 120 s.
-//! - channel `Pevents`: every write as an [`Event`] line.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -225,15 +225,18 @@ impl Remote {
     }
 
     fn flags_key(&self, callee: &str) -> String {
-        format!("{}{{f}}flags:{callee}", self.prefix)
+        format!("{}{{s}}flags:{callee}", self.prefix)
     }
 
     fn reports_key(&self, kind: SubjectKind, subject: &str) -> String {
-        format!("{}{{r}}reports:{}:{subject}", self.prefix, kind.as_str())
+        format!("{}{{s}}reports:{}:{subject}", self.prefix, kind.as_str())
     }
 
+    /// In the same hash slot as the keys it announces, so a write and its
+    /// PUBLISH form one single-slot pipeline on a Redis Cluster too (a
+    /// cluster relays every PUBLISH to every node).
     fn channel(&self) -> String {
-        format!("{}events", self.prefix)
+        format!("{}{{s}}events", self.prefix)
     }
 
     /// Writes `e` and announces it. For a flag removal, whether there was one.
@@ -246,7 +249,7 @@ impl Remote {
                     .arg(&f.caller)
                     .arg(format!("{} {}", f.since, f.origin));
                 p.cmd("SADD")
-                    .arg(format!("{}{{f}}callees", self.prefix))
+                    .arg(format!("{}{{s}}callees", self.prefix))
                     .arg(&f.callee);
             }
             Event::FlagRemove { callee, caller } => {
@@ -265,7 +268,7 @@ impl Remote {
                     .arg(*at)
                     .arg(callee);
                 p.cmd("SADD")
-                    .arg(format!("{}{{r}}subjects", self.prefix))
+                    .arg(format!("{}{{s}}subjects", self.prefix))
                     .arg(format!("{}:{subject}", kind.as_str()));
             }
         }
@@ -283,7 +286,7 @@ impl Remote {
             None => {
                 let mut p = redis::pipe();
                 p.cmd("SMEMBERS")
-                    .arg(format!("{}{{f}}callees", self.prefix));
+                    .arg(format!("{}{{s}}callees", self.prefix));
                 let v = self.run(&p, WRITE_TIMEOUT).await?;
                 v.first().map(texts).unwrap_or_default()
             }
@@ -319,7 +322,7 @@ impl Remote {
         }
         let mut p = redis::pipe();
         p.cmd("SMEMBERS")
-            .arg(format!("{}{{r}}subjects", self.prefix));
+            .arg(format!("{}{{s}}subjects", self.prefix));
         let subjects = self
             .run(&p, WRITE_TIMEOUT)
             .await?
@@ -383,7 +386,7 @@ impl Remote {
     pub(super) async fn prune(&self, since: i64) -> Result<(), String> {
         let mut p = redis::pipe();
         p.cmd("SMEMBERS")
-            .arg(format!("{}{{r}}subjects", self.prefix));
+            .arg(format!("{}{{s}}subjects", self.prefix));
         let subjects = self
             .run(&p, WRITE_TIMEOUT)
             .await?
