@@ -23,10 +23,14 @@ mod oid {
     pub const EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 2, 1];
     pub const P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 3, 1, 7];
     pub const P384: &[u8] = &[0x2b, 0x81, 4, 0, 34];
+    pub const P521: &[u8] = &[0x2b, 0x81, 4, 0, 35];
     pub const ECDSA_SHA256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 4, 3, 2];
     pub const ECDSA_SHA384: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 4, 3, 3];
+    pub const ECDSA_SHA512: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 4, 3, 4];
     pub const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 1, 1, 1];
     pub const RSA_SHA256: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 1, 1, 11];
+    pub const RSA_SHA384: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 1, 1, 12];
+    pub const RSA_SHA512: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 1, 1, 13];
     /// Extensions whose criticality this verifier honours (RFC 5280 §4.2).
     pub const UNDERSTOOD: &[&[u8]] = &[
         &[0x55, 0x1d, 0x13], // basicConstraints
@@ -60,8 +64,15 @@ pub enum CertError {
     NotCa { subject: String },
     #[error("`{subject}` exceeds its issuer's path length constraint")]
     PathLen { subject: String },
-    #[error("`{subject}` has an unsupported signature algorithm")]
-    UnsupportedSignatureAlgorithm { subject: String },
+    #[error(
+        "the signature on `{subject}` ({algorithm}) by the {key} key of `{issuer}` is not a supported combination (ECDSA P-256/P-384/P-521 with SHA-256/384/512, RSA PKCS#1 with SHA-256/384/512)"
+    )]
+    UnsupportedSignatureAlgorithm {
+        subject: String,
+        issuer: String,
+        algorithm: String,
+        key: String,
+    },
     #[error("`{subject}` has an unknown critical extension {oid}")]
     UnknownCriticalExtension { subject: String, oid: String },
     #[error("`{subject}` expired at {not_after} (now {now})")]
@@ -316,8 +327,52 @@ fn summary(c: &X509Certificate<'_>) -> CertSummary {
         not_before: c.validity().not_before.timestamp(),
         not_after: c.validity().not_after.timestamp(),
         is_ca: c.is_ca(),
-        spc: tn_auth_list_spc(c).ok().flatten(),
+        spc: tn_auth_list_spc(c).ok().flatten().filter(|s| !s.is_empty()),
     }
+}
+
+/// The error for a signature this verifier cannot check: it names the
+/// signed certificate with its algorithm and the signer with its key.
+fn unsupported(child: &X509Certificate<'_>, issuer: &X509Certificate<'_>) -> CertError {
+    let spki = issuer.public_key();
+    let key = match spki.algorithm.algorithm.as_bytes() {
+        oid::EC_PUBLIC_KEY => match spki
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok())
+            .map(|o| o.as_bytes().to_vec())
+            .as_deref()
+        {
+            Some(oid::P256) => "P-256".to_owned(),
+            Some(oid::P384) => "P-384".to_owned(),
+            Some(oid::P521) => "P-521".to_owned(),
+            Some(other) => format!("EC curve {}", oid_text(other)),
+            None => "EC (no curve)".to_owned(),
+        },
+        oid::RSA => "RSA".to_owned(),
+        other => format!("algorithm {}", oid_text(other)),
+    };
+    let algorithm = match child.signature_algorithm.algorithm.as_bytes() {
+        oid::ECDSA_SHA256 => "ecdsa-with-SHA256".to_owned(),
+        oid::ECDSA_SHA384 => "ecdsa-with-SHA384".to_owned(),
+        oid::ECDSA_SHA512 => "ecdsa-with-SHA512".to_owned(),
+        oid::RSA_SHA256 => "sha256WithRSAEncryption".to_owned(),
+        oid::RSA_SHA384 => "sha384WithRSAEncryption".to_owned(),
+        oid::RSA_SHA512 => "sha512WithRSAEncryption".to_owned(),
+        _ => child.signature_algorithm.algorithm.to_id_string(),
+    };
+    CertError::UnsupportedSignatureAlgorithm {
+        subject: subject_of(child),
+        issuer: subject_of(issuer),
+        algorithm,
+        key,
+    }
+}
+
+/// Dotted text of a DER-encoded OID's content bytes.
+fn oid_text(der: &[u8]) -> String {
+    x509_parser::der_parser::oid::Oid::new(der.into()).to_id_string()
 }
 
 /// Verifies `child`'s signature with `issuer`'s public key.
@@ -346,12 +401,22 @@ fn verify_with(
         .as_ref()
         .and_then(|p| p.as_oid().ok())
         .map(|o| o.as_bytes().to_vec());
+    // CA signatures as real STI-CAs make them (P-521 roots with
+    // ecdsa-with-SHA512 above P-384 intermediates, RSA roots); the leaf's
+    // own key stays P-256 (ES256), checked where the credential is built.
     let alg: &'static dyn sig::VerificationAlgorithm = match (key_alg, curve.as_deref(), sig_alg) {
         (oid::EC_PUBLIC_KEY, Some(oid::P256), oid::ECDSA_SHA256) => &sig::ECDSA_P256_SHA256_ASN1,
         (oid::EC_PUBLIC_KEY, Some(oid::P256), oid::ECDSA_SHA384) => &sig::ECDSA_P256_SHA384_ASN1,
+        (oid::EC_PUBLIC_KEY, Some(oid::P256), oid::ECDSA_SHA512) => &sig::ECDSA_P256_SHA512_ASN1,
         (oid::EC_PUBLIC_KEY, Some(oid::P384), oid::ECDSA_SHA256) => &sig::ECDSA_P384_SHA256_ASN1,
         (oid::EC_PUBLIC_KEY, Some(oid::P384), oid::ECDSA_SHA384) => &sig::ECDSA_P384_SHA384_ASN1,
+        (oid::EC_PUBLIC_KEY, Some(oid::P384), oid::ECDSA_SHA512) => &sig::ECDSA_P384_SHA512_ASN1,
+        (oid::EC_PUBLIC_KEY, Some(oid::P521), oid::ECDSA_SHA256) => &sig::ECDSA_P521_SHA256_ASN1,
+        (oid::EC_PUBLIC_KEY, Some(oid::P521), oid::ECDSA_SHA384) => &sig::ECDSA_P521_SHA384_ASN1,
+        (oid::EC_PUBLIC_KEY, Some(oid::P521), oid::ECDSA_SHA512) => &sig::ECDSA_P521_SHA512_ASN1,
         (oid::RSA, _, oid::RSA_SHA256) => &sig::RSA_PKCS1_2048_8192_SHA256,
+        (oid::RSA, _, oid::RSA_SHA384) => &sig::RSA_PKCS1_2048_8192_SHA384,
+        (oid::RSA, _, oid::RSA_SHA512) => &sig::RSA_PKCS1_2048_8192_SHA512,
         _ => return Err(()),
     };
     let key = sig::UnparsedPublicKey::new(alg, &spki.subject_public_key.data);
@@ -516,11 +581,7 @@ impl TrustStore {
                             break;
                         }
                         Ok(false) => name_matched_bad_sig = true,
-                        Err(()) => {
-                            return Err(CertError::UnsupportedSignatureAlgorithm {
-                                subject: subject_of(current),
-                            });
-                        }
+                        Err(()) => return Err(unsupported(current, a)),
                     }
                 }
             }
@@ -534,6 +595,7 @@ impl TrustStore {
                 });
             }
             let mut next = None;
+            let mut cannot_check = None;
             for (i, cand) in pool.iter().enumerate() {
                 if used.get(i).copied().unwrap_or(true)
                     || cand.subject().as_raw() != current.issuer().as_raw()
@@ -546,7 +608,7 @@ impl TrustStore {
                         break;
                     }
                     Ok(false) => name_matched_bad_sig = true,
-                    Err(()) => {}
+                    Err(()) => cannot_check = Some(unsupported(current, cand)),
                 }
             }
             match next {
@@ -564,10 +626,10 @@ impl TrustStore {
                     });
                 }
                 None => {
-                    return Err(CertError::Untrusted {
+                    return Err(cannot_check.unwrap_or_else(|| CertError::Untrusted {
                         subject: subject_of(leaf),
                         issuer: current.issuer().to_string(),
-                    });
+                    }));
                 }
             }
         };
