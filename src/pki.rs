@@ -78,7 +78,17 @@ fn years(p: &mut CertificateParams, from: i32, to: i32) {
 }
 
 fn make_root(cn: &str, org: &str, sn: u8) -> Result<Ca, PkiError> {
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    make_root_with(cn, org, sn, &rcgen::PKCS_ECDSA_P256_SHA256)
+}
+
+/// A root whose key (and so its signatures) use `alg`.
+fn make_root_with(
+    cn: &str,
+    org: &str,
+    sn: u8,
+    alg: &'static rcgen::SignatureAlgorithm,
+) -> Result<Ca, PkiError> {
+    let key = KeyPair::generate_for(alg)?;
     let mut p = CertificateParams::default();
     p.distinguished_name = dn(cn, org);
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -95,7 +105,18 @@ fn make_root(cn: &str, org: &str, sn: u8) -> Result<Ca, PkiError> {
 }
 
 fn intermediate(cn: &str, org: &str, sn: u8, parent: &Ca) -> Result<Ca, PkiError> {
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    intermediate_with(cn, org, sn, parent, &rcgen::PKCS_ECDSA_P256_SHA256)
+}
+
+/// An intermediate whose own key uses `alg` (its parent's key signs it).
+fn intermediate_with(
+    cn: &str,
+    org: &str,
+    sn: u8,
+    parent: &Ca,
+    alg: &'static rcgen::SignatureAlgorithm,
+) -> Result<Ca, PkiError> {
+    let key = KeyPair::generate_for(alg)?;
     let mut p = CertificateParams::default();
     p.distinguished_name = dn(cn, org);
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -270,6 +291,26 @@ pub fn generate(dir: &Path) -> Result<Vec<PathBuf>, PkiError> {
     )?;
     out.write("sp-lookalike.key", &fake.key.serialize_pem())?;
 
+    // A NetNumber-shaped PKI: a P-521 root signing with ecdsa-with-SHA512,
+    // a P-384 intermediate signing with SHA-384, a P-256 leaf (real STI-CAs
+    // do this; a second trust anchor).
+    let nn_root = make_root_with(
+        "Demo P-521 ROOT CA",
+        "stirscreen lab STI-PA 2",
+        60,
+        &rcgen::PKCS_ECDSA_P521_SHA512,
+    )?;
+    out.write("p521-root.pem", &nn_root.pem)?;
+    let nn_inter = intermediate_with(
+        "Demo P-384 SHAKEN Intermediate CA",
+        "stirscreen lab STI-CA 2",
+        61,
+        &nn_root,
+        &rcgen::PKCS_ECDSA_P384_SHA384,
+    )?;
+    let nn = leaf(Some("4321"), "Demo Carrier N", 62, &nn_inter, life, p256)?;
+    out.leaf_set("sp-p521chain", &nn, &nn_inter)?;
+
     // The operator's own certificate (signs 608 jCards) and the TLS PKI of
     // the lab x5u HTTPS server.
     let op = leaf(
@@ -326,6 +367,8 @@ pub fn generate(dir: &Path) -> Result<Vec<PathBuf>, PkiError> {
          | sti-crl.pem | CRL of the intermediate revoking sp-revoked |\n\
          | sp-rogue.pem | chains to rogue-root.pem, which is not an anchor |\n\
          | sp-lookalike.pem | same names as the real intermediate and root, other keys; includes the fake root |\n\
+         | p521-root.pem | a second anchor: P-521 key, signs with ecdsa-with-SHA512 |\n\
+         | sp-p521chain.pem / .key | SPC `4321`, P-256 leaf under a P-384 intermediate under p521-root.pem |\n\
          | operator.pem / .key | the terminating operator's certificate (signs 608 jCards) |\n\
          | tls-ca.pem, tls-server.pem / .key | TLS PKI of the lab x5u HTTPS server (localhost, 127.0.0.1, ::1) |\n",
     )?;

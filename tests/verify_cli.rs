@@ -122,6 +122,36 @@ fn valid_calls_pass_with_their_attestation() {
     }
 }
 
+/// A NetNumber-shaped chain (P-521 root signing with ecdsa-with-SHA512, a
+/// P-384 intermediate, a P-256 leaf) verifies once its root is an anchor,
+/// and is `cert-untrusted` (not an algorithm error) while it is not.
+#[test]
+fn a_p521_root_and_p384_intermediate_chain_verifies() {
+    let env = env();
+    let id = signed(&env, "sp-p521chain.key", "/sp-p521chain.pem", |_| {});
+    let msg = invite_with(vec![id]).build();
+    let v = verify(&env, "p521-untrusted", &msg, None);
+    expect(
+        &v,
+        "TN-Validation-Failed",
+        None,
+        Some(437),
+        Some("cert-untrusted"),
+    );
+    let text = std::fs::read_to_string(&env.config).unwrap().replace(
+        "trust_anchors = [",
+        &format!(
+            "trust_anchors = [\"{}\", ",
+            common::demo("p521-root.pem").display()
+        ),
+    );
+    let both = env.dir.path().join("both-roots.toml");
+    std::fs::write(&both, text).unwrap();
+    let v = verify(&env, "p521", &msg, Some(&both));
+    expect(&v, "TN-Validation-Passed", Some("A"), None, None);
+    assert_eq!(v["spc"], "4321");
+}
+
 #[test]
 fn numbers_match_through_pai_tel_uris_and_separators() {
     let env = env();

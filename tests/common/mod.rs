@@ -35,6 +35,7 @@ pub fn standard_routes() -> HashMap<String, Route> {
         "sp-revoked",
         "sp-rogue",
         "sp-lookalike",
+        "sp-p521chain",
     ] {
         r.insert(
             format!("/{name}.pem"),
