@@ -700,15 +700,13 @@ impl TrustStore {
         if !curve_ok {
             return Err(CertError::KeyNotP256 { subject });
         }
-        match leaf.key_usage() {
-            Ok(Some(ku)) if !ku.value.digital_signature() => {
-                return Err(CertError::KeyUsage { subject });
-            }
-            Ok(Some(_)) => {}
-            _ => problems.push(ProfileProblem {
-                cert: subject.clone(),
-                rule: "keyUsage extension is absent",
-            }),
+        // An absent keyUsage is a profile problem (reported by
+        // `profile_problems`, for `certs show` too); a present one must
+        // allow signatures.
+        if let Ok(Some(ku)) = leaf.key_usage()
+            && !ku.value.digital_signature()
+        {
+            return Err(CertError::KeyUsage { subject });
         }
         let spc = match tn_auth_list_spc(leaf) {
             Ok(Some(spc)) if !spc.is_empty() => spc,
@@ -716,15 +714,6 @@ impl TrustStore {
             Ok(None) => return Err(CertError::NoTnAuthList { subject }),
             Err(()) => return Err(CertError::BadTnAuthList { subject }),
         };
-        if !spc
-            .bytes()
-            .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
-        {
-            problems.push(ProfileProblem {
-                cert: subject.clone(),
-                rule: "SPC holds characters other than digits and uppercase letters",
-            });
-        }
         let key =
             ParsedPublicKey::new(&sig::ECDSA_P256_SHA256_FIXED, &spki.subject_public_key.data)
                 .map_err(|_| CertError::KeyNotP256 {
@@ -808,6 +797,21 @@ fn profile_problems(c: &X509Certificate<'_>, is_ca: bool, out: &mut Vec<ProfileP
     }
     if !is_ca && !cn.is_some_and(|cn| cn.contains("SHAKEN")) {
         p("end-entity CN does not contain `SHAKEN`");
+    }
+    if !c
+        .extensions()
+        .iter()
+        .any(|e| e.oid.as_bytes() == [0x55, 0x1d, 0x0f])
+    {
+        p("keyUsage extension is absent");
+    }
+    if !is_ca
+        && let Ok(Some(spc)) = tn_auth_list_spc(c)
+        && !spc
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
+    {
+        p("SPC holds characters other than digits and uppercase letters");
     }
     let mut policies = None;
     let mut has_crldp = false;

@@ -952,9 +952,11 @@ impl Verifier {
         })?;
         hr.form = Some(ih.form);
         hr.ppt = ih.ppt.map(str::to_owned);
+        // PASSporT type names compare case-sensitively (RFC 8225 §8.1: the
+        // registry's values are tokens, `SHAKEN` is not `shaken`).
         match ih.ppt {
-            Some(ppt) if ppt.eq_ignore_ascii_case("shaken") => {}
-            Some(ppt) if ppt.eq_ignore_ascii_case("div") => {
+            Some("shaken") => {}
+            Some("div") => {
                 hr.ignored = Some("ppt `div`: diversion chains are not verified yet".into());
                 return Ok(None);
             }
@@ -999,6 +1001,14 @@ impl Verifier {
             return Err(Failure::new(
                 FailureKind::UnsupportedAlg,
                 format!("alg `{}` is not ES256", clip(alg)),
+            ));
+        }
+        if jppt == "shaken" && ih.ppt.is_none() {
+            // RFC 8224 §4.1: ppt MUST be present when the PASSporT uses an
+            // extension; SHAKEN is one (RFC 8588). MAN test plan: 438.
+            return Err(Failure::new(
+                FailureKind::PptMismatch,
+                "the Identity header has no ppt parameter but its PASSporT is `shaken` (RFC 8224 §4.1: ppt must be present for an extension)",
             ));
         }
         if jppt != "shaken" || ih.ppt.is_some_and(|p| p != jppt) {

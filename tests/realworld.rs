@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use stirscreen::cert::{TrustStore, describe_chain, split_chain};
+use stirscreen::cert::{TrustStore, describe_chain, profile_of, split_chain};
 use stirscreen::config::read_certs;
 
 fn realworld() -> PathBuf {
@@ -120,6 +120,24 @@ fn every_core_certificate_gets_the_manifests_spc_and_path() {
             }
             if let Ok(c) = &built {
                 assert_eq!(&*c.spc, e.spc, "{}", e.sha256);
+                // `verify` (the credential's findings on the leaf) and
+                // `certs show` (profile_of) report the same problems.
+                let mut from_verify: Vec<&str> = c
+                    .problems
+                    .iter()
+                    .filter(|p| p.cert == *c.subject)
+                    .map(|p| p.rule)
+                    .collect();
+                let shown = profile_of(&chain[0]).unwrap();
+                let mut from_show: Vec<&str> = shown.iter().map(|p| p.rule).collect();
+                from_verify.sort_unstable();
+                from_show.sort_unstable();
+                if from_verify != from_show {
+                    wrong.push(format!(
+                        "{}: verify {from_verify:?}, certs show {from_show:?}",
+                        e.sha256
+                    ));
+                }
             }
         }
     }

@@ -152,6 +152,36 @@ fn a_p521_root_and_p384_intermediate_chain_verifies() {
     assert_eq!(v["spc"], "4321");
 }
 
+/// RFC 8224 §4.1: a SHAKEN PASSporT needs `ppt` on its Identity header
+/// (the MAN test plan expects 438); `ppt` values compare case-sensitively,
+/// so `ppt=SHAKEN` is an unsupported type, ignored (then 428: no usable
+/// Identity).
+#[test]
+fn identity_ppt_must_be_present_and_is_case_sensitive() {
+    let env = env();
+    let id = signed(&env, "sp-a.key", "/sp-a.pem", |_| {});
+    let without = id.replace(";ppt=shaken", "");
+    assert_ne!(without, id);
+    let v = verify(&env, "no-ppt", &invite_with(vec![without]).build(), None);
+    expect(
+        &v,
+        "No-TN-Validation",
+        None,
+        Some(438),
+        Some("ppt-mismatch"),
+    );
+    assert!(
+        v["failure_detail"]
+            .as_str()
+            .unwrap()
+            .contains("no ppt parameter"),
+        "{v:#}"
+    );
+    let upper = id.replace(";ppt=shaken", ";ppt=SHAKEN");
+    let v = verify(&env, "upper-ppt", &invite_with(vec![upper]).build(), None);
+    expect(&v, "No-TN-Validation", None, Some(428), Some("no-identity"));
+}
+
 #[test]
 fn numbers_match_through_pai_tel_uris_and_separators() {
     let env = env();
