@@ -38,6 +38,7 @@ pub enum PassportError {
 
 /// The JWS protected header of a PASSporT.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(expecting = "a JSON object (the JWS protected header)")]
 pub struct JwsHeader<'a> {
     #[serde(borrow, default)]
     pub alg: Option<Cow<'a, str>>,
@@ -51,7 +52,10 @@ pub struct JwsHeader<'a> {
     pub crit: Option<Vec<Cow<'a, str>>>,
 }
 
+// `expecting`: serde's messages name the type otherwise ("expected struct
+// RawDest"), and these messages reach operators.
 #[derive(Debug, Deserialize)]
+#[serde(expecting = "an object with `tn` (a string) or `uri`")]
 struct RawOrig<'a> {
     #[serde(borrow, default)]
     tn: Option<Cow<'a, str>>,
@@ -60,6 +64,7 @@ struct RawOrig<'a> {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(expecting = "an object with `tn` (an array of strings) or `uri`")]
 struct RawDest<'a> {
     #[serde(borrow, default)]
     tn: Option<Vec<Cow<'a, str>>>,
@@ -68,6 +73,7 @@ struct RawDest<'a> {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(expecting = "a JSON object of PASSporT claims")]
 struct RawClaims<'a> {
     #[serde(borrow, default)]
     attest: Option<Cow<'a, str>>,
@@ -386,6 +392,19 @@ pub fn identity_header_value(token: &str, x5u: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn claim_errors_name_no_rust_type() {
+        for payload in [
+            &br#"{"attest":"A","dest":"12125551213","iat":1,"orig":{"tn":"1"},"origid":"x"}"#[..],
+            br#"{"attest":"A","dest":{"tn":["1"]},"iat":1,"orig":"1","origid":"x"}"#,
+            br#"[1]"#,
+        ] {
+            let e = super::shaken_claims(payload, None).unwrap_err().to_string();
+            assert!(!e.contains("struct") && !e.contains("Raw"), "{e}");
+            assert!(e.contains("expected "), "{e}");
+        }
+    }
+
     use super::*;
 
     /// RFC 8225 Appendix A header and payload: the base64url of the
