@@ -234,6 +234,31 @@ pub struct VerifySection {
     pub codes: BTreeMap<FailureKind, RejectCode>,
     /// Verified tokens remembered so retransmissions skip ECDSA.
     pub memo_capacity: usize,
+    /// Country code that completes numbers written without one (`1` for
+    /// NANP: `2155551212` → `12155551212`); empty: numbers as written.
+    pub default_country_code: CountryCode,
+}
+
+/// `default_country_code`: one to three digits, or empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CountryCode(pub String);
+
+impl<'de> Deserialize<'de> for CountryCode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let digits = s.strip_prefix('+').unwrap_or(&s);
+        if digits.is_empty()
+            || (digits.len() <= 3
+                && digits.bytes().all(|b| b.is_ascii_digit())
+                && !digits.starts_with('0'))
+        {
+            Ok(CountryCode(digits.to_owned()))
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "`{s}` is not a country code: one to three digits such as \"1\" (NANP) or \"44\", or \"\" for none"
+            )))
+        }
+    }
 }
 
 impl Default for VerifySection {
@@ -252,6 +277,7 @@ impl Default for VerifySection {
             code_profile: v.code_profile,
             codes: BTreeMap::new(),
             memo_capacity: 16_384,
+            default_country_code: CountryCode::default(),
         }
     }
 }
@@ -460,6 +486,9 @@ impl Config {
             },
             code_profile: v.code_profile,
             code_overrides: v.codes.iter().map(|(k, c)| (*k, c.0)).collect(),
+            numbering: crate::tn::Numbering {
+                country_code: v.default_country_code.0.clone(),
+            },
         }
     }
 

@@ -210,21 +210,27 @@ impl CallInfo {
     /// What a request says about its call: the claimed calling number, the
     /// number it is routed to, the From display name, the method and
     /// whether it was diverted (Diversion or History-Info).
-    pub fn from_request(msg: &crate::sip::Message<'_>, source: &str) -> CallInfo {
+    pub fn from_request(
+        msg: &crate::sip::Message<'_>,
+        source: &str,
+        numbering: &crate::tn::Numbering,
+    ) -> CallInfo {
         use crate::sip::HeaderId;
-        use crate::tn::{tn_of_header, tn_of_uri};
         let orig = msg
             .values(HeaderId::PAssertedIdentity)
             .flat_map(crate::sip::addr::split_values)
-            .find_map(tn_of_header)
-            .or_else(|| msg.value(HeaderId::From).and_then(tn_of_header));
+            .find_map(|v| numbering.of_header(v))
+            .or_else(|| {
+                msg.value(HeaderId::From)
+                    .and_then(|v| numbering.of_header(v))
+            });
         let callee = match msg.start {
             crate::sip::StartLine::Request { uri, .. } => crate::sip::addr::Uri::parse(uri)
                 .ok()
-                .and_then(|u| tn_of_uri(&u)),
+                .and_then(|u| numbering.of_uri(&u)),
             crate::sip::StartLine::Response { .. } => None,
         }
-        .or_else(|| msg.value(HeaderId::To).and_then(tn_of_header));
+        .or_else(|| msg.value(HeaderId::To).and_then(|v| numbering.of_header(v)));
         let display_name = msg
             .value(crate::sip::HeaderId::From)
             .and_then(|v| crate::sip::addr::NameAddr::parse(v).ok())

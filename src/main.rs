@@ -825,7 +825,7 @@ fn call_facts(
     let verifier = Verifier::new(cfg.verify_config());
     let outcome = runtime()?.block_on(verify_request(&verifier, &fetcher, &msg, now));
     let source = from.map(|ip| cfg.source_of(ip)).unwrap_or_default();
-    let call = CallInfo::from_request(&msg, source);
+    let call = CallInfo::from_request(&msg, source, &verifier.config.numbering);
     // The configured store when there is one (flags and reports as they
     // are), else an empty one: the call counts itself either way, as in
     // `serve`.

@@ -1229,7 +1229,11 @@ impl Proxy {
             .verify_seconds
             .observe(verified.saturating_duration_since(txn.started));
         let p = Pending {
-            call: CallInfo::from_request(msg, self.config.source_of(txn.upstream.addr.ip())),
+            call: CallInfo::from_request(
+                msg,
+                self.config.source_of(txn.upstream.addr.ip()),
+                &self.verifier.config.numbering,
+            ),
             engine: self.engine.current(),
             outcome,
             arrived,

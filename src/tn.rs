@@ -88,8 +88,13 @@ impl serde::Serialize for Tn {
 /// or only digits and separators). User parameters (`;verstat=`, `;isub=`,
 /// `;tgrp=`, `;trunk-context=`, RFC 4904) are ignored.
 pub fn tn_of_uri(uri: &Uri<'_>) -> Option<Tn> {
+    number_of_uri(uri).and_then(|n| Tn::canonical(n).ok())
+}
+
+/// The number as written in a URI (before canonicalisation).
+fn number_of_uri<'u>(uri: &Uri<'u>) -> Option<&'u str> {
     if uri.is_tel() {
-        return Tn::canonical(uri.rest.split(';').next()?).ok();
+        return uri.rest.split(';').next();
     }
     if !uri.is_sip() {
         return None;
@@ -112,7 +117,66 @@ pub fn tn_of_uri(uri: &Uri<'_>) -> Option<Tn> {
             return None;
         }
     }
-    Tn::canonical(number).ok()
+    Some(number)
+}
+
+/// How numbers written without a country code are completed to E.164
+/// (`[verify] default_country_code`), so that `2155551212` in From matches
+/// `12155551212` signed in the PASSporT. Off when the code is empty.
+///
+/// A number written with a leading `+` (or a service code `*`/`#`) is
+/// never changed. With country code `1` (NANP): ten digits starting 2-9
+/// (NPA-NXX-XXXX) get `1` in front; `011` (the NANP international prefix)
+/// is dropped. With another code: `00` (the ITU international prefix) is
+/// dropped, and a single leading `0` (the usual trunk prefix) is replaced
+/// by the country code. Anything else is taken as already international.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Numbering {
+    /// Digits of the default country code (`1`, `44`, `33`), or empty.
+    pub country_code: String,
+}
+
+impl Numbering {
+    /// `raw` (as written) canonicalised and completed.
+    pub fn canonical(&self, raw: &str) -> Option<Tn> {
+        let t = Tn::canonical(raw).ok()?;
+        let d = t.as_str();
+        if self.country_code.is_empty()
+            || raw.trim_start().starts_with('+')
+            || d.starts_with(['*', '#'])
+        {
+            return Some(t);
+        }
+        let cc = self.country_code.as_str();
+        let full = if cc == "1" {
+            if let Some(intl) = d.strip_prefix("011") {
+                intl.to_owned()
+            } else if d.len() == 10 && d.starts_with(['2', '3', '4', '5', '6', '7', '8', '9']) {
+                format!("1{d}")
+            } else {
+                return Some(t);
+            }
+        } else if let Some(intl) = d.strip_prefix("00") {
+            intl.to_owned()
+        } else if let Some(national) = d.strip_prefix('0') {
+            format!("{cc}{national}")
+        } else {
+            return Some(t);
+        };
+        Tn::canonical(&full).ok().or(Some(t))
+    }
+
+    /// The number a URI names, completed.
+    pub fn of_uri(&self, uri: &Uri<'_>) -> Option<Tn> {
+        number_of_uri(uri).and_then(|n| self.canonical(n))
+    }
+
+    /// The number in a From/To/P-Asserted-Identity value, completed.
+    pub fn of_header(&self, value: &str) -> Option<Tn> {
+        NameAddr::parse(value)
+            .ok()
+            .and_then(|a| self.of_uri(&a.uri))
+    }
 }
 
 /// The telephone number in a From/To/P-Asserted-Identity value.
@@ -138,6 +202,42 @@ mod tests {
         assert_eq!(Tn::canonical("12a"), Err(TnError::BadChar('a')));
         assert_eq!(Tn::canonical("+"), Err(TnError::Empty));
         assert_eq!(Tn::canonical(&"1".repeat(40)), Err(TnError::TooLong));
+    }
+
+    #[test]
+    fn national_numbers_are_completed_with_the_default_country_code() {
+        let nanp = Numbering {
+            country_code: "1".into(),
+        };
+        let c = |n: &Numbering, s: &str| n.canonical(s).map(|t| t.to_string());
+        assert_eq!(c(&nanp, "2155551212").as_deref(), Some("12155551212"));
+        assert_eq!(c(&nanp, "(215) 555-1212").as_deref(), Some("12155551212"));
+        assert_eq!(c(&nanp, "12155551212").as_deref(), Some("12155551212"));
+        assert_eq!(
+            c(&nanp, "+2155551212").as_deref(),
+            Some("2155551212"),
+            "+ is international"
+        );
+        assert_eq!(c(&nanp, "011442071234567").as_deref(), Some("442071234567"));
+        assert_eq!(
+            c(&nanp, "1155551212").as_deref(),
+            Some("1155551212"),
+            "NPA cannot start with 1"
+        );
+        assert_eq!(c(&nanp, "*67").as_deref(), Some("*67"));
+        let fr = Numbering {
+            country_code: "33".into(),
+        };
+        assert_eq!(c(&fr, "0123456789").as_deref(), Some("33123456789"));
+        assert_eq!(c(&fr, "0044207123").as_deref(), Some("44207123"));
+        let off = Numbering::default();
+        assert_eq!(c(&off, "2155551212").as_deref(), Some("2155551212"));
+        assert_eq!(
+            nanp.of_header("<sip:2155551212@ex.com;user=phone>")
+                .map(|t| t.to_string())
+                .as_deref(),
+            Some("12155551212")
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::passport::{self, Attest, PassportError};
 use crate::sip::addr::{Uri, split_values};
 use crate::sip::{HeaderId, Message, StartLine};
 use crate::time::{UnixTime, parse_sip_date};
-use crate::tn::{Tn, tn_of_header, tn_of_uri};
+use crate::tn::Tn;
 
 /// The `verstat` values (3GPP TS 24.229 §7.2A.20); also the policy's
 /// `verstat` fact.
@@ -493,6 +493,8 @@ pub struct VerifyConfig {
     pub code_profile: CodeProfile,
     /// Per-kind code overrides on top of the profile.
     pub code_overrides: Vec<(FailureKind, u16)>,
+    /// How numbers in SIP headers without a country code are completed.
+    pub numbering: crate::tn::Numbering,
 }
 
 impl Default for VerifyConfig {
@@ -505,6 +507,7 @@ impl Default for VerifyConfig {
             x5u: X5uPolicy::default(),
             code_profile: CodeProfile::Rfc8224,
             code_overrides: Vec::new(),
+            numbering: crate::tn::Numbering::default(),
         }
     }
 }
@@ -856,16 +859,22 @@ impl Verifier {
         let pai: Vec<Tn> = msg
             .values(HeaderId::PAssertedIdentity)
             .flat_map(split_values)
-            .filter_map(tn_of_header)
+            .filter_map(|v| self.config.numbering.of_header(v))
             .collect();
-        let from = msg.value(HeaderId::From).and_then(tn_of_header);
+        let from = msg
+            .value(HeaderId::From)
+            .and_then(|v| self.config.numbering.of_header(v));
         let orig_candidates: Vec<Tn> = if pai.is_empty() {
             from.into_iter().collect()
         } else {
             pai
         };
-        let to = msg.value(HeaderId::To).and_then(tn_of_header);
-        let ruri = Uri::parse(uri).ok().and_then(|u| tn_of_uri(&u));
+        let to = msg
+            .value(HeaderId::To)
+            .and_then(|v| self.config.numbering.of_header(v));
+        let ruri = Uri::parse(uri)
+            .ok()
+            .and_then(|u| self.config.numbering.of_uri(&u));
         p.claimed_orig = orig_candidates.first().copied();
         p.claimed_dest = to.into_iter().collect();
 

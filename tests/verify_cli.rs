@@ -182,6 +182,36 @@ fn identity_ppt_must_be_present_and_is_case_sensitive() {
     expect(&v, "No-TN-Validation", None, Some(428), Some("no-identity"));
 }
 
+/// `[verify] default_country_code = "1"`: a national number in From
+/// (`2155551212`) matches the E.164 number signed (`12155551212`).
+#[test]
+fn national_numbers_match_with_a_default_country_code() {
+    let env = env();
+    let id = signed(&env, "sp-a.key", "/sp-a.pem", |_| {});
+    let msg = invite_with(vec![id])
+        .build()
+        .replace(&format!("From: <sip:+{ORIG}@"), "From: <sip:2155551212@");
+    assert!(msg.contains("From: <sip:2155551212@"));
+    let v = verify(&env, "national-off", &msg, None);
+    expect(
+        &v,
+        "No-TN-Validation",
+        None,
+        Some(438),
+        Some("orig-mismatch"),
+    );
+    let nanp = env.dir.path().join("nanp.toml");
+    std::fs::write(
+        &nanp,
+        std::fs::read_to_string(&env.config)
+            .unwrap()
+            .replace("[verify]\n", "[verify]\ndefault_country_code = \"1\"\n"),
+    )
+    .unwrap();
+    let v = verify(&env, "national-nanp", &msg, Some(&nanp));
+    expect(&v, "TN-Validation-Passed", Some("A"), None, None);
+}
+
 #[test]
 fn numbers_match_through_pai_tel_uris_and_separators() {
     let env = env();
