@@ -237,6 +237,8 @@ pub struct VerifySection {
     /// Country code that completes numbers written without one (`1` for
     /// NANP: `2155551212` → `12155551212`); empty: numbers as written.
     pub default_country_code: CountryCode,
+    /// `per-failure` (default) or `failed`: see README "Failure kinds".
+    pub failed_verstat: crate::verify::FailedVerstat,
 }
 
 /// `default_country_code`: one to three digits, or empty.
@@ -278,6 +280,7 @@ impl Default for VerifySection {
             codes: BTreeMap::new(),
             memo_capacity: 16_384,
             default_country_code: CountryCode::default(),
+            failed_verstat: crate::verify::FailedVerstat::PerFailure,
         }
     }
 }
@@ -489,6 +492,7 @@ impl Config {
             numbering: crate::tn::Numbering {
                 country_code: v.default_country_code.0.clone(),
             },
+            failed_verstat: v.failed_verstat,
         }
     }
 

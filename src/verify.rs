@@ -495,6 +495,25 @@ pub struct VerifyConfig {
     pub code_overrides: Vec<(FailureKind, u16)>,
     /// How numbers in SIP headers without a country code are completed.
     pub numbering: crate::tn::Numbering,
+    /// Which verstat a failed verification gets.
+    pub failed_verstat: FailedVerstat,
+}
+
+/// `[verify] failed_verstat`: how a failure maps to verstat. Peers differ:
+/// ATIS-1000082 implementations tell "no validation was possible" from
+/// "validation failed" by where verification stopped (the default here);
+/// others mark any Identity header that did not verify as failed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailedVerstat {
+    /// By failure kind ([`FailureKind::verstat`]): failures before a
+    /// credential was checked are `No-TN-Validation`, credential and
+    /// signature failures `TN-Validation-Failed`.
+    #[default]
+    PerFailure,
+    /// Every failure of a present Identity header is
+    /// `TN-Validation-Failed`; only `no-identity` stays `No-TN-Validation`.
+    Failed,
 }
 
 impl Default for VerifyConfig {
@@ -508,11 +527,21 @@ impl Default for VerifyConfig {
             code_profile: CodeProfile::Rfc8224,
             code_overrides: Vec::new(),
             numbering: crate::tn::Numbering::default(),
+            failed_verstat: FailedVerstat::PerFailure,
         }
     }
 }
 
 impl VerifyConfig {
+    /// The verstat of a failure, by `failed_verstat`.
+    pub fn verstat(&self, kind: FailureKind) -> Verstat {
+        match (self.failed_verstat, kind) {
+            (FailedVerstat::PerFailure, k) => k.verstat(),
+            (FailedVerstat::Failed, FailureKind::NoIdentity) => Verstat::NoValidation,
+            (FailedVerstat::Failed, _) => Verstat::Failed,
+        }
+    }
+
     /// The code for a failure kind, overrides first.
     pub fn code(&self, kind: FailureKind) -> u16 {
         self.code_overrides
@@ -692,7 +721,7 @@ impl Outcome {
     pub fn timeout(config: &VerifyConfig, detail: &str) -> Outcome {
         let f = Failure::new(FailureKind::VerificationTimeout, detail);
         Outcome {
-            verstat: Verstat::NoValidation,
+            verstat: config.verstat(f.kind),
             verified: None,
             stir_code: Some(config.code(f.kind)),
             failure: Some(f),
@@ -1205,7 +1234,7 @@ impl Verifier {
             )
         });
         Outcome {
-            verstat: failure.kind.verstat(),
+            verstat: self.config.verstat(failure.kind),
             verified: None,
             stir_code: Some(self.config.code(failure.kind)),
             failure: Some(failure),
@@ -1258,7 +1287,7 @@ impl Verifier {
             "this PASSporT was already used by another call (another Call-ID) within its freshness window",
         );
         o.verified = None;
-        o.verstat = f.kind.verstat();
+        o.verstat = self.config.verstat(f.kind);
         o.stir_code = Some(self.config.code(f.kind));
         o.failure = Some(f);
         o

@@ -212,6 +212,49 @@ fn national_numbers_match_with_a_default_country_code() {
     expect(&v, "TN-Validation-Passed", Some("A"), None, None);
 }
 
+/// `failed_verstat = "failed"`: an orig-mismatch (No-TN-Validation by
+/// default) becomes TN-Validation-Failed; a call without Identity stays
+/// No-TN-Validation.
+#[test]
+fn failed_verstat_can_mark_every_failure_failed() {
+    let env = env();
+    let id = signed(&env, "sp-a.key", "/sp-a.pem", |r| {
+        r.orig = "12155550000".into()
+    });
+    let msg = invite_with(vec![id]).build();
+    let v = verify(&env, "mismatch-default", &msg, None);
+    expect(
+        &v,
+        "No-TN-Validation",
+        None,
+        Some(438),
+        Some("orig-mismatch"),
+    );
+    let failed = env.dir.path().join("failed.toml");
+    std::fs::write(
+        &failed,
+        std::fs::read_to_string(&env.config)
+            .unwrap()
+            .replace("[verify]\n", "[verify]\nfailed_verstat = \"failed\"\n"),
+    )
+    .unwrap();
+    let v = verify(&env, "mismatch-failed", &msg, Some(&failed));
+    expect(
+        &v,
+        "TN-Validation-Failed",
+        None,
+        Some(438),
+        Some("orig-mismatch"),
+    );
+    let v = verify(
+        &env,
+        "none-failed",
+        &invite_with(vec![]).build(),
+        Some(&failed),
+    );
+    expect(&v, "No-TN-Validation", None, Some(428), Some("no-identity"));
+}
+
 #[test]
 fn numbers_match_through_pai_tel_uris_and_separators() {
     let env = env();
