@@ -101,6 +101,10 @@ for backend in ${BACKENDS:-embedded}; do
     # The embedded default (or STIRSCREEN_CONFIG) with the Redis backend.
     config="$work/redis.toml"
     if [ -n "${STIRSCREEN_CONFIG:-}" ]; then cp "$STIRSCREEN_CONFIG" "$config"; else cp src/default.toml "$config"; fi
+    # Relative paths in a config file resolve against its directory: point
+    # them at the repository (inputs) and the working directory (outputs).
+    sed -i -e "s|\"certs/|\"$PWD/certs/|g; s|\"policies/|\"$PWD/policies/|g" \
+      -e "s|^path = \"stirscreen.db\"|path = \"$PWD/stirscreen.db\"|; s|^decisions = \"decisions.jsonl\"|decisions = \"$PWD/decisions.jsonl\"|" "$config"
     sed -i -e '/^\[store\]/,/^\[/{/^backend *=/d;/^url *=/d}' \
       -e "s|^\[store\]|[store]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:$rport\"|" "$config"
   fi

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -11,8 +12,82 @@ use crate::cert::{TrustStore, split_chain};
 use crate::verify::{CodeProfile, DateCheck, FailureKind, VerifyConfig, X5uPolicy};
 
 /// The embedded default configuration (`serve` and `verify` without
-/// `--config`). Paths are relative to the working directory.
+/// `--config`). Its certificate, key and policy paths name the files
+/// below, compiled in and unpacked at load: it works from any directory.
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
+
+/// The files the embedded default names, by the path it names them with.
+const EMBEDDED_FILES: &[(&str, &[u8])] = &[
+    (
+        "certs/demo/sti-root.pem",
+        include_bytes!("../certs/demo/sti-root.pem"),
+    ),
+    (
+        "certs/demo/sp-a.pem",
+        include_bytes!("../certs/demo/sp-a.pem"),
+    ),
+    (
+        "certs/demo/operator.key",
+        include_bytes!("../certs/demo/operator.key"),
+    ),
+    (
+        "policies/default.toml",
+        include_bytes!("../policies/default.toml"),
+    ),
+    (
+        "policies/lists/do-not-originate.txt",
+        include_bytes!("../policies/lists/do-not-originate.txt"),
+    ),
+];
+
+/// A private directory holding the embedded default's files, removed when
+/// the last [`Config`] that uses it is dropped. Created with a random name
+/// by `mkdir` (which fails on an existing name), so nobody else's files
+/// can stand in for the trust anchors.
+#[derive(Debug)]
+pub struct Unpacked(PathBuf);
+
+impl Unpacked {
+    fn create() -> Result<Unpacked, ConfigError> {
+        let base = std::env::temp_dir();
+        let mut last = None;
+        for _ in 0..8 {
+            let dir = base.join(format!(
+                "stirscreen-default-{}-{}",
+                std::process::id(),
+                crate::lab::random_hex(6)
+            ));
+            match std::fs::create_dir(&dir) {
+                Ok(()) => {
+                    let u = Unpacked(dir);
+                    for (rel, body) in EMBEDDED_FILES {
+                        let p = u.0.join(rel);
+                        let io = |source| ConfigError::Read {
+                            path: p.display().to_string(),
+                            source,
+                        };
+                        if let Some(parent) = p.parent() {
+                            std::fs::create_dir_all(parent).map_err(io)?;
+                        }
+                        std::fs::write(&p, body).map_err(io)?;
+                    }
+                    return Ok(u);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(ConfigError::Read {
+            path: base.display().to_string(),
+            source: last.unwrap_or_else(|| std::io::Error::other("no directory")),
+        })
+    }
+}
+
+impl Drop for Unpacked {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 /// The whole file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -28,6 +103,9 @@ pub struct Config {
     pub log: LogSection,
     /// Named peers and trunks, matched by source address (the `source` fact).
     pub peers: Vec<Peer>,
+    /// The embedded default's files, while this configuration uses them.
+    #[serde(skip)]
+    pub unpacked: Option<Arc<Unpacked>>,
 }
 
 /// `[[peers]]`: a named peer or trunk.
@@ -444,34 +522,82 @@ impl Config {
     }
 
     /// Reads and parses a file, or the embedded default when `path` is None.
-    /// Relative paths inside a file are resolved against the working
-    /// directory first and then against the file's directory.
+    /// Relative input paths (certificates, keys, the policy) resolve
+    /// against the file's directory, never the working directory; the
+    /// embedded default's against its unpacked files. Output paths (the
+    /// state database, the decision log) of the embedded default stay
+    /// relative to the working directory.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let Some(path) = path else {
-            return Config::parse(DEFAULT_CONFIG, "<embedded default>");
+            let mut cfg = Config::parse(DEFAULT_CONFIG, "<embedded default>")?;
+            let u = Unpacked::create()?;
+            cfg.rebase_inputs(&u.0);
+            cfg.unpacked = Some(Arc::new(u));
+            return Ok(cfg);
         };
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
         let mut cfg = Config::parse(&text, &path.display().to_string())?;
-        if let Some(dir) = path.parent() {
-            let fix = |p: &mut PathBuf| {
-                if p.is_relative() && !p.exists() && dir.join(&*p).exists() {
-                    *p = dir.join(&*p);
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        // A key the file leaves out keeps the embedded default's value;
+        // when that names an embedded file absent beside the file, the
+        // embedded copy is used.
+        let mut unpacked: Option<Unpacked> = None;
+        for p in cfg.input_paths_mut() {
+            let name = p.to_string_lossy().into_owned();
+            if p.is_relative()
+                && !dir.join(&*p).exists()
+                && EMBEDDED_FILES.iter().any(|(n, _)| *n == name)
+            {
+                if unpacked.is_none() {
+                    unpacked = Some(Unpacked::create()?);
                 }
-            };
-            cfg.verify.trust_anchors.iter_mut().for_each(fix);
-            cfg.verify.intermediates.iter_mut().for_each(fix);
-            cfg.verify.crls.iter_mut().for_each(fix);
-            cfg.fetch.extra_tls_roots.iter_mut().for_each(fix);
-            cfg.fetch.pinned.values_mut().for_each(fix);
-            fix(&mut cfg.policy.file);
-            if let Some(k) = cfg.operator.jcard_key.as_mut() {
-                fix(k);
+                if let Some(u) = &unpacked {
+                    *p = u.0.join(&*p);
+                }
             }
         }
+        cfg.unpacked = unpacked.map(Arc::new);
+        cfg.rebase_inputs(&dir);
+        let rebase = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        };
+        rebase(&mut cfg.store.path);
+        if !matches!(cfg.log.decisions.as_str(), "" | "-") {
+            let mut d = PathBuf::from(&cfg.log.decisions);
+            rebase(&mut d);
+            cfg.log.decisions = d.display().to_string();
+        }
         Ok(cfg)
+    }
+
+    /// Every input file the configuration names.
+    fn input_paths_mut(&mut self) -> impl Iterator<Item = &mut PathBuf> {
+        self.verify
+            .trust_anchors
+            .iter_mut()
+            .chain(self.verify.intermediates.iter_mut())
+            .chain(self.verify.crls.iter_mut())
+            .chain(self.fetch.extra_tls_roots.iter_mut())
+            .chain(self.fetch.pinned.values_mut())
+            .chain(std::iter::once(&mut self.policy.file))
+            .chain(self.operator.jcard_key.iter_mut())
+    }
+
+    /// Makes relative input paths relative to `dir`.
+    fn rebase_inputs(&mut self, dir: &Path) {
+        for p in self.input_paths_mut() {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        }
     }
 
     /// The core verifier settings.

@@ -418,3 +418,75 @@ fn demo_live_load_reports_a_summary() {
     }
     assert!(stdout.contains("p99"), "{stdout}");
 }
+
+/// `serve` on the embedded default, from a directory without the
+/// repository: it starts (anchors, pinned credential, policy and jCard key
+/// are compiled in), answers on 127.0.0.1:5060, and on SIGTERM exits 0 and
+/// removes the files it unpacked.
+#[tokio::test]
+async fn serve_on_the_embedded_default_runs_from_any_directory() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    assert!(
+        std::net::UdpSocket::bind("127.0.0.1:5060").is_ok(),
+        "127.0.0.1:5060 is in use: the embedded default listens there"
+    );
+    let before: HashSet<String> = unpacked_dirs();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stirscreen"))
+        .current_dir(elsewhere.path())
+        .arg("serve")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let c = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let options = "OPTIONS sip:x@example.net SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:1;branch=z9hG4bKemb\r\nMax-Forwards: 0\r\nFrom: <sip:a@example.net>;tag=1\r\nTo: <sip:x@example.net>\r\nCall-ID: emb-1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+    let mut answer = String::new();
+    for _ in 0..50 {
+        c.send_to(options.as_bytes(), "127.0.0.1:5060")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        if let Ok(Ok((n, _))) =
+            tokio::time::timeout(Duration::from_millis(100), c.recv_from(&mut buf)).await
+        {
+            answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+            break;
+        }
+    }
+    assert!(answer.starts_with("SIP/2.0 483"), "{answer:?}");
+    let (code, body) = http_get("127.0.0.1:9090".parse().unwrap(), "/readyz")
+        .await
+        .unwrap();
+    assert_eq!((code, body.as_str()), (200, "ready\n"));
+    let during: HashSet<String> = unpacked_dirs();
+    assert!(
+        during.difference(&before).count() >= 1,
+        "unpacked: {during:?}"
+    );
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    let after: HashSet<String> = unpacked_dirs();
+    assert!(
+        after.difference(&before).next().is_none(),
+        "left behind: {after:?}"
+    );
+    assert!(
+        elsewhere.path().join("stirscreen.db").exists(),
+        "state in the working directory"
+    );
+}
+
+fn unpacked_dirs() -> HashSet<String> {
+    std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("stirscreen-default-"))
+        .collect()
+}

@@ -755,8 +755,12 @@ async fn serve_binary_answers_and_exits_cleanly_on_sigterm() {
         ),
     )
     .unwrap();
+    // Run from a directory without the repository: the keys the file
+    // leaves out (anchors, policy, jCard key) take the embedded default's
+    // compiled-in files.
+    let elsewhere = tempfile::tempdir().unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stirscreen"))
-        .current_dir(root())
+        .current_dir(elsewhere.path())
         .args(["serve", "--config", cfg.to_str().unwrap()])
         .stderr(std::process::Stdio::piped())
         .spawn()
