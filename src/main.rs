@@ -507,6 +507,7 @@ fn outcome_json(o: &Outcome) -> serde_json::Value {
         "spc": o.spc(),
         "origid": o.origid,
         "signer": o.verified.as_ref().map(|v| v.signer.clone()),
+        "rcd": o.verified.as_ref().and_then(|v| v.rcd.clone()),
         "iat_age": o.iat_age,
         "date_note": o.date_note,
         "identity_headers": o.headers,

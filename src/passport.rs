@@ -85,6 +85,11 @@ struct RawClaims<'a> {
     orig: Option<RawOrig<'a>>,
     #[serde(borrow, default)]
     origid: Option<Cow<'a, str>>,
+    /// RFC 9795 rich call data, checked apart from the SHAKEN claims.
+    #[serde(default)]
+    rcd: Option<serde_json::Value>,
+    #[serde(default)]
+    rcdi: Option<serde_json::Value>,
 }
 
 /// SHAKEN attestation level (RFC 8588 §4, ATIS-1000074 §5.2.3).
@@ -119,6 +124,9 @@ pub struct ShakenClaims<'a> {
     /// `orig.tn`, as signed.
     pub orig: Cow<'a, str>,
     pub origid: Cow<'a, str>,
+    /// RFC 9795 rich call data, when the PASSporT carries some: decoded on
+    /// its own, so a broken `rcd` never fails the SHAKEN claims.
+    pub rcd: Option<RcdStatus>,
 }
 
 /// A decoded (not yet verified) full-form PASSporT.
@@ -187,7 +195,102 @@ pub fn decode(token: &str) -> Result<Decoded<'_>, PassportError> {
 }
 
 /// Claims this verifier understands; `crit` may list only these.
-const UNDERSTOOD: &[&str] = &["attest", "dest", "iat", "orig", "origid"];
+const UNDERSTOOD: &[&str] = &["attest", "dest", "iat", "orig", "origid", "rcd", "rcdi"];
+
+/// Largest `nam` / `crn`, in characters (RFC 9795 leaves them unbounded;
+/// a display name longer than this is not one).
+pub const MAX_RCD_TEXT: usize = 256;
+/// Largest URL in `icn` / `jcl`.
+pub const MAX_RCD_URL: usize = 2048;
+
+/// Rich call data as signed (RFC 9795 §5), bounded. Whether it may be
+/// shown is [`RcdStatus`]'s business.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Rcd {
+    /// `nam`: the caller's name to display.
+    pub nam: Option<String>,
+    /// `icn`: an HTTPS URL of the caller's logo.
+    pub icn: Option<String>,
+    /// `jcl`: an HTTPS URL of a jCard.
+    pub jcl: Option<String>,
+    /// `jcd` was present (an inline jCard; kept out of facts).
+    pub jcd: bool,
+    /// `crn`: the call's reason.
+    pub crn: Option<String>,
+    /// `rcdi` was present: the referenced content has integrity digests.
+    pub rcdi: bool,
+}
+
+/// What became of a PASSporT's rcd.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "kebab-case")]
+pub enum RcdStatus {
+    /// Decoded and within bounds. With `rcdi`, the digests of referenced
+    /// content were not checked (that needs fetching it).
+    Signed { rcd: Rcd, rcdi_checked: bool },
+    /// Present but not usable; the SHAKEN verification is unaffected.
+    Broken { why: String },
+}
+
+fn rcd_text(v: &serde_json::Value, claim: &str) -> Result<Option<String>, String> {
+    match v.get(claim) {
+        None => Ok(None),
+        Some(serde_json::Value::String(s)) if s.chars().count() <= MAX_RCD_TEXT => {
+            Ok(Some(s.clone()))
+        }
+        Some(serde_json::Value::String(_)) => Err(format!(
+            "`{claim}` is longer than {MAX_RCD_TEXT} characters"
+        )),
+        Some(_) => Err(format!("`{claim}` is not a string")),
+    }
+}
+
+fn rcd_url(v: &serde_json::Value, claim: &str) -> Result<Option<String>, String> {
+    match v.get(claim) {
+        None => Ok(None),
+        Some(serde_json::Value::String(s))
+            if s.len() <= MAX_RCD_URL
+                && s.starts_with("https://")
+                && !s.contains(char::is_whitespace) =>
+        {
+            Ok(Some(s.clone()))
+        }
+        Some(_) => Err(format!(
+            "`{claim}` is not an https URL of at most {MAX_RCD_URL} bytes"
+        )),
+    }
+}
+
+/// Decodes the `rcd` claim (RFC 9795 §5): an object with `nam` and
+/// optional `icn`, `jcd` or `jcl` (not both), `crn`.
+fn decode_rcd(rcd: &serde_json::Value, rcdi: bool) -> RcdStatus {
+    let parse = || -> Result<Rcd, String> {
+        if !rcd.is_object() {
+            return Err("`rcd` is not an object".into());
+        }
+        if rcd.get("jcd").is_some() && rcd.get("jcl").is_some() {
+            return Err("`rcd` holds both `jcd` and `jcl`".into());
+        }
+        if rcd.get("jcd").is_some_and(|j| !j.is_array()) {
+            return Err("`jcd` is not a jCard array".into());
+        }
+        Ok(Rcd {
+            nam: rcd_text(rcd, "nam")?,
+            icn: rcd_url(rcd, "icn")?,
+            jcl: rcd_url(rcd, "jcl")?,
+            jcd: rcd.get("jcd").is_some(),
+            crn: rcd_text(rcd, "crn")?,
+            rcdi,
+        })
+    };
+    match parse() {
+        Ok(rcd) => RcdStatus::Signed {
+            rcdi_checked: false,
+            rcd,
+        },
+        Err(why) => RcdStatus::Broken { why },
+    }
+}
 
 /// Parses and checks the SHAKEN claims (RFC 8588 §6; ATIS-1000074 §5.3.2:
 /// all five are mandatory; `orig` and `dest` are of type `tn`).
@@ -274,12 +377,20 @@ pub fn shaken_claims<'p>(
             why: "empty".into(),
         });
     }
+    let rcd = match (&raw.rcd, &raw.rcdi) {
+        (Some(r), i) => Some(decode_rcd(r, i.is_some())),
+        (None, Some(_)) => Some(RcdStatus::Broken {
+            why: "`rcdi` without `rcd`".into(),
+        }),
+        (None, None) => None,
+    };
     Ok(ShakenClaims {
         attest,
         dest,
         iat,
         orig,
         origid,
+        rcd,
     })
 }
 
@@ -393,6 +504,41 @@ pub fn identity_header_value(token: &str, x5u: &str) -> String {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn rcd_is_decoded_with_bounds_and_never_fails_the_shaken_claims() {
+        let with = |rcd: &str| {
+            let p = format!(
+                r#"{{"attest":"A","dest":{{"tn":["1"]}},"iat":5,"orig":{{"tn":"2"}},"origid":"x",{rcd}}}"#
+            );
+            super::shaken_claims(p.as_bytes(), None).unwrap().rcd
+        };
+        assert_eq!(
+            with(r#""rcd":{"nam":"Acme Pharmacy","icn":"https://acme.example/logo.png"}"#),
+            Some(super::RcdStatus::Signed {
+                rcd: super::Rcd {
+                    nam: Some("Acme Pharmacy".into()),
+                    icn: Some("https://acme.example/logo.png".into()),
+                    ..super::Rcd::default()
+                },
+                rcdi_checked: false,
+            })
+        );
+        for broken in [
+            r#""rcd":"Acme""#,
+            r#""rcd":{"nam":5}"#,
+            r#""rcd":{"icn":"http://acme.example/logo.png"}"#,
+            r#""rcd":{"jcd":[],"jcl":"https://a.example/j"}"#,
+            r#""rcdi":{"/icn":"sha256-x"}"#,
+        ] {
+            assert!(
+                matches!(with(broken), Some(super::RcdStatus::Broken { .. })),
+                "{broken}"
+            );
+        }
+        let long = format!(r#""rcd":{{"nam":"{}"}}"#, "n".repeat(300));
+        assert!(matches!(with(&long), Some(super::RcdStatus::Broken { .. })));
+    }
+
+    #[test]
     fn claim_errors_name_no_rust_type() {
         for payload in [
             &br#"{"attest":"A","dest":"12125551213","iat":1,"orig":{"tn":"1"},"origid":"x"}"#[..],
@@ -457,9 +603,11 @@ mod tests {
         assert!(matches!(e(br#"{"attest":"A","dest":{"uri":["sip:a@b"]},"iat":5,"orig":{"tn":"2"},"origid":"x"}"#), PassportError::InvalidClaim { claim: "dest", .. }));
         assert!(matches!(e(br#"{"attest":"A","attest":"B","dest":{"tn":["1"]},"iat":5,"orig":{"tn":"2"},"origid":"x"}"#), PassportError::Json { .. }));
         let crit = [Cow::Borrowed("rcd")];
+        assert!(shaken_claims(ok, Some(&crit)).is_ok(), "rcd is understood");
+        let crit = [Cow::Borrowed("xyz")];
         assert_eq!(
             shaken_claims(ok, Some(&crit)).unwrap_err(),
-            PassportError::UnknownCritical("rcd".into())
+            PassportError::UnknownCritical("xyz".into())
         );
     }
 

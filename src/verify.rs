@@ -617,6 +617,9 @@ pub struct Verified {
     /// What replay detection remembers of this PASSporT.
     #[serde(skip)]
     pub replay: ReplayKey,
+    /// Rich call data (RFC 9795) the PASSporT carried, as signed or why it
+    /// is not usable; never part of the SHAKEN verdict.
+    pub rcd: Option<crate::passport::RcdStatus>,
 }
 
 /// A verified PASSporT as replay detection sees it (RFC 8224 §12.1): the
@@ -753,6 +756,7 @@ struct Ready<'m> {
     dest: Vec<Tn>,
     origid: String,
     iat: i64,
+    rcd: Option<crate::passport::RcdStatus>,
 }
 
 /// The result of [`Verifier::prepare`].
@@ -1156,6 +1160,7 @@ impl Verifier {
             dest,
             origid: claims.origid.into_owned(),
             iat: claims.iat,
+            rcd: claims.rcd,
         }))
     }
 
@@ -1188,6 +1193,7 @@ impl Verifier {
                         signer: Arc::clone(&cred.subject),
                         iat: r.iat,
                         replay: ReplayKey::new(r.token, r.call_id, r.iat + self.config.max_iat_age),
+                        rcd: r.rcd,
                     };
                     if best.as_ref().is_none_or(|(b, _)| v.attest < b.attest) {
                         best = Some((v, cred.problems.clone()));

@@ -255,6 +255,36 @@ fn failed_verstat_can_mark_every_failure_failed() {
     expect(&v, "No-TN-Validation", None, Some(428), Some("no-identity"));
 }
 
+/// A SHAKEN PASSporT that carries rich call data (RFC 9795) with
+/// `crit: ["rcd"]` verifies (it used to fail as `bad-jws-header`); a broken
+/// rcd is reported on its own and leaves the SHAKEN verstat alone.
+#[test]
+fn shaken_with_crit_rcd_verifies_and_a_broken_rcd_is_reported_apart() {
+    let env = env();
+    let url = env.repo.url("/sp-a.pem");
+    let sign = |rcd: &str| {
+        let header = format!(
+            r#"{{"alg":"ES256","crit":["rcd"],"ppt":"shaken","typ":"passport","x5u":"{url}"}}"#
+        );
+        let payload = format!(
+            r#"{{"attest":"A","dest":{{"tn":["{DEST}"]}},"iat":{},"orig":{{"tn":"{ORIG}"}},"origid":"123e4567-e89b-12d3-a456-426655440000","rcd":{rcd}}}"#,
+            TEST_NOW.0 - 5
+        );
+        let token = common::key("sp-a.key").sign_raw(&header, &payload).unwrap();
+        identity_header_value(&token, &url)
+    };
+    let good = sign(r#"{"nam":"Acme Pharmacy","icn":"https://acme.example/logo.png"}"#);
+    let v = verify(&env, "rcd-good", &invite_with(vec![good]).build(), None);
+    expect(&v, "TN-Validation-Passed", Some("A"), None, None);
+    assert_eq!(v["rcd"]["status"], "signed", "{v:#}");
+    assert_eq!(v["rcd"]["rcd"]["nam"], "Acme Pharmacy");
+    let broken = sign(r#"{"nam":"Acme","icn":"http://acme.example/logo.png"}"#);
+    let v = verify(&env, "rcd-broken", &invite_with(vec![broken]).build(), None);
+    expect(&v, "TN-Validation-Passed", Some("A"), None, None);
+    assert_eq!(v["rcd"]["status"], "broken", "{v:#}");
+    assert!(v["rcd"]["why"].as_str().unwrap().contains("icn"), "{v:#}");
+}
+
 #[test]
 fn numbers_match_through_pai_tel_uris_and_separators() {
     let env = env();
