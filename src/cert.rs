@@ -135,8 +135,12 @@ pub struct Credential {
     /// Unique per built credential (memo keys use it).
     id: u64,
     key: ParsedPublicKey,
-    /// The SPC from the leaf's TNAuthList.
+    /// The SPC from the leaf's TNAuthList (empty for a delegate
+    /// certificate that names only numbers).
     pub spc: Arc<str>,
+    /// The numbers the leaf is authorised for (delegate certificates);
+    /// empty for an SPC certificate.
+    pub tns: TnScope,
     /// Subject DN of the leaf.
     pub subject: Arc<str>,
     /// Subject DN of the anchor the path ends at.
@@ -444,6 +448,85 @@ fn der_tlv(i: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     Some((tag, content, rest))
 }
 
+/// The telephone numbers a TNAuthList authorises (RFC 8226 §9 `range [1]`
+/// and `one [2]`; delegate certificates, RFC 9060). Empty: the certificate
+/// names none (an SPC certificate).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TnScope {
+    /// `(start, count)`: `count` numbers from `start`, same digit count.
+    pub ranges: Vec<(String, u64)>,
+    pub ones: Vec<String>,
+}
+
+impl TnScope {
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty() && self.ones.is_empty()
+    }
+
+    /// Whether `tn` (canonical digits) is one of the numbers.
+    pub fn contains(&self, tn: &str) -> bool {
+        if self.ones.iter().any(|o| o == tn) {
+            return true;
+        }
+        let Ok(n) = tn.parse::<u64>() else {
+            return false;
+        };
+        self.ranges.iter().any(|(start, count)| {
+            start.len() == tn.len() && start.parse::<u64>().is_ok_and(|s| n >= s && n - s < *count)
+        })
+    }
+}
+
+/// A TelephoneNumber: IA5String of 1-15 digits, `#` or `*`.
+fn telephone_number(v: &[u8]) -> Option<String> {
+    (!v.is_empty()
+        && v.len() <= 15
+        && v.iter()
+            .all(|b| b.is_ascii_digit() || *b == b'#' || *b == b'*'))
+    .then(|| String::from_utf8_lossy(v).into_owned())
+}
+
+/// The numbers of a TNAuthList (`Err`: an entry is malformed).
+fn tn_auth_list_scope(c: &X509Certificate<'_>) -> Result<TnScope, ()> {
+    let mut scope = TnScope::default();
+    let Some(ext) = c
+        .extensions()
+        .iter()
+        .find(|e| e.oid.as_bytes() == oid::TN_AUTH_LIST)
+    else {
+        return Ok(scope);
+    };
+    let (_, mut entries, _) = der_tlv(ext.value).ok_or(())?;
+    while !entries.is_empty() {
+        let (tag, content, rest) = der_tlv(entries).ok_or(())?;
+        entries = rest;
+        match tag {
+            // range [1]: EXPLICIT SEQUENCE, or IMPLICIT (the SEQUENCE's content).
+            0xa1 | 0x81 => {
+                let body = match der_tlv(content) {
+                    Some((0x30, b, [])) if tag == 0xa1 => b,
+                    _ => content,
+                };
+                let (t1, start, rest) = der_tlv(body).ok_or(())?;
+                let (t2, count, _) = der_tlv(rest).ok_or(())?;
+                if t1 != 0x16 || t2 != 0x02 || count.is_empty() || count.len() > 8 {
+                    return Err(());
+                }
+                let n = count.iter().fold(0u64, |a, b| (a << 8) | u64::from(*b));
+                scope.ranges.push((telephone_number(start).ok_or(())?, n));
+            }
+            // one [2]: EXPLICIT IA5String, or IMPLICIT.
+            0xa2 => match der_tlv(content) {
+                Some((0x16, v, [])) => scope.ones.push(telephone_number(v).ok_or(())?),
+                _ => return Err(()),
+            },
+            0x82 => scope.ones.push(telephone_number(content).ok_or(())?),
+            _ => {}
+        }
+    }
+    Ok(scope)
+}
+
 /// The SPC in a TNAuthList (RFC 8226 §9: `SEQUENCE OF TNEntry`, `spc [0]`
 /// EXPLICIT IA5String). An IMPLICIT encoding is accepted too.
 /// `Ok(None)`: no TNAuthList. `Err`: present but malformed.
@@ -708,8 +791,14 @@ impl TrustStore {
         {
             return Err(CertError::KeyUsage { subject });
         }
+        // A delegate certificate (RFC 9060) names telephone numbers and
+        // may carry no SPC; the verifier then checks orig against them.
+        let tns = tn_auth_list_scope(leaf).map_err(|()| CertError::BadTnAuthList {
+            subject: subject.clone(),
+        })?;
         let spc = match tn_auth_list_spc(leaf) {
             Ok(Some(spc)) if !spc.is_empty() => spc,
+            Ok(Some(_)) if !tns.is_empty() => String::new(),
             Ok(Some(_)) => return Err(CertError::NoSpc { subject }),
             Ok(None) => return Err(CertError::NoTnAuthList { subject }),
             Err(()) => return Err(CertError::BadTnAuthList { subject }),
@@ -736,6 +825,7 @@ impl TrustStore {
         summaries.push(summary(anchor));
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Ok(Credential {
+            tns,
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             key,
             spc: spc.into(),

@@ -23,6 +23,30 @@ pub fn tn_auth_list_der(spc: &str) -> Vec<u8> {
     seq
 }
 
+/// TNAuthList of a delegate certificate (RFC 9060): one telephone number
+/// range `[1] EXPLICIT SEQUENCE { start IA5String, count INTEGER }` and one
+/// number `[2] EXPLICIT IA5String`, no SPC.
+pub fn tn_auth_list_delegate_der(start: &str, count: u8, one: &str) -> Vec<u8> {
+    let len = |n: usize| u8::try_from(n).unwrap_or(0x7f);
+    let ia5 = |t: &str| {
+        let mut v = vec![0x16, len(t.len())];
+        v.extend_from_slice(t.as_bytes());
+        v
+    };
+    let mut range = ia5(start);
+    range.extend([0x02, 0x01, count]);
+    let mut range_seq = vec![0x30, len(range.len())];
+    range_seq.extend(range);
+    let mut entries = vec![0xa1, len(range_seq.len())];
+    entries.extend(range_seq);
+    let one = ia5(one);
+    entries.extend([0xa2, len(one.len())]);
+    entries.extend(one);
+    let mut seq = vec![0x30, len(entries.len())];
+    seq.extend(entries);
+    seq
+}
+
 /// certificatePolicies with one policy OID (the US SHAKEN CP v1.4,
 /// 2.16.840.1.114569.1.1.4).
 fn shaken_policy() -> CustomExtension {
@@ -311,6 +335,33 @@ pub fn generate(dir: &Path) -> Result<Vec<PathBuf>, PkiError> {
     let nn = leaf(Some("4321"), "Demo Carrier N", 62, &nn_inter, life, p256)?;
     out.leaf_set("sp-p521chain", &nn, &nn_inter)?;
 
+    // A delegate certificate (RFC 9060): numbers, no SPC (under the second
+    // PKI, so that the committed files of one `certs gen` run belong
+    // together).
+    let delegate = {
+        let key = KeyPair::generate_for(p256)?;
+        let mut p = CertificateParams::default();
+        p.distinguished_name = dn("SHAKEN delegate 1215555", "Demo Enterprise");
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.serial_number = Some(serial(63));
+        p.use_authority_key_identifier_extension = true;
+        p.crl_distribution_points = vec![CrlDistributionPoint {
+            uris: vec!["http://crl.sti-pa.example/demo.crl".into()],
+        }];
+        p.custom_extensions = vec![
+            shaken_policy(),
+            CustomExtension::from_oid_content(
+                &[1, 3, 6, 1, 5, 5, 7, 1, 26],
+                tn_auth_list_delegate_der("12155551200", 100, "12155559999"),
+            ),
+        ];
+        years(&mut p, life.0, life.1);
+        let pem = p.signed_by(&key, &nn_inter.issuer())?.pem();
+        Leaf { key, pem }
+    };
+    out.leaf_set("sp-delegate", &delegate, &nn_inter)?;
+
     // The operator's own certificate (signs 608 jCards) and the TLS PKI of
     // the lab x5u HTTPS server.
     let op = leaf(
@@ -367,6 +418,7 @@ pub fn generate(dir: &Path) -> Result<Vec<PathBuf>, PkiError> {
          | sti-crl.pem | CRL of the intermediate revoking sp-revoked |\n\
          | sp-rogue.pem | chains to rogue-root.pem, which is not an anchor |\n\
          | sp-lookalike.pem | same names as the real intermediate and root, other keys; includes the fake root |\n\
+         | sp-delegate.pem / .key | delegate certificate (RFC 9060) under p521-root.pem: numbers 12155551200-12155551299 and 12155559999, no SPC |\n\
          | p521-root.pem | a second anchor: P-521 key, signs with ecdsa-with-SHA512 |\n\
          | sp-p521chain.pem / .key | SPC `4321`, P-256 leaf under a P-384 intermediate under p521-root.pem |\n\
          | operator.pem / .key | the terminating operator's certificate (signs 608 jCards) |\n\

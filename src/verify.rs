@@ -120,6 +120,9 @@ pub enum FailureKind {
     NoTnAuthList,
     /// The leaf key is not EC P-256 or lacks digitalSignature.
     UnsupportedCredential,
+    /// A delegate certificate (RFC 9060) that does not list the signed
+    /// `orig` among its numbers.
+    OrigNotAuthorized,
     /// The ES256 signature does not verify.
     BadSignature,
     /// A PASSporT already verified in another dialog (another Call-ID)
@@ -129,7 +132,7 @@ pub enum FailureKind {
 
 impl FailureKind {
     /// Every kind, for documentation and tests.
-    pub const ALL: [FailureKind; 27] = [
+    pub const ALL: [FailureKind; 28] = [
         FailureKind::NoIdentity,
         FailureKind::Malformed,
         FailureKind::BadInfo,
@@ -155,6 +158,7 @@ impl FailureKind {
         FailureKind::CertRevoked,
         FailureKind::NoTnAuthList,
         FailureKind::UnsupportedCredential,
+        FailureKind::OrigNotAuthorized,
         FailureKind::BadSignature,
         FailureKind::Replay,
     ];
@@ -186,6 +190,7 @@ impl FailureKind {
             FailureKind::CertNotYetValid => "cert-not-yet-valid",
             FailureKind::CertRevoked => "cert-revoked",
             FailureKind::NoTnAuthList => "no-tn-auth-list",
+            FailureKind::OrigNotAuthorized => "orig-not-authorized",
             FailureKind::UnsupportedCredential => "unsupported-credential",
             FailureKind::BadSignature => "bad-signature",
             FailureKind::Replay => "replay",
@@ -240,6 +245,9 @@ impl FailureKind {
                 | FailureKind::UnsupportedCredential,
                 _,
             ) => 437,
+            // §6.2.2 / RFC 9060 §8: the credential is insufficient for the
+            // originating identity (a delegate certificate for other numbers).
+            (FailureKind::OrigNotAuthorized, _) => 437,
             // §6.2.2: 438 on a signature that does not verify (E18).
             (FailureKind::BadSignature, _) => 438,
             // §6.2.2: the PASSporT is not valid for this request.
@@ -260,6 +268,7 @@ impl FailureKind {
             | FailureKind::CertRevoked
             | FailureKind::NoTnAuthList
             | FailureKind::UnsupportedCredential
+            | FailureKind::OrigNotAuthorized
             | FailureKind::CertUnparseable
             | FailureKind::BadSignature
             | FailureKind::Replay => Verstat::Failed,
@@ -307,7 +316,8 @@ impl FailureKind {
             | FailureKind::CertNotYetValid
             | FailureKind::CertRevoked
             | FailureKind::NoTnAuthList
-            | FailureKind::UnsupportedCredential => 7,
+            | FailureKind::UnsupportedCredential
+            | FailureKind::OrigNotAuthorized => 7,
             FailureKind::BadSignature => 8,
             FailureKind::Replay => 9,
         }
@@ -1263,6 +1273,15 @@ impl Verifier {
     ) -> Result<(), Failure> {
         cred.check_time(now)
             .map_err(|e| CredentialError::Cert(e).failure())?;
+        if !cred.tns.is_empty() && !cred.tns.contains(r.orig.as_str()) {
+            return Err(Failure::new(
+                FailureKind::OrigNotAuthorized,
+                format!(
+                    "orig.tn `{}` is not among the numbers of the delegate certificate `{}` (RFC 9060)",
+                    r.orig, cred.subject
+                ),
+            ));
+        }
         let cred_id = cred.id();
         if let Some(memo) = &self.memo
             && memo.seen(r.token, cred_id, now.0)

@@ -285,6 +285,57 @@ fn shaken_with_crit_rcd_verifies_and_a_broken_rcd_is_reported_apart() {
     assert!(v["rcd"]["why"].as_str().unwrap().contains("icn"), "{v:#}");
 }
 
+/// A delegate certificate (RFC 9060: a TN range and a single TN, no SPC)
+/// verifies a call whose orig is among its numbers, and fails one whose
+/// orig is not with `orig-not-authorized` (437).
+#[test]
+fn delegate_certificate_numbers_bound_orig() {
+    let env = env();
+    let both = env.dir.path().join("both-roots.toml");
+    std::fs::write(
+        &both,
+        std::fs::read_to_string(&env.config).unwrap().replace(
+            "trust_anchors = [",
+            &format!(
+                "trust_anchors = [\"{}\", ",
+                common::demo("p521-root.pem").display()
+            ),
+        ),
+    )
+    .unwrap();
+    for (orig, ok) in [
+        ("12155551200", true),
+        ("12155551299", true),
+        ("12155559999", true),
+        ("12155551300", false),
+        ("12155551199", false),
+    ] {
+        let id = signed(&env, "sp-delegate.key", "/sp-delegate.pem", |r| {
+            r.orig = orig.into()
+        });
+        let mut spec = InviteSpec::new(orig, DEST);
+        spec.identities = vec![id];
+        let v = verify(
+            &env,
+            &format!("delegate-{orig}"),
+            &spec.build(),
+            Some(&both),
+        );
+        if ok {
+            expect(&v, "TN-Validation-Passed", Some("A"), None, None);
+            assert_eq!(v["spc"], "", "{v:#}");
+        } else {
+            expect(
+                &v,
+                "TN-Validation-Failed",
+                None,
+                Some(437),
+                Some("orig-not-authorized"),
+            );
+        }
+    }
+}
+
 #[test]
 fn numbers_match_through_pai_tel_uris_and_separators() {
     let env = env();

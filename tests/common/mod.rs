@@ -36,6 +36,7 @@ pub fn standard_routes() -> HashMap<String, Route> {
         "sp-rogue",
         "sp-lookalike",
         "sp-p521chain",
+        "sp-delegate",
     ] {
         r.insert(
             format!("/{name}.pem"),
