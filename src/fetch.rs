@@ -168,26 +168,38 @@ impl CertFetcher {
     /// Loads the `pinned` credentials into the cache.
     fn pin(&self, trust: &TrustStore) -> Result<(), FetcherError> {
         for (url, cred) in self.pinned_credentials(trust)? {
-            self.insert(&url, Ok(Arc::new(cred)), PINNED_TTL);
+            self.insert(&url, cred, PINNED_TTL);
         }
         Ok(())
     }
 
-    /// Builds the `pinned` credentials against a trust store.
+    /// Builds the `pinned` credentials against a trust store. A pinned
+    /// chain that fails a check (untrusted, not an STI certificate) is
+    /// logged and cached as that failure for its URL, so calls that use it
+    /// fail precisely while the rest of the configuration loads; only an
+    /// unreadable file is an error.
     fn pinned_credentials(
         &self,
         trust: &TrustStore,
-    ) -> Result<Vec<(String, crate::cert::Credential)>, FetcherError> {
+    ) -> Result<Vec<(String, CredentialResult)>, FetcherError> {
         let mut out = Vec::new();
         for (url, path) in &self.cfg.pinned {
-            let err = |detail: String| FetcherError::Pinned {
+            let body = std::fs::read(path).map_err(|e| FetcherError::Pinned {
                 url: url.clone(),
                 path: path.display().to_string(),
-                detail,
-            };
-            let body = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-            let chain = split_chain(&body).map_err(|e| err(e.to_string()))?;
-            let cred = trust.credential(&chain).map_err(|e| err(e.to_string()))?;
+                detail: e.to_string(),
+            })?;
+            let cred = split_chain(&body)
+                .and_then(|chain| trust.credential(&chain))
+                .map(Arc::new)
+                .map_err(CredentialError::Cert);
+            if let Err(e) = &cred {
+                tracing::warn!(
+                    url = url.as_str(),
+                    path = %path.display(),
+                    "pinned credential not usable, calls signed with it will fail: {e}"
+                );
+            }
             out.push((url.clone(), cred));
         }
         Ok(out)
@@ -207,7 +219,7 @@ impl CertFetcher {
             c.clear();
         }
         for (url, cred) in pinned {
-            self.insert(&url, Ok(Arc::new(cred)), PINNED_TTL);
+            self.insert(&url, cred, PINNED_TTL);
         }
         if let Ok(mut t) = self.trust.write() {
             *t = trust;

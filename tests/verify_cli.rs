@@ -336,6 +336,50 @@ fn delegate_certificate_numbers_bound_orig() {
     }
 }
 
+/// A pinned credential that fails a check (here: a chain to a root that is
+/// not an anchor) no longer aborts loading the configuration: other calls
+/// verify, and calls signed with it fail with the precise error.
+#[test]
+fn a_bad_pinned_credential_fails_only_its_calls() {
+    let env = env();
+    let cfg = env.dir.path().join("pinned.toml");
+    let pinned = "https://pinned.example/rogue.pem";
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}[fetch.pinned]\n\"{pinned}\" = \"{}\"\n",
+            std::fs::read_to_string(&env.config).unwrap(),
+            common::demo("sp-rogue.pem").display()
+        ),
+    )
+    .unwrap();
+    let good = signed(&env, "sp-a.key", "/sp-a.pem", |_| {});
+    let v = verify(
+        &env,
+        "pinned-other",
+        &invite_with(vec![good]).build(),
+        Some(&cfg),
+    );
+    expect(&v, "TN-Validation-Passed", Some("A"), None, None);
+    let mut r = req(pinned);
+    r.x5u = pinned.into();
+    let token = common::key("sp-rogue.key").sign(&r).unwrap();
+    let rogue = identity_header_value(&token, pinned);
+    let v = verify(
+        &env,
+        "pinned-rogue",
+        &invite_with(vec![rogue]).build(),
+        Some(&cfg),
+    );
+    expect(
+        &v,
+        "TN-Validation-Failed",
+        None,
+        Some(437),
+        Some("cert-untrusted"),
+    );
+}
+
 #[test]
 fn numbers_match_through_pai_tel_uris_and_separators() {
     let env = env();
