@@ -203,10 +203,16 @@ async fn serve(mut s: TcpStream, proxy: &Proxy, auth: &Auth) -> std::io::Result<
                     // A node without its shared state still decides calls
                     // (state = "unavailable"): ready, and says degraded, so
                     // a load balancer does not drain every node at once.
-                    "/readyz" => match (proxy.readiness(), proxy.store.health()) {
-                        (Ok(()), Ok(())) => (200, text, "ready\n".to_owned()),
-                        (Ok(()), Err(why)) => (200, text, format!("ready, {why}\n")),
-                        (Err(why), _) => (503, text, format!("not ready: {why}\n")),
+                    "/readyz" => match proxy.readiness() {
+                        Ok(()) => {
+                            let why = proxy.degraded();
+                            if why.is_empty() {
+                                (200, text, "ready\n".to_owned())
+                            } else {
+                                (200, text, format!("ready, {}\n", why.join("; ")))
+                            }
+                        }
+                        Err(why) => (503, text, format!("not ready: {why}\n")),
                     },
                     _ => (
                         404,

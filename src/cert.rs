@@ -97,6 +97,11 @@ pub enum CertError {
     KeyNotP256 { subject: String },
     #[error("keyUsage of `{subject}` lacks digitalSignature")]
     KeyUsage { subject: String },
+    #[error("revocation unknown: the CRL of `{issuer}` is past its nextUpdate ({next_update})")]
+    CrlStale {
+        issuer: String,
+        next_update: UnixTime,
+    },
     #[error("`{subject}` (serial {serial}) is revoked")]
     Revoked { subject: String, serial: String },
 }
@@ -149,6 +154,9 @@ pub struct Credential {
     /// with the subject of the certificate that sets each.
     not_before: (i64, String),
     not_after: (i64, String),
+    /// The earliest `nextUpdate` of the CRLs that cover this path, with
+    /// their issuer: after it revocation is not known for sure.
+    crl_next_update: Option<(i64, String)>,
     /// Profile rules broken along the path.
     pub problems: Vec<ProfileProblem>,
     /// The path, leaf first, anchor last.
@@ -183,6 +191,18 @@ impl Credential {
             });
         }
         Ok(())
+    }
+
+    /// `Err` when a CRL covering this path is past its `nextUpdate` at
+    /// `now` (for `[verify] stale_crl = "fail"`).
+    pub fn check_crl_fresh(&self, now: UnixTime) -> Result<(), CertError> {
+        match &self.crl_next_update {
+            Some((n, issuer)) if now.0 > *n => Err(CertError::CrlStale {
+                issuer: issuer.clone(),
+                next_update: UnixTime(*n),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// The earliest notAfter on the path: a cache must not keep the
@@ -224,8 +244,12 @@ pub struct TrustStore {
 struct Crl {
     /// Issuer DN, DER.
     issuer: Vec<u8>,
+    /// Issuer DN, text (for reports).
+    issuer_name: String,
     der: Vec<u8>,
     serials: Vec<Vec<u8>>,
+    /// `nextUpdate` (RFC 5280 §5.1.2.5): after it the CRL is stale.
+    next_update: Option<i64>,
 }
 
 impl Crl {
@@ -602,6 +626,8 @@ impl TrustStore {
             }
             revoked.push(Crl {
                 issuer: crl.issuer().as_raw().to_vec(),
+                issuer_name: crl.issuer().to_string(),
+                next_update: crl.next_update().map(|t| t.timestamp()),
                 der: der.clone(),
                 serials: crl
                     .iter_revoked_certificates()
@@ -620,6 +646,19 @@ impl TrustStore {
     /// Number of trust anchors.
     pub fn anchor_count(&self) -> usize {
         self.anchors.len()
+    }
+
+    /// The configured CRLs past their `nextUpdate` at `now`: (issuer,
+    /// nextUpdate).
+    pub fn stale_crls(&self, now: crate::time::UnixTime) -> Vec<(String, i64)> {
+        self.revoked
+            .iter()
+            .filter_map(|c| {
+                c.next_update
+                    .filter(|n| *n < now.0)
+                    .map(|n| (c.issuer_name.clone(), n))
+            })
+            .collect()
     }
 
     /// Builds and checks a path from the first certificate of `chain` (the
@@ -751,6 +790,7 @@ impl TrustStore {
                 });
             }
         }
+        let mut crl_next_update: Option<(i64, String)> = None;
         for (i, c) in path.iter().enumerate() {
             for ext in c.extensions() {
                 if ext.critical && !oid::UNDERSTOOD.contains(&ext.oid.as_bytes()) {
@@ -761,6 +801,17 @@ impl TrustStore {
                 }
             }
             let issuer = path.get(i + 1).copied().unwrap_or(anchor);
+            for crl in self
+                .revoked
+                .iter()
+                .filter(|crl| crl.issuer.as_slice() == c.issuer().as_raw())
+            {
+                if let Some(n) = crl.next_update
+                    && crl_next_update.as_ref().is_none_or(|(m, _)| n < *m)
+                {
+                    crl_next_update = Some((n, crl.issuer_name.clone()));
+                }
+            }
             if self.revoked.iter().any(|crl| crl.revokes(c, issuer)) {
                 return Err(CertError::Revoked {
                     subject: subject_of(c),
@@ -826,6 +877,7 @@ impl TrustStore {
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Ok(Credential {
             tns,
+            crl_next_update,
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             key,
             spc: spc.into(),

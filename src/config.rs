@@ -317,6 +317,8 @@ pub struct VerifySection {
     pub default_country_code: CountryCode,
     /// `per-failure` (default) or `failed`: see README "Failure kinds".
     pub failed_verstat: crate::verify::FailedVerstat,
+    /// `use` (default) or `fail`: a CRL past its nextUpdate.
+    pub stale_crl: crate::verify::StaleCrl,
 }
 
 /// `default_country_code`: one to three digits, or empty.
@@ -359,6 +361,7 @@ impl Default for VerifySection {
             memo_capacity: 16_384,
             default_country_code: CountryCode::default(),
             failed_verstat: crate::verify::FailedVerstat::PerFailure,
+            stale_crl: crate::verify::StaleCrl::Use,
         }
     }
 }
@@ -619,6 +622,7 @@ impl Config {
                 country_code: v.default_country_code.0.clone(),
             },
             failed_verstat: v.failed_verstat,
+            stale_crl: v.stale_crl,
         }
     }
 

@@ -210,6 +210,11 @@ impl CertFetcher {
         self.trust.read().map_or(0, |t| t.anchor_count())
     }
 
+    /// Configured CRLs past their nextUpdate at `now`: (issuer, nextUpdate).
+    pub fn stale_crls(&self, now: crate::time::UnixTime) -> Vec<(String, i64)> {
+        self.trust.read().map_or(Vec::new(), |t| t.stale_crls(now))
+    }
+
     /// Replaces the trust store and drops every cached credential (they
     /// were validated against the old anchors).
     pub fn set_trust(&self, trust: Arc<TrustStore>) -> Result<(), FetcherError> {

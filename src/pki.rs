@@ -334,6 +334,18 @@ pub fn generate(dir: &Path) -> Result<Vec<PathBuf>, PkiError> {
     )?;
     let nn = leaf(Some("4321"), "Demo Carrier N", 62, &nn_inter, life, p256)?;
     out.leaf_set("sp-p521chain", &nn, &nn_inter)?;
+    // A CRL of that intermediate that went stale (nextUpdate 2025-06-01,
+    // before TEST_NOW): it revokes nothing, but revocation is not known.
+    let stale_crl = CertificateRevocationListParams {
+        this_update: date_time_ymd(2025, 1, 1),
+        next_update: date_time_ymd(2025, 6, 1),
+        crl_number: SerialNumber::from(7u64),
+        issuing_distribution_point: None,
+        revoked_certs: Vec::new(),
+        key_identifier_method: KeyIdMethod::Sha256,
+    }
+    .signed_by(&nn_inter.issuer())?;
+    out.write("p521-crl-stale.pem", &stale_crl.pem()?)?;
 
     // A delegate certificate (RFC 9060): numbers, no SPC (under the second
     // PKI, so that the committed files of one `certs gen` run belong
@@ -418,6 +430,7 @@ pub fn generate(dir: &Path) -> Result<Vec<PathBuf>, PkiError> {
          | sti-crl.pem | CRL of the intermediate revoking sp-revoked |\n\
          | sp-rogue.pem | chains to rogue-root.pem, which is not an anchor |\n\
          | sp-lookalike.pem | same names as the real intermediate and root, other keys; includes the fake root |\n\
+         | p521-crl-stale.pem | CRL of the P-384 intermediate, nextUpdate 2025-06-01 (stale at TEST_NOW), revokes nothing |\n\
          | sp-delegate.pem / .key | delegate certificate (RFC 9060) under p521-root.pem: numbers 12155551200-12155551299 and 12155559999, no SPC |\n\
          | p521-root.pem | a second anchor: P-521 key, signs with ecdsa-with-SHA512 |\n\
          | sp-p521chain.pem / .key | SPC `4321`, P-256 leaf under a P-384 intermediate under p521-root.pem |\n\

@@ -415,6 +415,7 @@ impl Proxy {
             let p = Arc::clone(&proxy);
             tokio::spawn(async move { p.accept_loop(l).await });
         }
+        proxy.warn_stale_crls();
         let _watcher = proxy
             .engine
             .spawn_watcher(Duration::from_millis(proxy.config.policy.reload_check_ms));
@@ -442,7 +443,10 @@ impl Proxy {
     pub fn reload_trust(&self) {
         match self.config.trust_store() {
             Ok(t) => match self.fetcher.set_trust(Arc::new(t)) {
-                Ok(()) => tracing::info!("trust anchors reloaded"),
+                Ok(()) => {
+                    tracing::info!("trust anchors reloaded");
+                    self.warn_stale_crls();
+                }
                 Err(e) => tracing::error!(
                     "trust anchors not reloaded, the previous ones stay in force: {e}"
                 ),
@@ -451,6 +455,31 @@ impl Proxy {
                 tracing::error!("trust anchors not reloaded, the previous ones stay in force: {e}")
             }
         }
+    }
+
+    /// Logs each configured CRL past its nextUpdate.
+    fn warn_stale_crls(&self) {
+        for (issuer, next) in self.fetcher.stale_crls(self.clock.now()) {
+            tracing::warn!(
+                issuer = issuer.as_str(),
+                next_update = %crate::time::format_sip_date(UnixTime(next)),
+                "CRL past its nextUpdate: load a fresh one (stale_crl = {:?})",
+                self.verifier.config.stale_crl
+            );
+        }
+    }
+
+    /// Why the node is degraded while it still serves: the shared state
+    /// store unreachable, CRLs past their nextUpdate.
+    pub fn degraded(&self) -> Vec<String> {
+        let mut why: Vec<String> = self.store.health().err().into_iter().collect();
+        for (issuer, next) in self.fetcher.stale_crls(self.clock.now()) {
+            why.push(format!(
+                "degraded: the CRL of `{issuer}` is past its nextUpdate ({})",
+                crate::time::format_sip_date(UnixTime(next))
+            ));
+        }
+        why
     }
 
     /// Sends one record per screened call to `log` (set once).
@@ -696,6 +725,11 @@ impl Proxy {
             "stirscreen_state_reloads_total",
             "Reloads of this node's copy of flags and reports.",
             n(&st.reloads),
+        );
+        e.gauge(
+            "stirscreen_crls_stale",
+            "Configured CRLs past their nextUpdate.",
+            self.fetcher.stale_crls(self.clock.now()).len() as f64,
         );
         let (replay_entries, replay_evicted) = self.store.replay_stats();
         e.gauge(

@@ -120,6 +120,9 @@ pub enum FailureKind {
     NoTnAuthList,
     /// The leaf key is not EC P-256 or lacks digitalSignature.
     UnsupportedCredential,
+    /// A CRL covering the path is past its nextUpdate and `[verify]
+    /// stale_crl = "fail"`: revocation is not known.
+    RevocationUnknown,
     /// A delegate certificate (RFC 9060) that does not list the signed
     /// `orig` among its numbers.
     OrigNotAuthorized,
@@ -132,7 +135,7 @@ pub enum FailureKind {
 
 impl FailureKind {
     /// Every kind, for documentation and tests.
-    pub const ALL: [FailureKind; 28] = [
+    pub const ALL: [FailureKind; 29] = [
         FailureKind::NoIdentity,
         FailureKind::Malformed,
         FailureKind::BadInfo,
@@ -158,6 +161,7 @@ impl FailureKind {
         FailureKind::CertRevoked,
         FailureKind::NoTnAuthList,
         FailureKind::UnsupportedCredential,
+        FailureKind::RevocationUnknown,
         FailureKind::OrigNotAuthorized,
         FailureKind::BadSignature,
         FailureKind::Replay,
@@ -191,6 +195,7 @@ impl FailureKind {
             FailureKind::CertRevoked => "cert-revoked",
             FailureKind::NoTnAuthList => "no-tn-auth-list",
             FailureKind::OrigNotAuthorized => "orig-not-authorized",
+            FailureKind::RevocationUnknown => "revocation-unknown",
             FailureKind::UnsupportedCredential => "unsupported-credential",
             FailureKind::BadSignature => "bad-signature",
             FailureKind::Replay => "replay",
@@ -241,6 +246,7 @@ impl FailureKind {
                 | FailureKind::CertExpired
                 | FailureKind::CertNotYetValid
                 | FailureKind::CertRevoked
+                | FailureKind::RevocationUnknown
                 | FailureKind::NoTnAuthList
                 | FailureKind::UnsupportedCredential,
                 _,
@@ -269,6 +275,7 @@ impl FailureKind {
             | FailureKind::NoTnAuthList
             | FailureKind::UnsupportedCredential
             | FailureKind::OrigNotAuthorized
+            | FailureKind::RevocationUnknown
             | FailureKind::CertUnparseable
             | FailureKind::BadSignature
             | FailureKind::Replay => Verstat::Failed,
@@ -317,7 +324,8 @@ impl FailureKind {
             | FailureKind::CertRevoked
             | FailureKind::NoTnAuthList
             | FailureKind::UnsupportedCredential
-            | FailureKind::OrigNotAuthorized => 7,
+            | FailureKind::OrigNotAuthorized
+            | FailureKind::RevocationUnknown => 7,
             FailureKind::BadSignature => 8,
             FailureKind::Replay => 9,
         }
@@ -507,6 +515,21 @@ pub struct VerifyConfig {
     pub numbering: crate::tn::Numbering,
     /// Which verstat a failed verification gets.
     pub failed_verstat: FailedVerstat,
+    /// What a CRL past its nextUpdate means for the paths it covers.
+    pub stale_crl: StaleCrl,
+}
+
+/// `[verify] stale_crl`: a configured CRL past its `nextUpdate`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StaleCrl {
+    /// Keep applying it (and report it: log, metric, `/readyz`): a late
+    /// CRL still lists what it listed.
+    #[default]
+    Use,
+    /// Fail every credential whose path it covers (`revocation-unknown`,
+    /// 437) until a fresh CRL is loaded.
+    Fail,
 }
 
 /// `[verify] failed_verstat`: how a failure maps to verstat. Peers differ:
@@ -538,6 +561,7 @@ impl Default for VerifyConfig {
             code_overrides: Vec::new(),
             numbering: crate::tn::Numbering::default(),
             failed_verstat: FailedVerstat::PerFailure,
+            stale_crl: StaleCrl::Use,
         }
     }
 }
@@ -597,6 +621,7 @@ impl CredentialError {
                 CertError::Expired { .. } => FailureKind::CertExpired,
                 CertError::NotYetValid { .. } => FailureKind::CertNotYetValid,
                 CertError::Revoked { .. } => FailureKind::CertRevoked,
+                CertError::CrlStale { .. } => FailureKind::RevocationUnknown,
                 CertError::NoTnAuthList { .. }
                 | CertError::NoSpc { .. }
                 | CertError::BadTnAuthList { .. } => FailureKind::NoTnAuthList,
@@ -1273,6 +1298,10 @@ impl Verifier {
     ) -> Result<(), Failure> {
         cred.check_time(now)
             .map_err(|e| CredentialError::Cert(e).failure())?;
+        if self.config.stale_crl == StaleCrl::Fail {
+            cred.check_crl_fresh(now)
+                .map_err(|e| CredentialError::Cert(e).failure())?;
+        }
         if !cred.tns.is_empty() && !cred.tns.contains(r.orig.as_str()) {
             return Err(Failure::new(
                 FailureKind::OrigNotAuthorized,

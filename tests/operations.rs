@@ -490,3 +490,36 @@ fn unpacked_dirs() -> HashSet<String> {
         .filter(|n| n.starts_with("stirscreen-default-"))
         .collect()
 }
+
+/// A configured CRL past its nextUpdate is reported: `/readyz` says
+/// degraded (still 200: calls flow), `stirscreen_crls_stale` counts it.
+#[tokio::test]
+async fn a_stale_crl_is_reported_in_readyz_and_metrics() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[verify]\ntrust_anchors = [\"{root}/certs/demo/sti-root.pem\", \"{root}/certs/demo/p521-root.pem\"]\n\
+         crls = [\"{root}/certs/demo/p521-crl-stale.pem\"]\n\
+         [proxy]\nlisten = [\"udp:127.0.0.1:0\"]\nnext_hop = \"udp:127.0.0.1:9\"\n\
+         [policy]\nfile = \"{root}/policies/default.toml\"\n\
+         [store]\npath = \"{}\"\n\
+         [operator]\njcard_key = \"{root}/certs/demo/operator.key\"\n",
+        dir.path().join("s.db").display()
+    );
+    let proxy = Proxy::start(Config::parse(&text, "t.toml").unwrap())
+        .await
+        .unwrap();
+    let admin = Admin::start("127.0.0.1:0", Arc::clone(&proxy))
+        .await
+        .unwrap();
+    let (code, body) = http_get(admin.addr, "/readyz").await.unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        body.starts_with("ready, degraded: the CRL of `")
+            && body.contains("P-384 SHAKEN Intermediate")
+            && body.contains("past its nextUpdate"),
+        "{body}"
+    );
+    let m = parse(&http_get(admin.addr, "/metrics").await.unwrap().1);
+    assert_eq!(counter(&m, "stirscreen_crls_stale", &[]), 1.0);
+}

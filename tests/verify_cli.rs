@@ -380,6 +380,57 @@ fn a_bad_pinned_credential_fails_only_its_calls() {
     );
 }
 
+/// A CRL past its nextUpdate: by default still applied (the call
+/// verifies); with `stale_crl = "fail"` the credentials it covers fail as
+/// `revocation-unknown` (437).
+#[test]
+fn a_stale_crl_is_used_or_fails_as_configured() {
+    let env = env();
+    let text = std::fs::read_to_string(&env.config).unwrap().replace(
+        "trust_anchors = [",
+        &format!(
+            "crls = [\"{}\"]\ntrust_anchors = [\"{}\", ",
+            common::demo("p521-crl-stale.pem").display(),
+            common::demo("p521-root.pem").display()
+        ),
+    );
+    // write_config already names one CRL; keep only ours.
+    let text = text
+        .lines()
+        .filter(|l| !l.contains("sti-crl.pem"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let use_it = env.dir.path().join("stale-use.toml");
+    std::fs::write(&use_it, &text).unwrap();
+    let fail = env.dir.path().join("stale-fail.toml");
+    std::fs::write(
+        &fail,
+        text.replace("[verify]\n", "[verify]\nstale_crl = \"fail\"\n"),
+    )
+    .unwrap();
+    let id = signed(&env, "sp-p521chain.key", "/sp-p521chain.pem", |_| {});
+    let msg = invite_with(vec![id]).build();
+    let v = verify(&env, "stale-use", &msg, Some(&use_it));
+    expect(&v, "TN-Validation-Passed", Some("A"), None, None);
+    let v = verify(&env, "stale-fail", &msg, Some(&fail));
+    expect(
+        &v,
+        "TN-Validation-Failed",
+        None,
+        Some(437),
+        Some("revocation-unknown"),
+    );
+    // A signer the stale CRL does not cover is unaffected.
+    let id = signed(&env, "sp-a.key", "/sp-a.pem", |_| {});
+    let v = verify(
+        &env,
+        "stale-other",
+        &invite_with(vec![id]).build(),
+        Some(&fail),
+    );
+    expect(&v, "TN-Validation-Passed", Some("A"), None, None);
+}
+
 #[test]
 fn numbers_match_through_pai_tel_uris_and_separators() {
     let env = env();
