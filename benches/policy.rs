@@ -86,6 +86,8 @@ fn facts(orig: &str) -> Facts {
         source: "unknown".into(),
         method: "INVITE".into(),
         diversion: false,
+        div_verified: false,
+        diverted_from: String::new(),
         callee_flagged: false,
         orig_unwanted_reports: 3,
         orig_calls_per_minute: 1,

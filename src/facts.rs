@@ -50,6 +50,14 @@ pub struct Facts {
     /// A Diversion or History-Info header is present.
     #[serde(default)]
     pub diversion: bool,
+    /// The call was retargeted and a verified div PASSporT chain (RFC
+    /// 8946) accounts for it.
+    #[serde(default)]
+    pub div_verified: bool,
+    /// The number the call was first diverted from (verified div chain),
+    /// else empty.
+    #[serde(default)]
+    pub diverted_from: String,
     /// The callee has flagged this caller (607 feedback or `flags add`).
     #[serde(default)]
     pub callee_flagged: bool,
@@ -289,6 +297,13 @@ impl Facts {
                 call.method.clone()
             },
             diversion: call.diversion,
+            div_verified: o.verified.as_ref().is_some_and(|v| !v.diversion.is_empty()),
+            diverted_from: o
+                .verified
+                .as_ref()
+                .and_then(|v| v.diversion.first())
+                .map(|l| l.from.to_string())
+                .unwrap_or_default(),
             callee_flagged: state.callee_flagged,
             orig_unwanted_reports: state.orig_unwanted_reports,
             spc_unwanted_reports: state.spc_unwanted_reports,

@@ -508,6 +508,7 @@ fn outcome_json(o: &Outcome) -> serde_json::Value {
         "origid": o.origid,
         "signer": o.verified.as_ref().map(|v| v.signer.clone()),
         "rcd": o.verified.as_ref().and_then(|v| v.rcd.clone()),
+        "diversion": o.verified.as_ref().map(|v| v.diversion.clone()).unwrap_or_default(),
         "iat_age": o.iat_age,
         "date_note": o.date_note,
         "identity_headers": o.headers,

@@ -129,6 +129,68 @@ pub struct ShakenClaims<'a> {
     pub rcd: Option<RcdStatus>,
 }
 
+/// The claims of a `div` PASSporT (RFC 8946 §3): the caller, the new
+/// destination(s) and the diverting (originally called) number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DivClaims {
+    pub orig: String,
+    pub dest: Vec<String>,
+    /// `div.tn`: the number the call was diverted from.
+    pub div: String,
+    pub iat: i64,
+}
+
+/// Parses the claims of a `div` PASSporT: `orig.tn`, `dest.tn`, `div.tn`
+/// and `iat`, all mandatory (RFC 8946 §3, ATIS-1000085).
+pub fn div_claims(payload: &[u8]) -> Result<DivClaims, PassportError> {
+    let v: serde_json::Value =
+        serde_json::from_slice(payload).map_err(|e| PassportError::Json {
+            part: "PASSporT payload",
+            detail: e.to_string(),
+        })?;
+    let tn = |claim: &'static str| -> Result<String, PassportError> {
+        match v.get(claim).and_then(|c| c.get("tn")) {
+            None => Err(PassportError::MissingClaim(claim)),
+            Some(serde_json::Value::String(s)) if s.len() <= 32 => Ok(s.clone()),
+            Some(_) => Err(PassportError::InvalidClaim {
+                claim,
+                why: "`tn` is not a telephone number string".into(),
+            }),
+        }
+    };
+    let dest = match v.get("dest").and_then(|d| d.get("tn")) {
+        Some(serde_json::Value::Array(a)) if !a.is_empty() && a.len() <= MAX_DEST_TNS => a
+            .iter()
+            .map(|t| t.as_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| PassportError::InvalidClaim {
+                claim: "dest",
+                why: "`tn` holds a non-string".into(),
+            })?,
+        None => return Err(PassportError::MissingClaim("dest")),
+        Some(_) => {
+            return Err(PassportError::InvalidClaim {
+                claim: "dest",
+                why: format!("needs a `tn` array of 1 to {MAX_DEST_TNS} numbers"),
+            });
+        }
+    };
+    let iat = v
+        .get("iat")
+        .ok_or(PassportError::MissingClaim("iat"))?
+        .as_i64()
+        .ok_or_else(|| PassportError::InvalidClaim {
+            claim: "iat",
+            why: "not an integer NumericDate".into(),
+        })?;
+    Ok(DivClaims {
+        orig: tn("orig")?,
+        dest,
+        div: tn("div")?,
+        iat,
+    })
+}
+
 /// A decoded (not yet verified) full-form PASSporT.
 #[derive(Debug, Clone)]
 pub struct Decoded<'a> {

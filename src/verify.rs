@@ -655,6 +655,9 @@ pub struct Verified {
     /// Rich call data (RFC 9795) the PASSporT carried, as signed or why it
     /// is not usable; never part of the SHAKEN verdict.
     pub rcd: Option<crate::passport::RcdStatus>,
+    /// The verified retargeting steps (RFC 8946) from `dest` to the
+    /// number the call reached; empty when not diverted.
+    pub diversion: Vec<DivLink>,
 }
 
 /// A verified PASSporT as replay detection sees it (RFC 8224 §12.1): the
@@ -792,12 +795,75 @@ struct Ready<'m> {
     origid: String,
     iat: i64,
     rcd: Option<crate::passport::RcdStatus>,
+    /// To or Request-URI is in `dest`; when not, a verified `div` chain
+    /// must lead from `dest` to it.
+    dest_ok: bool,
+}
+
+/// A `div` PASSporT (RFC 8946) that passed its local checks.
+#[derive(Debug)]
+struct ReadyDiv<'m> {
+    index: usize,
+    x5u: &'m str,
+    signing_input: &'m str,
+    signature: [u8; 64],
+    orig: Tn,
+    dest: Vec<Tn>,
+    div: Tn,
+}
+
+/// One verified retargeting step (RFC 8946): the call to `from` was
+/// diverted to `to`, signed by `spc`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DivLink {
+    pub from: Tn,
+    pub to: Vec<Tn>,
+    pub spc: Arc<str>,
+}
+
+/// The chain of verified div links from `dest` to one of `targets`: each
+/// link's `orig` is the caller's, its diverting number is a current
+/// destination and appears in a Diversion or History-Info header.
+fn div_chain(
+    orig: &Tn,
+    dest: &[Tn],
+    targets: &[Tn],
+    links: &[(Tn, DivLink)],
+    diverted: &[Tn],
+) -> Option<Vec<DivLink>> {
+    let mut current: Vec<Tn> = dest.to_vec();
+    let mut chain = Vec::new();
+    let mut used = vec![false; links.len()];
+    while chain.len() < links.len() {
+        let next = links.iter().enumerate().find(|(i, (o, l))| {
+            !used.get(*i).copied().unwrap_or(true)
+                && o == orig
+                && current.contains(&l.from)
+                && diverted.contains(&l.from)
+        });
+        let Some((i, (_, l))) = next else { break };
+        if let Some(u) = used.get_mut(i) {
+            *u = true;
+        }
+        chain.push(l.clone());
+        current.clone_from(&l.to);
+        if targets.iter().any(|t| current.contains(t)) {
+            return Some(chain);
+        }
+    }
+    None
 }
 
 /// The result of [`Verifier::prepare`].
 #[derive(Debug)]
 pub struct Prepared<'m> {
     ready: Vec<Ready<'m>>,
+    divs: Vec<ReadyDiv<'m>>,
+    /// Numbers in Diversion and History-Info headers (a div link's
+    /// diverting number must be among them).
+    diverted: Vec<Tn>,
+    /// The request's To and Request-URI numbers.
+    targets: Vec<Tn>,
     headers: Vec<HeaderResult>,
     /// Claimed values for reporting when nothing verifies.
     claimed_orig: Option<Tn>,
@@ -816,7 +882,10 @@ pub struct Prepared<'m> {
 impl<'m> Prepared<'m> {
     /// The x5u URLs whose credentials [`Verifier::finish`] needs.
     pub fn urls(&self) -> impl Iterator<Item = &'m str> + '_ {
-        self.ready.iter().map(|r| r.x5u)
+        self.ready
+            .iter()
+            .map(|r| r.x5u)
+            .chain(self.divs.iter().map(|d| d.x5u))
     }
 }
 
@@ -907,6 +976,9 @@ impl Verifier {
     pub fn prepare<'m>(&self, msg: &'m Message<'_>, now: UnixTime) -> Prepared<'m> {
         let mut p = Prepared {
             ready: Vec::new(),
+            divs: Vec::new(),
+            diverted: Vec::new(),
+            targets: Vec::new(),
             headers: Vec::new(),
             claimed_orig: None,
             claimed_dest: Vec::new(),
@@ -945,6 +1017,19 @@ impl Verifier {
             .and_then(|u| self.config.numbering.of_uri(&u));
         p.claimed_orig = orig_candidates.first().copied();
         p.claimed_dest = to.into_iter().collect();
+        p.targets = to.into_iter().chain(ruri).collect();
+        p.diverted = msg
+            .headers
+            .iter()
+            .filter(|h| {
+                h.name.eq_ignore_ascii_case("diversion")
+                    || h.name.eq_ignore_ascii_case("history-info")
+            })
+            .filter_map(|h| msg.text(h))
+            .flat_map(crate::sip::addr::split_values)
+            .filter_map(|v| self.config.numbering.of_header(v))
+            .take(MAX_IDENTITY_HEADERS * 4)
+            .collect();
 
         // Date (RFC 8224 §6.2 step 3; recorded unless enforced).
         if self.config.date_check != DateCheck::Ignore {
@@ -1034,7 +1119,11 @@ impl Verifier {
         match ih.ppt {
             Some("shaken") => {}
             Some("div") => {
-                hr.ignored = Some("ppt `div`: diversion chains are not verified yet".into());
+                let d = self.check_div(&ih, now)?;
+                p.divs.push(ReadyDiv {
+                    index: hr.index,
+                    ..d
+                });
                 return Ok(None);
             }
             Some(ppt) => {
@@ -1169,16 +1258,9 @@ impl Verifier {
                 },
             ));
         }
-        if !to.iter().chain(ruri.iter()).any(|t| dest.contains(t)) {
-            return Err(Failure::new(
-                FailureKind::DestMismatch,
-                format!(
-                    "neither To `{}` nor Request-URI `{}` is in dest.tn",
-                    to.map_or("(no number)".into(), |t| t.to_string()),
-                    ruri.map_or("(no number)".into(), |t| t.to_string())
-                ),
-            ));
-        }
+        // Not in dest: only a verified div chain (RFC 8946) can explain
+        // it; checked once every credential is at hand.
+        let dest_ok = to.iter().chain(ruri.iter()).any(|t| dest.contains(t));
         self.config
             .x5u
             .check(x5u)
@@ -1196,7 +1278,90 @@ impl Verifier {
             origid: claims.origid.into_owned(),
             iat: claims.iat,
             rcd: claims.rcd,
+            dest_ok,
         }))
+    }
+
+    /// The local checks of a `div` PASSporT (RFC 8946): full form, ES256,
+    /// `ppt` `div` in the JWS and the Identity header, `x5u` = `info`,
+    /// `orig`/`dest`/`div` numbers, fresh `iat`.
+    fn check_div<'m>(
+        &self,
+        ih: &crate::identity::IdentityHeader<'m>,
+        now: UnixTime,
+    ) -> Result<ReadyDiv<'m>, Failure> {
+        if ih.form == Form::Compact {
+            return Err(Failure::new(
+                FailureKind::CompactForm,
+                "compact-form div PASSporT; the full form is required",
+            ));
+        }
+        let d = passport::decode(ih.token)
+            .map_err(|e| Failure::new(FailureKind::Malformed, e.to_string()))?;
+        let hdr = d
+            .header()
+            .map_err(|e| Failure::new(FailureKind::Malformed, e.to_string()))?;
+        if hdr.alg.as_deref() != Some("ES256") {
+            return Err(Failure::new(
+                FailureKind::UnsupportedAlg,
+                "div PASSporT alg is not ES256",
+            ));
+        }
+        if hdr.typ.as_deref() != Some("passport") {
+            return Err(Failure::new(
+                FailureKind::WrongTyp,
+                "div PASSporT typ is not `passport`",
+            ));
+        }
+        if hdr.ppt.as_deref() != Some("div") {
+            return Err(Failure::new(
+                FailureKind::PptMismatch,
+                "the Identity ppt is `div` but the JWS ppt is not",
+            ));
+        }
+        if hdr.x5u.as_deref() != Some(ih.info) {
+            return Err(Failure::new(
+                FailureKind::X5uMismatch,
+                "div PASSporT x5u differs from info",
+            ));
+        }
+        let c = passport::div_claims(&d.payload)
+            .map_err(|e| Failure::new(FailureKind::InvalidClaims, e.to_string()))?;
+        let tn = |s: &str, what: &str| {
+            Tn::canonical(s).map_err(|e| {
+                Failure::new(
+                    FailureKind::InvalidClaims,
+                    format!("div PASSporT {what} `{}`: {e}", clip(s)),
+                )
+            })
+        };
+        let age = now.0.saturating_sub(c.iat);
+        if age > self.config.max_iat_age || -age > self.config.max_iat_future {
+            return Err(Failure::new(
+                FailureKind::Stale,
+                format!(
+                    "div PASSporT iat is {age} s from now (window {} s)",
+                    self.config.max_iat_age
+                ),
+            ));
+        }
+        self.config
+            .x5u
+            .check(ih.info)
+            .map_err(|why| Failure::new(FailureKind::X5uRefused, why))?;
+        Ok(ReadyDiv {
+            index: 0,
+            x5u: ih.info,
+            signing_input: d.signing_input,
+            signature: d.signature,
+            orig: tn(&c.orig, "orig.tn")?,
+            dest: c
+                .dest
+                .iter()
+                .map(|t| tn(t, "dest.tn"))
+                .collect::<Result<_, _>>()?,
+            div: tn(&c.div, "div.tn")?,
+        })
     }
 
     /// Completes verification with the credentials of [`Prepared::urls`].
@@ -1207,6 +1372,45 @@ impl Verifier {
         now: UnixTime,
         mut lookup: impl FnMut(&str) -> Option<CredentialResult>,
     ) -> Outcome {
+        // div PASSporTs first: each verified one is a retargeting step.
+        let mut links: Vec<(Tn, DivLink)> = Vec::new();
+        for d in p.divs.drain(..) {
+            let res = match lookup(d.x5u) {
+                None => Err(CredentialError::Timeout {
+                    url: d.x5u.to_owned(),
+                }
+                .failure()),
+                Some(Err(e)) => Err(e.failure()),
+                Some(Ok(cred)) => cred
+                    .check_time(now)
+                    .map_err(|e| CredentialError::Cert(e).failure())
+                    .and_then(|()| {
+                        if cred.verify_es256(d.signing_input.as_bytes(), &d.signature) {
+                            Ok(cred)
+                        } else {
+                            Err(Failure::new(
+                                FailureKind::BadSignature,
+                                "div PASSporT signature does not verify",
+                            ))
+                        }
+                    }),
+            };
+            match res {
+                Ok(cred) => links.push((
+                    d.orig,
+                    DivLink {
+                        from: d.div,
+                        to: d.dest,
+                        spc: Arc::clone(&cred.spc),
+                    },
+                )),
+                Err(f) => {
+                    if let Some(h) = p.headers.iter_mut().find(|h| h.index == d.index) {
+                        h.failure = Some(f);
+                    }
+                }
+            }
+        }
         let mut best: Option<(Verified, Vec<ProfileProblem>)> = None;
         for r in p.ready.drain(..) {
             let res = match lookup(r.x5u) {
@@ -1217,9 +1421,37 @@ impl Verifier {
                 Some(Err(e)) => Err(e.failure()),
                 Some(Ok(cred)) => self.check_signature(&r, &cred, now).map(|()| cred),
             };
+            // Retargeted: a verified div chain must lead from this
+            // PASSporT's dest to the request's To or Request-URI.
+            let res = res.and_then(|cred| {
+                if r.dest_ok {
+                    return Ok((cred, Vec::new()));
+                }
+                div_chain(&r.orig, &r.dest, &p.targets, &links, &p.diverted)
+                    .map(|chain| (cred, chain))
+                    .ok_or_else(|| {
+                        Failure::new(
+                            FailureKind::DestMismatch,
+                            format!(
+                                "neither To nor Request-URI ({}) is in dest.tn{}",
+                                p.targets
+                                    .iter()
+                                    .map(|t| format!("`{t}`"))
+                                    .collect::<Vec<_>>()
+                                    .join(", "),
+                                if links.is_empty() {
+                                    String::new()
+                                } else {
+                                    ", and no verified div chain (RFC 8946) leads there from dest with a Diversion/History-Info entry for each step".to_owned()
+                                }
+                            ),
+                        )
+                    })
+            });
             match res {
-                Ok(cred) => {
+                Ok((cred, diversion)) => {
                     let v = Verified {
+                        diversion,
                         attest: r.attest,
                         orig: r.orig,
                         dest: r.dest,
@@ -1260,6 +1492,10 @@ impl Verifier {
         let failure = p.fatal.take().or_else(|| {
             p.headers
                 .iter()
+                // A div header's own failure is reported on that header;
+                // the call's failure is the shaken PASSporT's (a broken
+                // div chain shows there as dest-mismatch).
+                .filter(|h| h.ppt.as_deref() != Some("div"))
                 .filter_map(|h| h.failure.as_ref())
                 .max_by_key(|f| f.kind.specificity())
                 .cloned()

@@ -43,6 +43,8 @@ fn facts(verstat: Verstat, attest: AttestFact) -> Facts {
         source: "unknown".into(),
         method: "INVITE".into(),
         diversion: false,
+        div_verified: false,
+        diverted_from: String::new(),
         callee_flagged: false,
         orig_unwanted_reports: 0,
         orig_calls_per_minute: 0,

@@ -431,6 +431,104 @@ fn a_stale_crl_is_used_or_fails_as_configured() {
     expect(&v, "TN-Validation-Passed", Some("A"), None, None);
 }
 
+/// RFC 8946: a call to DEST forwarded to NEW carries the original shaken
+/// PASSporT (dest DEST) and a div PASSporT (div DEST → dest NEW) signed by
+/// the forwarding provider. A valid chain verifies; a broken, stale or
+/// unannounced (no Diversion/History-Info) one leaves dest-mismatch.
+#[test]
+fn forwarded_calls_verify_through_a_div_chain() {
+    const NEW: &str = "12125559876";
+    let env = env();
+    let shaken = signed(&env, "sp-a.key", "/sp-a.pem", |_| {});
+    let div = |iat: i64, key: &str| {
+        let url = env.repo.url("/sp-b.pem");
+        let header = format!(r#"{{"alg":"ES256","ppt":"div","typ":"passport","x5u":"{url}"}}"#);
+        let payload = format!(
+            r#"{{"dest":{{"tn":["{NEW}"]}},"div":{{"tn":"{DEST}"}},"iat":{iat},"orig":{{"tn":"{ORIG}"}}}}"#
+        );
+        let token = common::key(key).sign_raw(&header, &payload).unwrap();
+        format!("{token};info=<{url}>;alg=ES256;ppt=div")
+    };
+    let msg = |ids: Vec<String>, diversion: bool| {
+        let mut spec = InviteSpec::new(ORIG, NEW);
+        spec.identities = ids;
+        let m = spec.build();
+        if diversion {
+            m.replace(
+                "Max-Forwards: 70\r\n",
+                &format!("Max-Forwards: 70\r\nDiversion: <sip:+{DEST}@example.net;user=phone>;reason=unconditional\r\n"),
+            )
+        } else {
+            m
+        }
+    };
+    let fresh = TEST_NOW.0 - 3;
+    let v = verify(&env, "div-none", &msg(vec![shaken.clone()], true), None);
+    expect(
+        &v,
+        "No-TN-Validation",
+        None,
+        Some(438),
+        Some("dest-mismatch"),
+    );
+    let v = verify(
+        &env,
+        "div-ok",
+        &msg(vec![shaken.clone(), div(fresh, "sp-b.key")], true),
+        None,
+    );
+    expect(&v, "TN-Validation-Passed", Some("A"), None, None);
+    assert_eq!(v["diversion"][0]["from"], DEST, "{v:#}");
+    assert_eq!(v["diversion"][0]["to"][0], NEW);
+    assert_eq!(v["diversion"][0]["spc"], "5678");
+    let v = verify(
+        &env,
+        "div-badsig",
+        &msg(vec![shaken.clone(), div(fresh, "sp-a.key")], true),
+        None,
+    );
+    expect(
+        &v,
+        "No-TN-Validation",
+        None,
+        Some(438),
+        Some("dest-mismatch"),
+    );
+    assert!(
+        v["identity_headers"][1]["failure"]["kind"] == "bad-signature",
+        "{v:#}"
+    );
+    let v = verify(
+        &env,
+        "div-stale",
+        &msg(
+            vec![shaken.clone(), div(TEST_NOW.0 - 600, "sp-b.key")],
+            true,
+        ),
+        None,
+    );
+    expect(
+        &v,
+        "No-TN-Validation",
+        None,
+        Some(438),
+        Some("dest-mismatch"),
+    );
+    let v = verify(
+        &env,
+        "div-unannounced",
+        &msg(vec![shaken, div(fresh, "sp-b.key")], false),
+        None,
+    );
+    expect(
+        &v,
+        "No-TN-Validation",
+        None,
+        Some(438),
+        Some("dest-mismatch"),
+    );
+}
+
 #[test]
 fn numbers_match_through_pai_tel_uris_and_separators() {
     let env = env();

@@ -29,6 +29,8 @@ pub enum Fact {
     Source,
     Method,
     Diversion,
+    DivVerified,
+    DivertedFrom,
     CalleeFlagged,
     OrigUnwantedReports,
     SpcUnwantedReports,
@@ -40,7 +42,7 @@ pub enum Fact {
 }
 
 /// Fact names as written in policy files.
-pub const FACT_NAMES: [(&str, Fact); 21] = [
+pub const FACT_NAMES: [(&str, Fact); 23] = [
     ("verstat", Fact::Verstat),
     ("attest", Fact::Attest),
     ("failure", Fact::Failure),
@@ -54,6 +56,8 @@ pub const FACT_NAMES: [(&str, Fact); 21] = [
     ("source", Fact::Source),
     ("method", Fact::Method),
     ("diversion", Fact::Diversion),
+    ("div_verified", Fact::DivVerified),
+    ("diverted_from", Fact::DivertedFrom),
     ("callee_flagged", Fact::CalleeFlagged),
     ("orig_unwanted_reports", Fact::OrigUnwantedReports),
     ("spc_unwanted_reports", Fact::SpcUnwantedReports),
@@ -79,14 +83,16 @@ impl Fact {
             Fact::Attest => FactKind::Enum(&AttestFact::NAMES),
             Fact::Failure => FactKind::Failure,
             Fact::State => FactKind::Enum(&StateFact::NAMES),
-            Fact::Diversion | Fact::CalleeFlagged | Fact::OrigVerified => FactKind::Bool,
+            Fact::Diversion | Fact::CalleeFlagged | Fact::OrigVerified | Fact::DivVerified => {
+                FactKind::Bool
+            }
             Fact::StirCode
             | Fact::IatAge
             | Fact::OrigUnwantedReports
             | Fact::SpcUnwantedReports
             | Fact::OrigCallsPerMinute => FactKind::Number,
             Fact::Spc | Fact::DisplayName | Fact::Source | Fact::Method => FactKind::Text,
-            Fact::Orig | Fact::Dest => FactKind::TelNumber,
+            Fact::Orig | Fact::Dest | Fact::DivertedFrom => FactKind::TelNumber,
             Fact::OrigIn | Fact::DestIn | Fact::SpcIn => FactKind::List,
         }
     }
@@ -336,6 +342,7 @@ fn enum_value(f: Fact, facts: &Facts) -> usize {
         Fact::CalleeFlagged => usize::from(facts.callee_flagged),
         Fact::Diversion => usize::from(facts.diversion),
         Fact::OrigVerified => usize::from(facts.orig_verified),
+        Fact::DivVerified => usize::from(facts.div_verified),
         Fact::State => facts.state.index(),
         _ => 0,
     }
@@ -571,6 +578,7 @@ pub(super) fn text(f: Fact, facts: &Facts) -> &str {
         Fact::Method => &facts.method,
         Fact::Orig | Fact::OrigIn => &facts.orig,
         Fact::Dest | Fact::DestIn => &facts.dest,
+        Fact::DivertedFrom => &facts.diverted_from,
         _ => "",
     }
 }
@@ -583,6 +591,7 @@ pub(super) fn show(f: Fact, facts: &Facts) -> String {
         Fact::Failure => facts.failure.as_str().into(),
         Fact::CalleeFlagged => facts.callee_flagged.to_string(),
         Fact::OrigVerified => facts.orig_verified.to_string(),
+        Fact::DivVerified => facts.div_verified.to_string(),
         Fact::State => facts.state.as_str().into(),
         Fact::Diversion => facts.diversion.to_string(),
         Fact::StirCode
