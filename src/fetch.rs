@@ -6,7 +6,7 @@
 //! Failures are remembered for `negative_cache_secs`.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -404,7 +404,7 @@ impl CertFetcher {
             why,
         };
         let parts = self.policy.check(url).map_err(refused)?;
-        let host = parts.host.trim_end_matches('.').to_ascii_lowercase();
+        let host = parts.host.to_string();
         if self.cfg.deny_hosts.iter().any(|p| host_matches(p, &host)) {
             return Err(refused(format!("host `{host}` is denied")));
         }
@@ -413,7 +413,10 @@ impl CertFetcher {
         {
             return Err(refused(format!("host `{host}` is not in allow_hosts")));
         }
-        if let Ok(ip) = host.parse::<IpAddr>()
+        // The host as reqwest's URL parser normalised it: no spelling of
+        // an address (127.1, 0x7f000001, ::ffff:7f00:1, 6to4, Teredo) is
+        // taken for a name; names go through the guarded resolver.
+        if let crate::net::Host::Ip(ip) = parts.host
             && !self.cfg.allow_private_addresses
             && is_special(ip)
         {

@@ -1,6 +1,55 @@
 //! Address classification for the x5u SSRF guard (pure).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
+
+/// A URL's host after the WHATWG host parser (the one reqwest uses):
+/// every spelling of an IPv4 address (`127.1`, `0x7f000001`,
+/// `2130706433`, `0177.0.0.1`) is an [`Host::Ip`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Host {
+    Ip(IpAddr),
+    /// A domain name, lowercase, without a trailing dot.
+    Name(String),
+}
+
+impl Host {
+    /// The host of a parsed URL.
+    pub fn of(u: &url::Url) -> Option<Host> {
+        Some(match u.host()? {
+            url::Host::Ipv4(a) => Host::Ip(IpAddr::V4(a)),
+            url::Host::Ipv6(a) => Host::Ip(IpAddr::V6(a)),
+            url::Host::Domain(d) => Host::Name(d.trim_end_matches('.').to_ascii_lowercase()),
+        })
+    }
+}
+
+impl std::fmt::Display for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Host::Ip(ip) => write!(f, "{ip}"),
+            Host::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+/// The IPv4 address an IPv6 one embeds: IPv4-mapped (`::ffff:a.b.c.d`),
+/// IPv4-compatible (`::a.b.c.d`, deprecated), 6to4 (`2002:AABB:CCDD::/48`),
+/// NAT64 (`64:ff9b::a.b.c.d`, RFC 6052) and Teredo (`2001:0::/32`, the
+/// client address inverted in the last 32 bits).
+pub fn embedded_ipv4(v6: std::net::Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = v6.segments();
+    let last = |a: u16, b: u16| Ipv4Addr::new((a >> 8) as u8, a as u8, (b >> 8) as u8, b as u8);
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    match s {
+        [0, 0, 0, 0, 0, 0, a, b] if (a, b) != (0, 0) && (a, b) != (0, 1) => Some(last(a, b)),
+        [0x2002, a, b, ..] => Some(last(a, b)),
+        [0x0064, 0xff9b, 0, 0, 0, 0, a, b] => Some(last(a, b)),
+        [0x2001, 0, _, _, _, _, a, b] => Some(last(!a, !b)),
+        _ => None,
+    }
+}
 
 /// Loopback, private, link-local, shared, documentation, multicast and
 /// other special-purpose addresses (IANA special-purpose registries).
@@ -23,7 +72,7 @@ pub fn is_special(ip: IpAddr) -> bool {
         }
         IpAddr::V6(v6) => {
             let s = v6.segments();
-            if let Some(v4) = v6.to_ipv4_mapped() {
+            if let Some(v4) = embedded_ipv4(v6) {
                 return is_special(IpAddr::V4(v4));
             }
             v6.is_loopback()
@@ -32,7 +81,7 @@ pub fn is_special(ip: IpAddr) -> bool {
                 || (s[0] & 0xfe00) == 0xfc00 // unique local
                 || (s[0] & 0xffc0) == 0xfe80 // link-local
                 || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
-                || (s[0] == 0x0064 && s[1] == 0xff9b) // NAT64
+                || (s[0] == 0x0064 && s[1] == 0xff9b) // NAT64 local-use (64:ff9b:1::/48)
                 || (s[0] == 0x0100 && s[1] == 0 && s[2] == 0 && s[3] == 0) // discard
         }
     }
@@ -108,6 +157,54 @@ mod tests {
         assert!(c("2001:db8::/32").contains(ip("2001:db8:ffff::1")));
         assert!(c("::/0").contains(ip("::1")));
         assert!("192.0.2.0/33".parse::<Cidr>().is_err());
+    }
+
+    /// Regression (SSRF): every spelling the WHATWG parser (reqwest's)
+    /// turns into a special address is classified as that address.
+    #[test]
+    fn every_spelling_of_a_special_address_is_special() {
+        for spelled in [
+            "https://127.1/x.pem",
+            "https://0x7f000001/x.pem",
+            "https://2130706433/x.pem",
+            "https://0177.0.0.1/x.pem",
+            "https://127.000.000.001/x.pem",
+            "https://0/x.pem",
+            "https://10.1/x.pem",
+            "https://0xa9fea9fe/x.pem",
+            "https://169.254.43518/x.pem",
+            "https://[::127.0.0.1]/x.pem",
+            "https://[::ffff:7f00:1]/x.pem",
+            "https://[2002:7f00:1::1]/x.pem",
+            "https://[2002:a00:1::]/x.pem",
+            "https://[64:ff9b::a9fe:a9fe]/x.pem",
+            "https://[2001:0:4136:e378:8000:63bf:80ff:fffe]/x.pem",
+            "https://[::1]/x.pem",
+            "https://LOCALHOST./x.pem",
+        ] {
+            let u = url::Url::parse(spelled).unwrap();
+            match Host::of(&u).unwrap() {
+                Host::Ip(ip) => assert!(is_special(ip), "{spelled} → {ip}"),
+                Host::Name(n) => assert_eq!(n, "localhost", "{spelled}"),
+            }
+        }
+        // Public addresses, also when embedded, stay public.
+        for public in [
+            "https://8.8.8.8/x.pem",
+            "https://[2002:808:808::1]/x.pem",
+            "https://[64:ff9b::808:808]/x.pem",
+            "https://cert.example.org/x.pem",
+        ] {
+            let u = url::Url::parse(public).unwrap();
+            if let Host::Ip(ip) = Host::of(&u).unwrap() {
+                assert!(!is_special(ip), "{public}");
+            }
+        }
+        // Teredo: the client address is the last 32 bits inverted.
+        assert_eq!(
+            embedded_ipv4("2001:0:4136:e378:8000:63bf:3fff:fdd2".parse().unwrap()),
+            Some(Ipv4Addr::new(192, 0, 2, 45))
+        );
     }
 
     #[test]

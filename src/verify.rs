@@ -420,26 +420,30 @@ impl Default for X5uPolicy {
 }
 
 /// The parts of an x5u URL the policy and the fetcher need.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct X5uUrl<'a> {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct X5uUrl {
     pub https: bool,
-    pub host: &'a str,
+    /// The host as the HTTP client sees it (WHATWG-normalised: `127.1`,
+    /// `0x7f000001` and `2130706433` are all `127.0.0.1`).
+    pub host: crate::net::Host,
     pub port: u16,
 }
 
 impl X5uPolicy {
-    /// Checks an x5u URL and splits out its host and port.
-    pub fn check<'u>(&self, url: &'u str) -> Result<X5uUrl<'u>, String> {
+    /// Checks an x5u URL against the policy and splits it. The host is the
+    /// one the URL parser of the HTTP client (the `url` crate) produces, so
+    /// no spelling of an address can pass as a name.
+    pub fn check(&self, url: &str) -> Result<X5uUrl, String> {
         if url.len() > MAX_URL_LEN {
             return Err(format!("x5u is longer than {MAX_URL_LEN} bytes"));
         }
-        let (https, rest) = if let Some(r) = strip_prefix_ci(url, "https://") {
-            (true, r)
-        } else if let Some(r) = strip_prefix_ci(url, "http://") {
+        let https = if strip_prefix_ci(url, "https://").is_some() {
+            true
+        } else if strip_prefix_ci(url, "http://").is_some() {
             if !self.allow_http {
                 return Err("x5u must use https".into());
             }
-            (false, r)
+            false
         } else {
             return Err("x5u must be an https URL".into());
         };
@@ -449,40 +453,18 @@ impl X5uPolicy {
         if url.contains('?') {
             return Err("x5u must not have a query".into());
         }
-        let authority = rest.split('/').next().unwrap_or_default();
-        if authority.contains('@') {
+        let parsed = url::Url::parse(url).map_err(|e| format!("x5u does not parse: {e}"))?;
+        if !parsed.username().is_empty() || parsed.password().is_some() {
             return Err("x5u must not carry userinfo".into());
         }
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (h, after) = v6.split_once(']').ok_or("x5u has a malformed IPv6 host")?;
-            (h, after.strip_prefix(':'))
-        } else {
-            match authority.rsplit_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (authority, None),
-            }
+        let host = crate::net::Host::of(&parsed).ok_or("x5u has no host")?;
+        let port = parsed
+            .port_or_known_default()
+            .ok_or("x5u has an invalid port")?;
+        let lab_host = match &host {
+            crate::net::Host::Ip(ip) => crate::net::is_special(*ip),
+            crate::net::Host::Name(n) => n == "localhost",
         };
-        if host.is_empty()
-            || !host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b))
-        {
-            return Err("x5u has an invalid host".into());
-        }
-        let port = match port {
-            None => {
-                if https {
-                    443
-                } else {
-                    80
-                }
-            }
-            Some(p) => p
-                .parse::<u16>()
-                .map_err(|_| "x5u has an invalid port".to_owned())?,
-        };
-        let lab_host = host.eq_ignore_ascii_case("localhost")
-            || host.parse().is_ok_and(crate::net::is_special);
         if https && !self.ports.contains(&port) && !(self.any_port_on_private && lab_host) {
             return Err(format!("x5u port {port} is not allowed"));
         }

@@ -961,6 +961,62 @@ fn private_address_is_refused_unless_allowed() {
     );
 }
 
+/// Regression (SSRF): non-canonical spellings of loopback, private and
+/// metadata addresses (which reqwest's URL parser normalises and connects
+/// to) are refused, and no connection reaches a listener on
+/// 127.0.0.1:8443 (an allowed x5u port).
+#[test]
+fn every_spelling_of_a_private_address_is_refused_without_a_connection() {
+    let env = env();
+    let Ok(listener) = std::net::TcpListener::bind("127.0.0.1:8443") else {
+        panic!("127.0.0.1:8443 is in use: this test listens there to count connections");
+    };
+    listener.set_nonblocking(true).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let strict = common::write_config(dir.path(), "").with_file_name("strict.toml");
+    let text = std::fs::read_to_string(dir.path().join("stirscreen.toml"))
+        .unwrap()
+        .replace(
+            "allow_private_addresses = true",
+            "allow_private_addresses = false",
+        );
+    std::fs::write(&strict, text).unwrap();
+    for host in [
+        "127.1",
+        "0x7f000001",
+        "2130706433",
+        "0177.0.0.1",
+        "127.000.000.001",
+        "0",
+        "10.1",
+        "0xa9fea9fe",
+        "169.254.43518",
+        "[::127.0.0.1]",
+        "[::ffff:7f00:1]",
+        "[2002:7f00:1::1]",
+        "[::1]",
+    ] {
+        let url = format!("https://{host}:8443/sp-a.pem");
+        let mut r = req(&url);
+        r.x5u = url.clone();
+        let token = common::key("sp-a.key").sign(&r).unwrap();
+        let id = identity_header_value(&token, &url);
+        let v = verify(
+            &env,
+            "ssrf-spelling",
+            &invite_with(vec![id]).build(),
+            Some(&strict),
+        );
+        assert_eq!(v["verstat"], "No-TN-Validation", "{host}: {v:#}");
+        let detail = v["failure_detail"].as_str().unwrap_or_default();
+        assert!(detail.contains("special-purpose"), "{host}: {detail}");
+    }
+    assert!(
+        listener.accept().is_err(),
+        "a connection reached 127.0.0.1:8443"
+    );
+}
+
 #[test]
 fn oversized_identity_header_fails_cleanly() {
     let env = env();
