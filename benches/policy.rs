@@ -88,6 +88,8 @@ fn facts(orig: &str) -> Facts {
         diversion: false,
         div_verified: false,
         diverted_from: String::new(),
+        rcd: stirscreen::facts::RcdFact::None,
+        rcd_name: String::new(),
         callee_flagged: false,
         orig_unwanted_reports: 3,
         orig_calls_per_minute: 1,

@@ -58,6 +58,13 @@ pub struct Facts {
     /// else empty.
     #[serde(default)]
     pub diverted_from: String,
+    /// Rich call data (RFC 9795) in the verified PASSporT: `none`,
+    /// `signed` (decoded, within bounds) or `broken`.
+    #[serde(default)]
+    pub rcd: RcdFact,
+    /// The signed caller name (`rcd.nam`) when `rcd` is `signed`, else empty.
+    #[serde(default)]
+    pub rcd_name: String,
     /// The callee has flagged this caller (607 feedback or `flags add`).
     #[serde(default)]
     pub callee_flagged: bool,
@@ -90,6 +97,28 @@ fn unknown() -> String {
 
 fn invite() -> String {
     "INVITE".into()
+}
+
+/// `rcd` as a fact.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RcdFact {
+    #[default]
+    None,
+    Signed,
+    Broken,
+}
+
+impl RcdFact {
+    pub const NAMES: [&'static str; 3] = ["none", "signed", "broken"];
+
+    pub fn index(self) -> usize {
+        match self {
+            RcdFact::None => 0,
+            RcdFact::Signed => 1,
+            RcdFact::Broken => 2,
+        }
+    }
 }
 
 /// `state` as a fact.
@@ -304,6 +333,17 @@ impl Facts {
                 .and_then(|v| v.diversion.first())
                 .map(|l| l.from.to_string())
                 .unwrap_or_default(),
+            rcd: match o.verified.as_ref().and_then(|v| v.rcd.as_ref()) {
+                None => RcdFact::None,
+                Some(crate::passport::RcdStatus::Signed { .. }) => RcdFact::Signed,
+                Some(crate::passport::RcdStatus::Broken { .. }) => RcdFact::Broken,
+            },
+            rcd_name: match o.verified.as_ref().and_then(|v| v.rcd.as_ref()) {
+                Some(crate::passport::RcdStatus::Signed { rcd, .. }) => {
+                    rcd.nam.clone().unwrap_or_default()
+                }
+                _ => String::new(),
+            },
             callee_flagged: state.callee_flagged,
             orig_unwanted_reports: state.orig_unwanted_reports,
             spc_unwanted_reports: state.spc_unwanted_reports,

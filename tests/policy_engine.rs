@@ -45,6 +45,8 @@ fn facts(verstat: Verstat, attest: AttestFact) -> Facts {
         diversion: false,
         div_verified: false,
         diverted_from: String::new(),
+        rcd: stirscreen::facts::RcdFact::None,
+        rcd_name: String::new(),
         callee_flagged: false,
         orig_unwanted_reports: 0,
         orig_calls_per_minute: 0,
@@ -396,4 +398,50 @@ async fn the_watcher_reloads_on_file_change() {
     }
     task.abort();
     assert_eq!(seen, "v2");
+}
+
+/// The facts added for cluster state, diversion and rich call data are
+/// testable in a policy.
+#[test]
+fn new_facts_are_testable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.toml");
+    std::fs::write(
+        &path,
+        "[[rule]]\nid = \"broken-rcd\"\n[rule.when]\nrcd = \"broken\"\n[rule.then]\nreject = 438\n\
+         [[rule]]\nid = \"named\"\n[rule.when]\nrcd_name = \"Acme\"\n[rule.then]\nforward = true\n\
+         [[rule]]\nid = \"forwarded\"\n[rule.when]\ndiv_verified = true\ndiverted_from = \"1212*\"\n[rule.then]\nforward = true\n\
+         [[rule]]\nid = \"degraded\"\n[rule.when]\nstate = \"unavailable\"\norig_verified = false\n[rule.then]\nforward = true\n\
+         [[rule]]\nid = \"signer\"\n[rule.when]\nspc_unwanted_reports = { ge = 3 }\n[rule.then]\nreject = 603\nnetwork_blocked = true\n",
+    )
+    .unwrap();
+    let h = EngineHandle::load(&path).unwrap();
+    let e = h.current();
+    let base = facts(Verstat::Passed, AttestFact::B);
+    let decide = |edit: &dyn Fn(&mut Facts)| {
+        let mut f = base.clone();
+        edit(&mut f);
+        e.decide(&f).rule_id().to_owned()
+    };
+    assert_eq!(decide(&|_| {}), "default");
+    assert_eq!(
+        decide(&|f| f.rcd = stirscreen::facts::RcdFact::Broken),
+        "broken-rcd"
+    );
+    assert_eq!(decide(&|f| f.rcd_name = "Acme".into()), "named");
+    assert_eq!(
+        decide(&|f| {
+            f.div_verified = true;
+            f.diverted_from = "12125551213".into();
+        }),
+        "forwarded"
+    );
+    assert_eq!(
+        decide(&|f| {
+            f.state = stirscreen::facts::StateFact::Unavailable;
+            f.orig_verified = false;
+        }),
+        "degraded"
+    );
+    assert_eq!(decide(&|f| f.spc_unwanted_reports = 3), "signer");
 }

@@ -8,7 +8,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::Diagnostic;
-use crate::facts::{AttestFact, Facts, FailureFact, StateFact};
+use crate::facts::{AttestFact, Facts, FailureFact, RcdFact, StateFact};
 use crate::lists::{List, ListKind};
 use crate::tn::Tn;
 use crate::verify::Verstat;
@@ -31,6 +31,8 @@ pub enum Fact {
     Diversion,
     DivVerified,
     DivertedFrom,
+    Rcd,
+    RcdName,
     CalleeFlagged,
     OrigUnwantedReports,
     SpcUnwantedReports,
@@ -42,7 +44,7 @@ pub enum Fact {
 }
 
 /// Fact names as written in policy files.
-pub const FACT_NAMES: [(&str, Fact); 23] = [
+pub const FACT_NAMES: [(&str, Fact); 25] = [
     ("verstat", Fact::Verstat),
     ("attest", Fact::Attest),
     ("failure", Fact::Failure),
@@ -58,6 +60,8 @@ pub const FACT_NAMES: [(&str, Fact); 23] = [
     ("diversion", Fact::Diversion),
     ("div_verified", Fact::DivVerified),
     ("diverted_from", Fact::DivertedFrom),
+    ("rcd", Fact::Rcd),
+    ("rcd_name", Fact::RcdName),
     ("callee_flagged", Fact::CalleeFlagged),
     ("orig_unwanted_reports", Fact::OrigUnwantedReports),
     ("spc_unwanted_reports", Fact::SpcUnwantedReports),
@@ -83,6 +87,7 @@ impl Fact {
             Fact::Attest => FactKind::Enum(&AttestFact::NAMES),
             Fact::Failure => FactKind::Failure,
             Fact::State => FactKind::Enum(&StateFact::NAMES),
+            Fact::Rcd => FactKind::Enum(&RcdFact::NAMES),
             Fact::Diversion | Fact::CalleeFlagged | Fact::OrigVerified | Fact::DivVerified => {
                 FactKind::Bool
             }
@@ -91,7 +96,9 @@ impl Fact {
             | Fact::OrigUnwantedReports
             | Fact::SpcUnwantedReports
             | Fact::OrigCallsPerMinute => FactKind::Number,
-            Fact::Spc | Fact::DisplayName | Fact::Source | Fact::Method => FactKind::Text,
+            Fact::Spc | Fact::DisplayName | Fact::Source | Fact::Method | Fact::RcdName => {
+                FactKind::Text
+            }
             Fact::Orig | Fact::Dest | Fact::DivertedFrom => FactKind::TelNumber,
             Fact::OrigIn | Fact::DestIn | Fact::SpcIn => FactKind::List,
         }
@@ -344,6 +351,7 @@ fn enum_value(f: Fact, facts: &Facts) -> usize {
         Fact::OrigVerified => usize::from(facts.orig_verified),
         Fact::DivVerified => usize::from(facts.div_verified),
         Fact::State => facts.state.index(),
+        Fact::Rcd => facts.rcd.index(),
         _ => 0,
     }
 }
@@ -579,6 +587,7 @@ pub(super) fn text(f: Fact, facts: &Facts) -> &str {
         Fact::Orig | Fact::OrigIn => &facts.orig,
         Fact::Dest | Fact::DestIn => &facts.dest,
         Fact::DivertedFrom => &facts.diverted_from,
+        Fact::RcdName => &facts.rcd_name,
         _ => "",
     }
 }
@@ -593,6 +602,11 @@ pub(super) fn show(f: Fact, facts: &Facts) -> String {
         Fact::OrigVerified => facts.orig_verified.to_string(),
         Fact::DivVerified => facts.div_verified.to_string(),
         Fact::State => facts.state.as_str().into(),
+        Fact::Rcd => RcdFact::NAMES
+            .get(facts.rcd.index())
+            .copied()
+            .unwrap_or("none")
+            .into(),
         Fact::Diversion => facts.diversion.to_string(),
         Fact::StirCode
         | Fact::IatAge
