@@ -96,11 +96,16 @@ pub fn sign_identity(
 
 /// `n` random bytes as hex.
 pub fn random_hex(n: usize) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut b = vec![0u8; n];
     let _ = aws_lc_rs::rand::fill(&mut b);
-    let mut s = String::with_capacity(n * 2);
-    for x in b {
+    hex(&b)
+}
+
+/// Lowercase hexadecimal of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for x in bytes {
         s.push(char::from(
             HEX.get(usize::from(x >> 4)).copied().unwrap_or(b'0'),
         ));

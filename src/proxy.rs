@@ -313,20 +313,6 @@ pub enum ServeError {
     },
 }
 
-fn token_hex(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(
-            HEX.get(usize::from(b >> 4)).copied().unwrap_or(b'0'),
-        ));
-        s.push(char::from(
-            HEX.get(usize::from(b & 15)).copied().unwrap_or(b'0'),
-        ));
-    }
-    s
-}
-
 impl Proxy {
     /// Binds the listeners and starts serving. Returns once listening.
     pub async fn start(config: Config) -> Result<Arc<Proxy>, ServeError> {
@@ -963,7 +949,7 @@ impl Proxy {
         let d = h.finish();
         format!(
             "z9hG4bKss{}",
-            token_hex(d.as_ref().get(..12).unwrap_or_default())
+            crate::lab::hex(d.as_ref().get(..12).unwrap_or_default())
         )
     }
 

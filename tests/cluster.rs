@@ -279,6 +279,26 @@ impl Caller {
     }
 }
 
+/// `stirscreen flags --config CONFIG add CALLEE CALLER`, which must succeed.
+fn flags_add(config: &Path, callee: &str, caller: &str) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stirscreen"))
+        .args([
+            "flags",
+            "--config",
+            config.to_str().unwrap(),
+            "add",
+            callee,
+            caller,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 async fn admin(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(
@@ -334,22 +354,7 @@ async fn two_nodes_share_state_through_redis() {
         .await;
 
     // `flags add` (the CLI, against the configured Redis) reaches both.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stirscreen"))
-        .args([
-            "flags",
-            "--config",
-            a.config.to_str().unwrap(),
-            "add",
-            DEST,
-            "12155550300",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    flags_add(&a.config, DEST, "12155550300");
     caller
         .until(&a, "12155550300", DEST, 607, Duration::from_secs(1))
         .await;
@@ -446,22 +451,7 @@ async fn embedded_flags_reach_a_running_node_and_survive_sigkill() {
     };
     let (inv, _) = caller.invite("12155550800", DEST);
     assert_eq!(caller.call(&n, &inv).await, 480);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stirscreen"))
-        .args([
-            "flags",
-            "--config",
-            n.config.to_str().unwrap(),
-            "add",
-            DEST,
-            "12155550800",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    flags_add(&n.config, DEST, "12155550800");
     caller
         .until(&n, "12155550800", DEST, 607, Duration::from_secs(1))
         .await;

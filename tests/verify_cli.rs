@@ -79,6 +79,17 @@ fn verify(
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// A copy of the test configuration, edited, beside it.
+fn config_variant(
+    env: &Env,
+    name: &str,
+    edit: impl FnOnce(String) -> String,
+) -> std::path::PathBuf {
+    let path = env.dir.path().join(format!("{name}.toml"));
+    std::fs::write(&path, edit(std::fs::read_to_string(&env.config).unwrap())).unwrap();
+    path
+}
+
 fn invite_with(identities: Vec<String>) -> InviteSpec {
     let mut s = InviteSpec::new(ORIG, DEST);
     s.identities = identities;
@@ -200,14 +211,9 @@ fn national_numbers_match_with_a_default_country_code() {
         Some(438),
         Some("orig-mismatch"),
     );
-    let nanp = env.dir.path().join("nanp.toml");
-    std::fs::write(
-        &nanp,
-        std::fs::read_to_string(&env.config)
-            .unwrap()
-            .replace("[verify]\n", "[verify]\ndefault_country_code = \"1\"\n"),
-    )
-    .unwrap();
+    let nanp = config_variant(&env, "nanp", |t| {
+        t.replace("[verify]\n", "[verify]\ndefault_country_code = \"1\"\n")
+    });
     let v = verify(&env, "national-nanp", &msg, Some(&nanp));
     expect(&v, "TN-Validation-Passed", Some("A"), None, None);
 }
@@ -230,14 +236,9 @@ fn failed_verstat_can_mark_every_failure_failed() {
         Some(438),
         Some("orig-mismatch"),
     );
-    let failed = env.dir.path().join("failed.toml");
-    std::fs::write(
-        &failed,
-        std::fs::read_to_string(&env.config)
-            .unwrap()
-            .replace("[verify]\n", "[verify]\nfailed_verstat = \"failed\"\n"),
-    )
-    .unwrap();
+    let failed = config_variant(&env, "failed", |t| {
+        t.replace("[verify]\n", "[verify]\nfailed_verstat = \"failed\"\n")
+    });
     let v = verify(&env, "mismatch-failed", &msg, Some(&failed));
     expect(
         &v,

@@ -76,20 +76,6 @@ impl std::fmt::Debug for Remote {
     }
 }
 
-fn hex(b: &[u8]) -> String {
-    const H: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(b.len() * 2);
-    for x in b {
-        s.push(char::from(
-            H.get(usize::from(x >> 4)).copied().unwrap_or(b'0'),
-        ));
-        s.push(char::from(
-            H.get(usize::from(x & 15)).copied().unwrap_or(b'0'),
-        ));
-    }
-    s
-}
-
 fn int(v: &Value) -> i64 {
     match v {
         Value::Int(n) => *n,
@@ -320,35 +306,19 @@ impl Remote {
         for f in self.list_flags(None).await? {
             m.apply(&Event::FlagAdd(f), since);
         }
-        let mut p = redis::pipe();
-        p.cmd("SMEMBERS")
-            .arg(format!("{}{{s}}subjects", self.prefix));
-        let subjects = self
-            .run(&p, WRITE_TIMEOUT)
-            .await?
-            .first()
-            .map(texts)
-            .unwrap_or_default();
+        let subjects = self.subjects().await?;
         for chunk in subjects.chunks(256) {
             let mut p = redis::pipe();
-            let mut keys = Vec::new();
-            for s in chunk {
-                let Some((k, subject)) = s.split_once(':') else {
-                    continue;
-                };
-                let Some(kind) = SubjectKind::parse(k) else {
-                    continue;
-                };
+            for (kind, subject) in chunk {
                 p.cmd("ZRANGE")
-                    .arg(self.reports_key(kind, subject))
+                    .arg(self.reports_key(*kind, subject))
                     .arg(since)
                     .arg("+inf")
                     .arg("BYSCORE")
                     .arg("WITHSCORES");
-                keys.push((kind, subject.to_owned()));
             }
             let v = self.run(&p, WRITE_TIMEOUT).await?;
-            for ((kind, subject), z) in keys.into_iter().zip(&v) {
+            for ((kind, subject), z) in chunk.iter().zip(&v) {
                 let items: Vec<(String, i64)> = match z {
                     Value::Array(a) => a
                         .iter()
@@ -370,7 +340,7 @@ impl Remote {
                 for (callee, at) in items {
                     m.apply(
                         &Event::Report {
-                            kind,
+                            kind: *kind,
                             subject: subject.clone(),
                             callee,
                             at,
@@ -383,27 +353,33 @@ impl Remote {
         Ok(m)
     }
 
-    pub(super) async fn prune(&self, since: i64) -> Result<(), String> {
+    /// Every report subject on record (`{s}subjects`).
+    async fn subjects(&self) -> Result<Vec<(SubjectKind, String)>, String> {
         let mut p = redis::pipe();
         p.cmd("SMEMBERS")
             .arg(format!("{}{{s}}subjects", self.prefix));
-        let subjects = self
+        Ok(self
             .run(&p, WRITE_TIMEOUT)
             .await?
             .first()
             .map(texts)
-            .unwrap_or_default();
-        for chunk in subjects.chunks(256) {
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|s| {
+                let (k, subject) = s.split_once(':')?;
+                Some((SubjectKind::parse(k)?, subject.to_owned()))
+            })
+            .collect())
+    }
+
+    pub(super) async fn prune(&self, since: i64) -> Result<(), String> {
+        for chunk in self.subjects().await?.chunks(256) {
             let mut p = redis::pipe();
-            for s in chunk {
-                if let Some((k, subject)) = s.split_once(':')
-                    && let Some(kind) = SubjectKind::parse(k)
-                {
-                    p.cmd("ZREMRANGEBYSCORE")
-                        .arg(self.reports_key(kind, subject))
-                        .arg("-inf")
-                        .arg(format!("({since}"));
-                }
+            for (kind, subject) in chunk {
+                p.cmd("ZREMRANGEBYSCORE")
+                    .arg(self.reports_key(*kind, subject))
+                    .arg("-inf")
+                    .arg(format!("({since}"));
             }
             self.run(&p, WRITE_TIMEOUT).await?;
         }
@@ -432,12 +408,16 @@ impl Remote {
             ));
         }
         let mut replay = redis::pipe();
-        let mine = q.replay.map(|k| hex(&k.call));
+        let mine = q.replay.map(|k| crate::lab::hex(&k.call));
         if let (Some(k), Some(call)) = (q.replay, &mine) {
             let ttl = (k.expires - q.now.0 + 1).max(1);
             replay
                 .cmd("SET")
-                .arg(format!("{}replay:{}", self.prefix, hex(&k.token)))
+                .arg(format!(
+                    "{}replay:{}",
+                    self.prefix,
+                    crate::lab::hex(&k.token)
+                ))
                 .arg(call)
                 .arg("NX")
                 .arg("GET")
