@@ -445,6 +445,16 @@ pub struct ProxySection {
     /// Add Record-Route to forwarded INVITEs, so in-dialog requests come
     /// through the proxy (routed by their Route set and Request-URI).
     pub record_route: bool,
+    /// TCP (and later TLS) connections served at once; more are closed at
+    /// accept (counted).
+    pub tcp_max_connections: usize,
+    /// A TCP connection with no traffic for this long is closed. RFC 5626
+    /// flows send keep-alives every 95-120 s, so the default (300 s)
+    /// outlasts two of them.
+    pub tcp_idle_timeout_ms: u64,
+    /// A message whose first byte arrived must be complete within this
+    /// (slowloris); then the connection is closed.
+    pub tcp_message_timeout_ms: u64,
     /// Runtime threads: 1 (default) = one event loop (measured cheapest per
     /// call, README "Performance"); N = a work-stealing pool of N; 0 = one
     /// per core.
@@ -467,6 +477,9 @@ impl Default for ProxySection {
             verify_deadline_ms: 2000,
             drain_ms: 5000,
             record_route: false,
+            tcp_max_connections: 4096,
+            tcp_idle_timeout_ms: 300_000,
+            tcp_message_timeout_ms: 10_000,
             threads: 1,
             udp_buffer_bytes: 4 * 1024 * 1024,
             verify_threads: 1,

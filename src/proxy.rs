@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 
@@ -144,6 +144,13 @@ pub struct ProxyStats {
     pub cancelled: AtomicU64,
     pub bad_requests: AtomicU64,
     pub dropped: AtomicU64,
+    /// TCP connections open now.
+    pub tcp_open: AtomicU64,
+    /// Closed at accept because `tcp_max_connections` were open.
+    pub tcp_refused: AtomicU64,
+    /// Closed for idleness or a message that took too long.
+    pub tcp_timeouts: AtomicU64,
+    pub tcp_accept_errors: AtomicU64,
     /// Screened calls by verstat and attestation.
     pub calls: Family,
     /// Verification failures by kind and RFC 8224 code.
@@ -165,6 +172,10 @@ impl Default for ProxyStats {
             overload: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             bad_requests: AtomicU64::new(0),
+            tcp_open: AtomicU64::new(0),
+            tcp_refused: AtomicU64::new(0),
+            tcp_timeouts: AtomicU64::new(0),
+            tcp_accept_errors: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             calls: Family::new(&["verstat", "attest"]),
             failures: Family::new(&["failure", "code"]),
@@ -583,6 +594,22 @@ impl Proxy {
             "Messages dropped: unparseable with no way to answer, or responses not for us.",
             n(&s.dropped),
         );
+        e.gauge(
+            "stirscreen_tcp_connections",
+            "TCP connections open.",
+            n(&s.tcp_open) as f64,
+        );
+        e.rows(
+            "stirscreen_tcp_connections_closed_total",
+            "TCP connections closed by stirscreen, by reason (limit: tcp_max_connections reached at accept; timeout: idle or a message too slow).",
+            &["reason"],
+            &[(&["limit"], n(&s.tcp_refused)), (&["timeout"], n(&s.tcp_timeouts))],
+        );
+        e.counter(
+            "stirscreen_tcp_accept_errors_total",
+            "TCP accept failures (e.g. out of file descriptors), each followed by a back-off.",
+            n(&s.tcp_accept_errors),
+        );
         e.counter(
             "stirscreen_invites_total",
             "Initial INVITEs received (new transactions).",
@@ -779,14 +806,40 @@ impl Proxy {
         }
     }
 
+    /// Accepts TCP connections up to `tcp_max_connections` (beyond: closed
+    /// at once and counted). Accept errors (the process out of file
+    /// descriptors, say) are logged once per burst and backed off, never
+    /// retried in a tight loop.
     async fn accept_loop(self: Arc<Self>, l: TcpListener) {
         let mut stop = self.shutdown.subscribe();
+        let slots = Arc::new(Semaphore::new(self.config.proxy.tcp_max_connections.max(1)));
+        let mut backoff = Duration::ZERO;
         loop {
             tokio::select! {
                 r = l.accept() => {
-                    let Ok((s, from)) = r else { continue };
+                    let (s, from) = match r {
+                        Ok(c) => c,
+                        Err(e) => {
+                            if backoff.is_zero() {
+                                tracing::error!("TCP accept failed, backing off: {e}");
+                            }
+                            self.stats.tcp_accept_errors.fetch_add(1, Ordering::Relaxed);
+                            backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                            tokio::time::sleep(backoff).await;
+                            continue;
+                        }
+                    };
+                    backoff = Duration::ZERO;
+                    let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+                        self.stats.tcp_refused.fetch_add(1, Ordering::Relaxed);
+                        drop(s);
+                        continue;
+                    };
                     let p = Arc::clone(&self);
-                    tokio::spawn(async move { p.connection(s, from).await });
+                    tokio::spawn(async move {
+                        p.connection(s, from).await;
+                        drop(permit);
+                    });
                 }
                 _ = stop.changed() => {
                     if *stop.borrow() { return; }
@@ -796,13 +849,16 @@ impl Proxy {
     }
 
     /// One TCP connection: framed reads; writes through a channel so any
-    /// task can send on it.
+    /// task can send on it. No read buffer is held while the connection is
+    /// idle; it closes after `tcp_idle_timeout_ms` without traffic, or when
+    /// a message takes longer than `tcp_message_timeout_ms` to arrive.
     async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
-        let (mut rd, mut wr) = stream.into_split();
+        let (rd, mut wr) = stream.into_split();
         let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
         if let Ok(mut c) = self.tcp_conns.lock() {
             c.insert(peer, tx);
         }
+        self.stats.tcp_open.fetch_add(1, Ordering::Relaxed);
         let writer = tokio::spawn(async move {
             while let Some(m) = rx.recv().await {
                 if wr.write_all(&m).await.is_err() {
@@ -810,19 +866,41 @@ impl Proxy {
                 }
             }
         });
-        let mut buf: Vec<u8> = Vec::with_capacity(8192);
-        let mut chunk = vec![0u8; 16_384];
+        let idle = Duration::from_millis(self.config.proxy.tcp_idle_timeout_ms.max(1));
+        let per_message = Duration::from_millis(self.config.proxy.tcp_message_timeout_ms.max(1));
+        let mut buf: Vec<u8> = Vec::new();
+        // When the first byte of the message now in `buf` arrived.
+        let mut started: Option<tokio::time::Instant> = None;
         'read: loop {
-            let n = match rd.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
+            let wait = match started {
+                Some(t) => per_message.saturating_sub(t.elapsed()),
+                None => idle,
             };
+            match tokio::time::timeout(wait, rd.readable()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => break,
+                Err(_) => {
+                    self.stats.tcp_timeouts.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = match rd.try_read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(_) => break,
+            };
+            if buf.is_empty() {
+                started = Some(tokio::time::Instant::now());
+            }
             buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
             loop {
                 match frame_stream(&buf) {
                     Ok(Some((skip, len))) => {
                         let msg = buf.get(skip..skip + len).unwrap_or_default().to_vec();
                         buf.drain(..skip + len);
+                        started = (!buf.is_empty()).then(tokio::time::Instant::now);
                         self.handle(
                             &msg,
                             Peer {
@@ -839,10 +917,15 @@ impl Proxy {
                     }
                 }
             }
+            if buf.is_empty() {
+                // Release what the last message needed.
+                buf = Vec::new();
+            }
         }
         if let Ok(mut c) = self.tcp_conns.lock() {
             c.remove(&peer);
         }
+        self.stats.tcp_open.fetch_sub(1, Ordering::Relaxed);
         writer.abort();
     }
 

@@ -984,3 +984,94 @@ async fn a_cancel_before_any_provisional_is_sent_downstream_after_the_first_1xx(
         "our branch: {c}"
     );
 }
+
+/// TCP limits: connections beyond `tcp_max_connections` are closed at
+/// accept; idle ones close after `tcp_idle_timeout_ms`; a message dripped
+/// slower than `tcp_message_timeout_ms` (slowloris) is cut off; a complete
+/// message still gets its answer; the counters say why.
+#[tokio::test]
+async fn tcp_connections_are_capped_and_timed_out() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let lab = lab_with(
+        &root().join("policies/default.toml"),
+        "tcp_max_connections = 20\ntcp_idle_timeout_ms = 1500\ntcp_message_timeout_ms = 400",
+    )
+    .await;
+    let addr = lab.proxy.tcp_addr().unwrap();
+    let mut conns = Vec::new();
+    for _ in 0..30 {
+        conns.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // Is the peer's side closed (EOF within `ms`)?
+    async fn closed(s: &mut tokio::net::TcpStream, ms: u64) -> bool {
+        let mut b = [0u8; 64];
+        matches!(
+            tokio::time::timeout(Duration::from_millis(ms), s.read(&mut b)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }
+    // All at once (a check must not wait on another): closed within 300 ms?
+    let mut set = tokio::task::JoinSet::new();
+    for mut c in conns {
+        set.spawn(async move {
+            let gone = closed(&mut c, 300).await;
+            (c, gone)
+        });
+    }
+    let mut conns = Vec::new();
+    let mut refused = 0;
+    while let Some(r) = set.join_next().await {
+        let (c, gone) = r.unwrap();
+        if gone {
+            refused += 1;
+        } else {
+            conns.push(c);
+        }
+    }
+    assert_eq!(refused, 10, "the 10 beyond the cap are closed at once");
+    // The others close once idle for 1.5 s.
+    let t0 = std::time::Instant::now();
+    for c in &mut conns {
+        assert!(closed(c, 4000).await, "idle connection still open");
+    }
+    assert!(
+        t0.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        t0.elapsed()
+    );
+    drop(conns);
+
+    // Slowloris: one byte every 150 ms never completes a message.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let t0 = std::time::Instant::now();
+    let mut cut = false;
+    for b in b"OPTIONS sip:x@example.net SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:1" {
+        if slow.write_all(&[*b]).await.is_err() || closed(&mut slow, 150).await {
+            cut = true;
+            break;
+        }
+    }
+    assert!(cut, "a dripping message was not cut off");
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+
+    // A complete message is still answered over TCP.
+    let mut ok = tokio::net::TcpStream::connect(addr).await.unwrap();
+    ok.write_all(b"OPTIONS sip:x@example.net SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:1;branch=z9hG4bKtcp1\r\nMax-Forwards: 0\r\nFrom: <sip:a@example.net>;tag=1\r\nTo: <sip:x@example.net>\r\nCall-ID: tcp-1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut b = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(2), ok.read(&mut b))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&b[..n]).starts_with("SIP/2.0 483"));
+    let metrics = lab.proxy.render_metrics();
+    assert!(
+        metrics.contains("stirscreen_tcp_connections_closed_total{reason=\"limit\"} 10"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("stirscreen_tcp_connections_closed_total{reason=\"timeout\"} 21"),
+        "{metrics}"
+    );
+}
