@@ -523,3 +523,95 @@ async fn a_stale_crl_is_reported_in_readyz_and_metrics() {
     let m = parse(&http_get(admin.addr, "/metrics").await.unwrap().1);
     assert_eq!(counter(&m, "stirscreen_crls_stale", &[]), 1.0);
 }
+
+/// The flag endpoints on the admin listener: bearer token when `[admin]
+/// token` is set; refused on a non-loopback listener without one; PUT,
+/// GET and DELETE against the running node's store.
+#[tokio::test]
+async fn admin_flag_endpoints_need_the_token() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let req = |addr: std::net::SocketAddr,
+               method: &'static str,
+               path: String,
+               auth: Option<&'static str>| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let auth = auth
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        s.write_all(
+            format!("{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let code: u16 = text
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (code, text)
+    };
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[verify]\ntrust_anchors = [\"{root}/certs/demo/sti-root.pem\"]\n\
+         [proxy]\nlisten = [\"udp:127.0.0.1:0\"]\nnext_hop = \"udp:127.0.0.1:9\"\n\
+         [policy]\nfile = \"{root}/policies/default.toml\"\n\
+         [store]\npath = \"{}\"\n\
+         [admin]\ntoken = \"s3cret\"\n\
+         [operator]\njcard_key = \"{root}/certs/demo/operator.key\"\n",
+        dir.path().join("s.db").display()
+    );
+    let proxy = Proxy::start(Config::parse(&text, "t.toml").unwrap())
+        .await
+        .unwrap();
+    let admin = Admin::start("127.0.0.1:0", Arc::clone(&proxy))
+        .await
+        .unwrap();
+    let a = admin.addr;
+    let path = "/v1/flags/12125551213/12155551212".to_owned();
+    let (code, resp) = req(a, "PUT", path.clone(), None).await;
+    assert_eq!(code, 401, "{resp}");
+    assert!(resp.contains("WWW-Authenticate: Bearer"), "{resp}");
+    assert_eq!(req(a, "PUT", path.clone(), Some("wrong")).await.0, 401);
+    let (code, resp) = req(a, "PUT", path.clone(), Some("s3cret")).await;
+    assert_eq!(code, 200, "{resp}");
+    assert!(proxy.store.is_flagged("12125551213", "12155551212"));
+    let (code, resp) = req(
+        a,
+        "GET",
+        "/v1/flags?callee=12125551213".into(),
+        Some("s3cret"),
+    )
+    .await;
+    assert_eq!(code, 200, "{resp}");
+    assert!(resp.contains("\"caller\":\"12155551212\""), "{resp}");
+    let (code, _) = req(a, "PUT", "/v1/flags/sip:x/1".into(), Some("s3cret")).await;
+    assert_eq!(code, 400);
+    assert_eq!(
+        req(a, "POST", "/v1/flags".into(), Some("s3cret")).await.0,
+        405
+    );
+    assert_eq!(req(a, "DELETE", path.clone(), Some("s3cret")).await.0, 200);
+    assert_eq!(req(a, "DELETE", path.clone(), Some("s3cret")).await.0, 404);
+    assert!(!proxy.store.is_flagged("12125551213", "12155551212"));
+    // /metrics stays open without a token.
+    assert_eq!(http_get(a, "/metrics").await.unwrap().0, 200);
+
+    // Without a token, a listener that is not loopback refuses the flag
+    // endpoints (0.0.0.0, reached here through 127.0.0.1).
+    let (open, _d2) = minimal_proxy(None).await;
+    let wide = Admin::start("0.0.0.0:0", Arc::clone(&open)).await.unwrap();
+    let via = std::net::SocketAddr::from(([127, 0, 0, 1], wide.addr.port()));
+    let (code, resp) = req(via, "PUT", path.clone(), None).await;
+    assert_eq!(code, 403, "{resp}");
+    assert!(resp.contains("[admin] token"), "{resp}");
+    // On loopback without a token they answer.
+    let local = Admin::start("127.0.0.1:0", Arc::clone(&open))
+        .await
+        .unwrap();
+    assert_eq!(req(local.addr, "PUT", path, None).await.0, 200);
+}
