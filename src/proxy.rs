@@ -1071,20 +1071,33 @@ impl Proxy {
         let head_end = memchr::memmem::find(bytes, b"\r\n\r\n").map(|i| i + 4);
         let line_end = memchr::memchr(b'\n', bytes);
         if let (Some(end), Some(le)) = (head_end, line_end) {
+            // Only what a response needs (Via, From, To, Call-ID, CSeq, with
+            // their folded continuation lines): a request with too many
+            // headers gets its 400 too.
             let mut head: Vec<u8> = b"OPTIONS sip:invalid SIP/2.0\r\n".to_vec();
+            let mut keep = false;
             for l in bytes
                 .get(le + 1..end)
                 .unwrap_or_default()
                 .split(|b| *b == b'\n')
             {
-                let name = l.split(|b| *b == b':').next().unwrap_or_default();
-                if std::str::from_utf8(name)
-                    .is_ok_and(|n| HeaderId::of(n.trim()) == HeaderId::ContentLength)
-                {
-                    continue;
+                if !l.starts_with(b" ") && !l.starts_with(b"\t") {
+                    let name = l.split(|b| *b == b':').next().unwrap_or_default();
+                    keep = std::str::from_utf8(name).is_ok_and(|n| {
+                        matches!(
+                            HeaderId::of(n.trim()),
+                            HeaderId::Via
+                                | HeaderId::From
+                                | HeaderId::To
+                                | HeaderId::CallId
+                                | HeaderId::CSeq
+                        )
+                    }) || l.trim_ascii().is_empty();
                 }
-                head.extend_from_slice(l);
-                head.push(b'\n');
+                if keep {
+                    head.extend_from_slice(l);
+                    head.push(b'\n');
+                }
             }
             if let Ok(m) = Message::parse(&head)
                 && m.first(HeaderId::Via).is_some()
@@ -1092,7 +1105,7 @@ impl Proxy {
             {
                 let warn = [(
                     "Warning".to_owned(),
-                    "399 stirscreen \"malformed request line or Content-Length\"".to_owned(),
+                    "399 stirscreen \"malformed request: request line, Content-Length or too many headers\"".to_owned(),
                 )];
                 let resp = build_response(&m, 400, "Bad Request", &warn, "ss400");
                 self.send(from, resp);

@@ -1075,3 +1075,23 @@ async fn tcp_connections_are_capped_and_timed_out() {
         "{metrics}"
     );
 }
+
+/// Regression: a UDP request with more headers than the parser takes got
+/// no answer; it gets a 400 built from its Via, From, To, Call-ID and CSeq.
+#[tokio::test]
+async fn a_request_with_too_many_headers_gets_400() {
+    let lab = lab().await;
+    let mut msg = String::from(
+        "OPTIONS sip:x@example.net SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:1;branch=z9hG4bKmany\r\nFrom: <sip:a@example.net>;tag=1\r\nTo: <sip:x@example.net>\r\nCall-ID: many-1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n",
+    );
+    for i in 0..300 {
+        msg.push_str(&format!("X-H{i}: {i}\r\n"));
+    }
+    msg.push_str("Content-Length: 0\r\n\r\n");
+    lab.send(&msg).await;
+    let r = recv_line(&lab.uac, "SIP/2.0 400", 2000)
+        .await
+        .expect("a 400");
+    assert!(r.contains("Call-ID: many-1"), "{r}");
+    assert!(r.contains("too many headers"), "{r}");
+}
