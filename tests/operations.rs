@@ -287,20 +287,40 @@ async fn metrics_parse_and_move_as_the_demo_calls_go_through() {
 /// A proxy on 127.0.0.1:0 with the demo anchors and `policy` (the shipped
 /// default when `None`), its store in a temporary directory.
 async fn minimal_proxy(policy: Option<&std::path::Path>) -> (Arc<Proxy>, tempfile::TempDir) {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let dir = tempfile::tempdir().unwrap();
     let policy = policy.map_or_else(
-        || format!("{root}/policies/default.toml"),
+        || format!("{}/policies/default.toml", env!("CARGO_MANIFEST_DIR")),
         |p| p.display().to_string(),
     );
-    let text = format!(
-        "[verify]\ntrust_anchors = [\"{root}/certs/demo/sti-root.pem\"]\n\
+    proxy_with(
+        &format!("[policy]\nfile = \"{policy}\"\nreload_check_ms = 20\n"),
+        "",
+    )
+    .await
+}
+
+/// A proxy on 127.0.0.1: `verify` is the `[verify]` table's lines (the
+/// demo anchor when empty), `tables` whole further tables.
+async fn proxy_with(tables: &str, verify: &str) -> (Arc<Proxy>, tempfile::TempDir) {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = format!(
+        "[verify]\n{}\n\
          [proxy]\nlisten = [\"udp:127.0.0.1:0\"]\nnext_hop = \"udp:127.0.0.1:9\"\n\
-         [policy]\nfile = \"{policy}\"\nreload_check_ms = 20\n\
          [store]\npath = \"{}\"\n\
          [operator]\njcard_key = \"{root}/certs/demo/operator.key\"\n",
+        if verify.is_empty() {
+            format!("trust_anchors = [\"{root}/certs/demo/sti-root.pem\"]")
+        } else {
+            verify.to_owned()
+        },
         dir.path().join("s.db").display()
     );
+    if !tables.contains("[policy]") {
+        text.push_str(&format!(
+            "[policy]\nfile = \"{root}/policies/default.toml\"\n"
+        ));
+    }
+    text.push_str(tables);
     let proxy = Proxy::start(Config::parse(&text, "t.toml").unwrap())
         .await
         .unwrap();
@@ -496,19 +516,14 @@ fn unpacked_dirs() -> HashSet<String> {
 #[tokio::test]
 async fn a_stale_crl_is_reported_in_readyz_and_metrics() {
     let root = env!("CARGO_MANIFEST_DIR");
-    let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "[verify]\ntrust_anchors = [\"{root}/certs/demo/sti-root.pem\", \"{root}/certs/demo/p521-root.pem\"]\n\
-         crls = [\"{root}/certs/demo/p521-crl-stale.pem\"]\n\
-         [proxy]\nlisten = [\"udp:127.0.0.1:0\"]\nnext_hop = \"udp:127.0.0.1:9\"\n\
-         [policy]\nfile = \"{root}/policies/default.toml\"\n\
-         [store]\npath = \"{}\"\n\
-         [operator]\njcard_key = \"{root}/certs/demo/operator.key\"\n",
-        dir.path().join("s.db").display()
-    );
-    let proxy = Proxy::start(Config::parse(&text, "t.toml").unwrap())
-        .await
-        .unwrap();
+    let (proxy, _dir) = proxy_with(
+        "",
+        &format!(
+            "trust_anchors = [\"{root}/certs/demo/sti-root.pem\", \"{root}/certs/demo/p521-root.pem\"]\n\
+             crls = [\"{root}/certs/demo/p521-crl-stale.pem\"]"
+        ),
+    )
+    .await;
     let admin = Admin::start("127.0.0.1:0", Arc::clone(&proxy))
         .await
         .unwrap();
@@ -554,20 +569,7 @@ async fn admin_flag_endpoints_need_the_token() {
             .unwrap_or(0);
         (code, text)
     };
-    let root = env!("CARGO_MANIFEST_DIR");
-    let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "[verify]\ntrust_anchors = [\"{root}/certs/demo/sti-root.pem\"]\n\
-         [proxy]\nlisten = [\"udp:127.0.0.1:0\"]\nnext_hop = \"udp:127.0.0.1:9\"\n\
-         [policy]\nfile = \"{root}/policies/default.toml\"\n\
-         [store]\npath = \"{}\"\n\
-         [admin]\ntoken = \"s3cret\"\n\
-         [operator]\njcard_key = \"{root}/certs/demo/operator.key\"\n",
-        dir.path().join("s.db").display()
-    );
-    let proxy = Proxy::start(Config::parse(&text, "t.toml").unwrap())
-        .await
-        .unwrap();
+    let (proxy, _dir) = proxy_with("[admin]\ntoken = \"s3cret\"\n", "").await;
     let admin = Admin::start("127.0.0.1:0", Arc::clone(&proxy))
         .await
         .unwrap();
