@@ -910,9 +910,35 @@ impl Proxy {
                         );
                     }
                     Ok(None) => break,
-                    Err(_) => {
-                        // Unframeable stream: nothing after it can be trusted.
+                    Err(e) => {
+                        // Unframeable stream: nothing after it can be
+                        // trusted. Answer what can be addressed (RFC 3261
+                        // §18.3: 513 for too large, 400 without
+                        // Content-Length), then close.
                         self.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+                        let (code, phrase, why) = match e {
+                            crate::sip::ParseError::TooLarge { .. } => (
+                                513,
+                                "Message Too Large",
+                                "the message is larger than stirscreen accepts",
+                            ),
+                            _ => (
+                                400,
+                                "Bad Request",
+                                "a message on a stream needs a valid Content-Length",
+                            ),
+                        };
+                        if !buf.starts_with(b"SIP/")
+                            && let Some(resp) = error_response(&buf, code, phrase, why)
+                        {
+                            self.send(
+                                Peer {
+                                    transport: Transport::Tcp,
+                                    addr: peer,
+                                },
+                                resp,
+                            );
+                        }
                         break 'read;
                     }
                 }
@@ -926,7 +952,9 @@ impl Proxy {
             c.remove(&peer);
         }
         self.stats.tcp_open.fetch_sub(1, Ordering::Relaxed);
-        writer.abort();
+        // The sender is gone with the map entry: the writer sends what is
+        // queued (a last error response) and ends; never wait on it long.
+        let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
     }
 
     /// Sends bytes to a peer; UDP from our socket, TCP on an existing
@@ -1060,59 +1088,22 @@ impl Proxy {
     /// to address a response (RFC 4475 `clerr`), else drop.
     fn reject_unparseable(self: &Arc<Self>, bytes: &[u8], from: Peer) {
         self.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
-        // A response that does not parse is dropped; a request is answered
-        // 400 when its Via and dialog headers can still be read: re-read the
-        // head with a placeholder request line (RFC 4475 `lwsruri`,
-        // `trws`) and without Content-Length (RFC 4475 `clerr`, `ncl`).
+        // A response that does not parse is dropped.
         if bytes.starts_with(b"SIP/") {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let head_end = memchr::memmem::find(bytes, b"\r\n\r\n").map(|i| i + 4);
-        let line_end = memchr::memchr(b'\n', bytes);
-        if let (Some(end), Some(le)) = (head_end, line_end) {
-            // Only what a response needs (Via, From, To, Call-ID, CSeq, with
-            // their folded continuation lines): a request with too many
-            // headers gets its 400 too.
-            let mut head: Vec<u8> = b"OPTIONS sip:invalid SIP/2.0\r\n".to_vec();
-            let mut keep = false;
-            for l in bytes
-                .get(le + 1..end)
-                .unwrap_or_default()
-                .split(|b| *b == b'\n')
-            {
-                if !l.starts_with(b" ") && !l.starts_with(b"\t") {
-                    let name = l.split(|b| *b == b':').next().unwrap_or_default();
-                    keep = std::str::from_utf8(name).is_ok_and(|n| {
-                        matches!(
-                            HeaderId::of(n.trim()),
-                            HeaderId::Via
-                                | HeaderId::From
-                                | HeaderId::To
-                                | HeaderId::CallId
-                                | HeaderId::CSeq
-                        )
-                    }) || l.trim_ascii().is_empty();
-                }
-                if keep {
-                    head.extend_from_slice(l);
-                    head.push(b'\n');
-                }
-            }
-            if let Ok(m) = Message::parse(&head)
-                && m.first(HeaderId::Via).is_some()
-                && m.first(HeaderId::CSeq).is_some()
-            {
-                let warn = [(
-                    "Warning".to_owned(),
-                    "399 stirscreen \"malformed request: request line, Content-Length or too many headers\"".to_owned(),
-                )];
-                let resp = build_response(&m, 400, "Bad Request", &warn, "ss400");
-                self.send(from, resp);
-                return;
+        match error_response(
+            bytes,
+            400,
+            "Bad Request",
+            "malformed request: request line, Content-Length or too many headers",
+        ) {
+            Some(resp) => self.send(from, resp),
+            None => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
-        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
     }
 
     fn respond(
@@ -1996,6 +1987,41 @@ impl Proxy {
         };
         self.send(to, strip_top_via(msg, None));
     }
+}
+
+/// An error response to a request that cannot be parsed or framed, built
+/// from its head alone (Via, From, To, Call-ID, CSeq, with their folded
+/// lines; RFC 4475 `lwsruri`, `trws`, `clerr`, `ncl`); `None` when even
+/// those cannot be read.
+fn error_response(bytes: &[u8], code: u16, phrase: &str, why: &str) -> Option<Vec<u8>> {
+    let end = memchr::memmem::find(bytes, b"\r\n\r\n").map(|i| i + 4)?;
+    let le = memchr::memchr(b'\n', bytes)?;
+    let mut head: Vec<u8> = b"OPTIONS sip:invalid SIP/2.0\r\n".to_vec();
+    let mut keep = false;
+    for l in bytes.get(le + 1..end)?.split(|b| *b == b'\n') {
+        if !l.starts_with(b" ") && !l.starts_with(b"\t") {
+            let name = l.split(|b| *b == b':').next().unwrap_or_default();
+            keep = std::str::from_utf8(name).is_ok_and(|n| {
+                matches!(
+                    HeaderId::of(n.trim()),
+                    HeaderId::Via
+                        | HeaderId::From
+                        | HeaderId::To
+                        | HeaderId::CallId
+                        | HeaderId::CSeq
+                )
+            }) || l.trim_ascii().is_empty();
+        }
+        if keep {
+            head.extend_from_slice(l);
+            head.push(b'\n');
+        }
+    }
+    let m = Message::parse(&head).ok()?;
+    m.first(HeaderId::Via)?;
+    m.first(HeaderId::CSeq)?;
+    let warn = [("Warning".to_owned(), format!("399 stirscreen \"{why}\""))];
+    Some(build_response(&m, code, phrase, &warn, "ss400"))
 }
 
 /// A verified INVITE waiting for the screening state's answer.

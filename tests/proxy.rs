@@ -1095,3 +1095,30 @@ async fn a_request_with_too_many_headers_gets_400() {
     assert!(r.contains("Call-ID: many-1"), "{r}");
     assert!(r.contains("too many headers"), "{r}");
 }
+
+/// Over TCP, a message without Content-Length gets 400 and one announcing
+/// more than the size limit 513 (RFC 3261 §18.3) before the connection
+/// closes.
+#[tokio::test]
+async fn unframeable_tcp_messages_are_answered_before_closing() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let lab = lab().await;
+    let addr = lab.proxy.tcp_addr().unwrap();
+    for (length, code) in [(None, "400"), (Some(10_000_000), "513")] {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let cl = length
+            .map(|n| format!("Content-Length: {n}\r\n"))
+            .unwrap_or_default();
+        s.write_all(format!("OPTIONS sip:x@example.net SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:1;branch=z9hG4bKfr{code}\r\nMax-Forwards: 70\r\nFrom: <sip:a@example.net>;tag=1\r\nTo: <sip:x@example.net>\r\nCall-ID: frame-{code}\r\nCSeq: 1 OPTIONS\r\n{cl}\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out))
+            .await
+            .expect("the connection closes")
+            .unwrap();
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with(&format!("SIP/2.0 {code} ")), "{text}");
+        assert!(text.contains(&format!("Call-ID: frame-{code}")), "{text}");
+    }
+}
