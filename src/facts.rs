@@ -299,8 +299,9 @@ pub struct StateInfo {
 }
 
 impl Facts {
-    /// Builds the facts of a call from its verification outcome.
-    pub fn from_outcome(o: &Outcome, call: &CallInfo, state: StateInfo) -> Facts {
+    /// Builds the facts of a call from its verification outcome; the call's
+    /// strings move in (no copy per INVITE).
+    pub fn from_outcome(o: &Outcome, call: CallInfo, state: StateInfo) -> Facts {
         Facts {
             verstat: o.verstat,
             attest: o.attest().into(),
@@ -310,20 +311,20 @@ impl Facts {
             iat_age: o.iat_age,
             orig: match &o.verified {
                 Some(v) => v.orig.to_string(),
-                None => call.orig.clone(),
+                None => call.orig,
             },
             orig_verified: o.verified.is_some(),
-            dest: call.callee.clone(),
-            display_name: call.display_name.clone(),
+            dest: call.callee,
+            display_name: call.display_name,
             source: if call.source.is_empty() {
                 unknown()
             } else {
-                call.source.clone()
+                call.source
             },
             method: if call.method.is_empty() {
                 invite()
             } else {
-                call.method.clone()
+                call.method
             },
             diversion: call.diversion,
             div_verified: o.verified.as_ref().is_some_and(|v| !v.diversion.is_empty()),

@@ -863,7 +863,7 @@ fn call_facts(
         now,
     };
     let state = store.lookup_local(&q).info;
-    Ok(Facts::from_outcome(&outcome, &call, state))
+    Ok(Facts::from_outcome(&outcome, call, state))
 }
 
 fn explain_text(

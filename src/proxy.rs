@@ -1379,7 +1379,7 @@ impl Proxy {
         } else {
             outcome
         };
-        let facts = Facts::from_outcome(&outcome, &call, info);
+        let facts = Facts::from_outcome(&outcome, call, info);
         let d = engine.decide(&facts);
         let rule = d.rule_id();
         let v = verdict(d.action, rule, &facts, &self.operator, arrived);

@@ -809,7 +809,7 @@ pub struct DivLink {
 fn div_chain(
     orig: &Tn,
     dest: &[Tn],
-    targets: &[Tn],
+    targets: &[Option<Tn>],
     links: &[(Tn, DivLink)],
     diverted: &[Tn],
 ) -> Option<Vec<DivLink>> {
@@ -829,7 +829,7 @@ fn div_chain(
         }
         chain.push(l.clone());
         current.clone_from(&l.to);
-        if targets.iter().any(|t| current.contains(t)) {
+        if targets.iter().flatten().any(|t| current.contains(t)) {
             return Some(chain);
         }
     }
@@ -845,7 +845,7 @@ pub struct Prepared<'m> {
     /// diverting number must be among them).
     diverted: Vec<Tn>,
     /// The request's To and Request-URI numbers.
-    targets: Vec<Tn>,
+    targets: [Option<Tn>; 2],
     headers: Vec<HeaderResult>,
     /// Claimed values for reporting when nothing verifies.
     claimed_orig: Option<Tn>,
@@ -960,7 +960,7 @@ impl Verifier {
             ready: Vec::new(),
             divs: Vec::new(),
             diverted: Vec::new(),
-            targets: Vec::new(),
+            targets: [None, None],
             headers: Vec::new(),
             claimed_orig: None,
             claimed_dest: Vec::new(),
@@ -999,7 +999,7 @@ impl Verifier {
             .and_then(|u| self.config.numbering.of_uri(&u));
         p.claimed_orig = orig_candidates.first().copied();
         p.claimed_dest = to.into_iter().collect();
-        p.targets = to.into_iter().chain(ruri).collect();
+        p.targets = [to, ruri];
         p.diverted = msg
             .headers
             .iter()
@@ -1418,6 +1418,7 @@ impl Verifier {
                                 "neither To nor Request-URI ({}) is in dest.tn{}",
                                 p.targets
                                     .iter()
+                                    .flatten()
                                     .map(|t| format!("`{t}`"))
                                     .collect::<Vec<_>>()
                                     .join(", "),
