@@ -509,19 +509,18 @@ pub(super) async fn run(store: Weak<Store>) {
         match session(&s, r, &mut last_prune).await {
             Ok(()) => return,
             Err(e) => {
+                // A session that was connected starts the back-off over.
+                if r.is_up() {
+                    pause = RECONNECT_MIN;
+                }
                 r.failed(&e);
-                pause = (pause * 2).min(RECONNECT_MAX);
             }
         }
         drop(s);
         tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(RECONNECT_MAX);
         if store.strong_count() == 0 {
             return;
-        }
-        if let Some(s) = store.upgrade()
-            && s.remote.as_ref().is_some_and(Remote::is_up)
-        {
-            pause = RECONNECT_MIN;
         }
     }
 }
