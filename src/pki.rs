@@ -160,6 +160,25 @@ fn intermediate_with(
     })
 }
 
+/// A CRL of `issuer` (thisUpdate 2025-01-01, nextUpdate the date given), PEM.
+fn make_crl(
+    issuer: &Ca,
+    number: u64,
+    (year, month, day): (i32, u8, u8),
+    revoked_certs: Vec<RevokedCertParams>,
+) -> Result<String, PkiError> {
+    Ok(CertificateRevocationListParams {
+        this_update: date_time_ymd(2025, 1, 1),
+        next_update: date_time_ymd(year, month, day),
+        crl_number: SerialNumber::from(number),
+        issuing_distribution_point: None,
+        revoked_certs,
+        key_identifier_method: KeyIdMethod::Sha256,
+    }
+    .signed_by(&issuer.issuer())?
+    .pem()?)
+}
+
 struct Leaf {
     key: KeyPair,
     pem: String,
@@ -276,21 +295,18 @@ pub fn generate(dir: &Path) -> Result<Vec<PathBuf>, PkiError> {
     out.leaf_set("sp-p384", &p384, &inter)?;
     let revoked = leaf(Some("1234"), "Demo Carrier A", 16, &inter, life, p256)?;
     out.leaf_set("sp-revoked", &revoked, &inter)?;
-    let crl = CertificateRevocationListParams {
-        this_update: date_time_ymd(2025, 1, 1),
-        next_update: date_time_ymd(2070, 1, 1),
-        crl_number: SerialNumber::from(1u64),
-        issuing_distribution_point: None,
-        revoked_certs: vec![RevokedCertParams {
+    let crl = make_crl(
+        &inter,
+        1,
+        (2070, 1, 1),
+        vec![RevokedCertParams {
             serial_number: serial(16),
             revocation_time: date_time_ymd(2025, 1, 1),
             reason_code: None,
             invalidity_date: None,
         }],
-        key_identifier_method: KeyIdMethod::Sha256,
-    }
-    .signed_by(&inter.issuer())?;
-    out.write("sti-crl.pem", &crl.pem()?)?;
+    )?;
+    out.write("sti-crl.pem", &crl)?;
 
     // An untrusted PKI: its own root, not a configured anchor.
     let rogue_root = make_root("Rogue ROOT CA", "Rogue", 20)?;
@@ -336,16 +352,8 @@ pub fn generate(dir: &Path) -> Result<Vec<PathBuf>, PkiError> {
     out.leaf_set("sp-p521chain", &nn, &nn_inter)?;
     // A CRL of that intermediate that went stale (nextUpdate 2025-06-01,
     // before TEST_NOW): it revokes nothing, but revocation is not known.
-    let stale_crl = CertificateRevocationListParams {
-        this_update: date_time_ymd(2025, 1, 1),
-        next_update: date_time_ymd(2025, 6, 1),
-        crl_number: SerialNumber::from(7u64),
-        issuing_distribution_point: None,
-        revoked_certs: Vec::new(),
-        key_identifier_method: KeyIdMethod::Sha256,
-    }
-    .signed_by(&nn_inter.issuer())?;
-    out.write("p521-crl-stale.pem", &stale_crl.pem()?)?;
+    let stale_crl = make_crl(&nn_inter, 7, (2025, 6, 1), Vec::new())?;
+    out.write("p521-crl-stale.pem", &stale_crl)?;
 
     // A delegate certificate (RFC 9060): numbers, no SPC (under the second
     // PKI, so that the committed files of one `certs gen` run belong
