@@ -29,7 +29,7 @@ use crate::policy::render::{
 use crate::policyfile::EngineHandle;
 use crate::sip::addr::{NameAddr, Via, split_outside_quotes, split_values};
 use crate::sip::validate::{check_request, check_response};
-use crate::sip::{HeaderId, Message, frame_stream};
+use crate::sip::{HeaderId, Message, StreamFramer};
 use crate::state::{CallQuery, Lookup, Seen, Store, Subject, SubjectKind};
 use crate::time::{Clock, UnixTime};
 use crate::verify::{Outcome, Verifier};
@@ -868,7 +868,7 @@ impl Proxy {
         });
         let idle = Duration::from_millis(self.config.proxy.tcp_idle_timeout_ms.max(1));
         let per_message = Duration::from_millis(self.config.proxy.tcp_message_timeout_ms.max(1));
-        let mut buf: Vec<u8> = Vec::new();
+        let mut framer = StreamFramer::new();
         // When the first byte of the message now in `buf` arrived.
         let mut started: Option<tokio::time::Instant> = None;
         'read: loop {
@@ -891,16 +891,14 @@ impl Proxy {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Err(_) => break,
             };
-            if buf.is_empty() {
+            framer.push(chunk.get(..n).unwrap_or_default());
+            if started.is_none() && !framer.buffered().is_empty() {
                 started = Some(tokio::time::Instant::now());
             }
-            buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
             loop {
-                match frame_stream(&buf) {
-                    Ok(Some((skip, len))) => {
-                        let msg = buf.get(skip..skip + len).unwrap_or_default().to_vec();
-                        buf.drain(..skip + len);
-                        started = (!buf.is_empty()).then(tokio::time::Instant::now);
+                match framer.next_message() {
+                    Ok(Some(msg)) => {
+                        started = (!framer.buffered().is_empty()).then(tokio::time::Instant::now);
                         self.handle(
                             &msg,
                             Peer {
@@ -928,8 +926,9 @@ impl Proxy {
                                 "a message on a stream needs a valid Content-Length",
                             ),
                         };
+                        let buf = framer.buffered();
                         if !buf.starts_with(b"SIP/")
-                            && let Some(resp) = error_response(&buf, code, phrase, why)
+                            && let Some(resp) = error_response(buf, code, phrase, why)
                         {
                             self.send(
                                 Peer {
@@ -942,10 +941,6 @@ impl Proxy {
                         break 'read;
                     }
                 }
-            }
-            if buf.is_empty() {
-                // Release what the last message needed.
-                buf = Vec::new();
             }
         }
         if let Ok(mut c) = self.tcp_conns.lock() {

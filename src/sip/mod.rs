@@ -2,7 +2,8 @@
 //!
 //! [`Message::parse`] splits a datagram into start line, header fields and
 //! body without copying; header values are unfolded only when read
-//! ([`Header::value`]). [`frame_stream`] finds message boundaries on TCP.
+//! ([`Header::value`]). [`frame_stream`] finds message boundaries on TCP;
+//! [`StreamFramer`] does it incrementally for a connection's reader.
 //! [`validate::check_request`] applies the RFC 3261 §16.3 checks a proxy makes.
 
 pub mod addr;
@@ -328,10 +329,101 @@ pub fn frame_stream(buf: &[u8]) -> Result<Option<(usize, usize)>, ParseError> {
     Ok(Some((skip, total)))
 }
 
+/// The reader side of one stream connection: bytes go in as they arrive,
+/// whole messages come out. Unlike calling [`frame_stream`] on the growing
+/// buffer, the search for the end of the header section resumes where it
+/// stopped and a known Content-Length is kept, so a peer that drips a
+/// message byte by byte costs linear work, not quadratic.
+#[derive(Debug, Default)]
+pub struct StreamFramer {
+    buf: Vec<u8>,
+    /// No header section ends before this offset of `buf`.
+    scanned: usize,
+    /// Length of the message at the start of `buf`, once its head is read.
+    len: Option<usize>,
+}
+
+impl StreamFramer {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends bytes read from the connection.
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.buf.is_empty() && self.len.is_none() {
+            // CRLF keep-alives between messages (RFC 5626 §3.5.1) and the
+            // CRLFs some stacks send after a body are not part of a message.
+            let skip = bytes
+                .iter()
+                .position(|b| *b != b'\r' && *b != b'\n')
+                .unwrap_or(bytes.len());
+            self.buf
+                .extend_from_slice(bytes.get(skip..).unwrap_or_default());
+        } else {
+            self.buf.extend_from_slice(bytes);
+        }
+    }
+
+    /// Bytes held that are not yet a whole message.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// The next whole message, `Ok(None)` when more bytes are needed, or why
+    /// the stream cannot be framed (the connection must end: nothing after
+    /// an unframeable message can be trusted). An empty buffer is released.
+    pub fn next_message(&mut self) -> Result<Option<Vec<u8>>, ParseError> {
+        let len = match self.len {
+            Some(len) => len,
+            None => {
+                let from = self.scanned;
+                let Some((head_end, body_start)) = find_head_end_from(&self.buf, from) else {
+                    if self.buf.len() > MAX_SIP_MESSAGE {
+                        return Err(ParseError::TooLarge {
+                            len: self.buf.len(),
+                            max: MAX_SIP_MESSAGE,
+                        });
+                    }
+                    // A terminator may start in the last two bytes.
+                    self.scanned = self.buf.len().saturating_sub(2);
+                    return Ok(None);
+                };
+                let head = self.buf.get(..head_end).ok_or(ParseError::Unterminated)?;
+                let (_, headers) = parse_head(head)?;
+                let len = content_length(&headers)?.ok_or(ParseError::MissingContentLength)?;
+                let total = body_start.saturating_add(len);
+                if total > MAX_SIP_MESSAGE {
+                    return Err(ParseError::TooLarge {
+                        len: total,
+                        max: MAX_SIP_MESSAGE,
+                    });
+                }
+                self.len = Some(total);
+                total
+            }
+        };
+        if self.buf.len() < len {
+            return Ok(None);
+        }
+        let rest = self.buf.split_off(len);
+        let msg = std::mem::replace(&mut self.buf, Vec::new());
+        self.len = None;
+        self.scanned = 0;
+        self.push(&rest);
+        Ok(Some(msg))
+    }
+}
+
 /// Returns (end of last header line, start of body). Accepts CRLF CRLF and,
 /// leniently, LF LF.
 fn find_head_end(bytes: &[u8]) -> Option<(usize, usize)> {
-    for nl in memchr::memchr_iter(b'\n', bytes) {
+    find_head_end_from(bytes, 0)
+}
+
+/// [`find_head_end`], knowing that no terminator starts before `from`.
+fn find_head_end_from(bytes: &[u8], from: usize) -> Option<(usize, usize)> {
+    let tail = bytes.get(from..)?;
+    for nl in memchr::memchr_iter(b'\n', tail).map(|i| i + from) {
         match bytes.get(nl + 1) {
             Some(b'\n') => return Some((nl, nl + 2)),
             Some(b'\r') if bytes.get(nl + 2) == Some(&b'\n') => return Some((nl, nl + 3)),
@@ -557,6 +649,42 @@ v=0\r\nextra";
             frame_stream(b"OPTIONS sip:a@b SIP/2.0\r\nVia: x\r\n\r\n"),
             Err(ParseError::MissingContentLength)
         );
+    }
+
+    #[test]
+    fn stream_framer_reads_dripped_bytes_like_whole_ones() {
+        let stream: &[u8] = b"\r\n\r\nOPTIONS sip:a@b SIP/2.0\r\nl: 2\r\n\r\nab\r\n\
+INVITE sip:c@d SIP/2.0\nContent-Length: 0\n\nOPTIONS sip:e@f SIP/2.0\r\nl: 1\r\n\r\nz";
+        for piece in [1, 2, 3, 7, stream.len()] {
+            let mut f = StreamFramer::new();
+            let mut got = Vec::new();
+            for chunk in stream.chunks(piece) {
+                f.push(chunk);
+                while let Some(m) = f.next_message().unwrap() {
+                    got.push(m);
+                }
+            }
+            assert_eq!(got.len(), 3, "piece {piece}");
+            assert!(got[0].starts_with(b"OPTIONS sip:a@b") && got[0].ends_with(b"ab"));
+            assert_eq!(got[1], b"INVITE sip:c@d SIP/2.0\nContent-Length: 0\n\n");
+            assert!(got[2].ends_with(b"z"));
+            assert!(f.buffered().is_empty());
+        }
+    }
+
+    #[test]
+    fn stream_framer_bounds_and_rejects() {
+        let mut f = StreamFramer::new();
+        f.push(b"OPTIONS sip:a@b SIP/2.0\r\nVia: x\r\n\r\n");
+        assert_eq!(f.next_message(), Err(ParseError::MissingContentLength));
+        let mut f = StreamFramer::new();
+        for _ in 0..(MAX_SIP_MESSAGE / 1000 + 1) {
+            f.push(&[b'a'; 1000]);
+            if f.next_message().is_err() {
+                return;
+            }
+        }
+        panic!("an endless header section was buffered past the limit");
     }
 
     #[test]
