@@ -406,7 +406,7 @@ impl StreamFramer {
             return Ok(None);
         }
         let rest = self.buf.split_off(len);
-        let msg = std::mem::replace(&mut self.buf, Vec::new());
+        let msg = std::mem::take(&mut self.buf);
         self.len = None;
         self.scanned = 0;
         self.push(&rest);
