@@ -41,7 +41,7 @@ for t in "${targets[@]}"; do
   limit=(-max_total_time="$secs")
   if [ -n "${RUNS:-}" ]; then limit=(-runs="$RUNS"); fi
   log="artifacts/$t/last-run.log"
-  echo "== fuzz $t (${RUNS:+$RUNS runs}${RUNS:-$secs s})"
+  if [ -n "${RUNS:-}" ]; then echo "== fuzz $t ($RUNS executions)"; else echo "== fuzz $t ($secs s)"; fi
   if ! "${fuzz[@]}" run "$t" "${dirs[@]}" -- "${limit[@]}" -max_len="$(max_len "$t")" \
       -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
     tail -40 "$log"
@@ -49,6 +49,7 @@ for t in "${targets[@]}"; do
     exit 1
   fi
   runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
-  summary+=("$t: ${runs:-?} executions, no crash")
+  took=$(grep -o 'Done [0-9]* runs in [0-9]* second' "$log" | grep -o 'in [0-9]*' | grep -o '[0-9]*' | tail -1)
+  summary+=("$t: ${runs:-?} executions in ${took:-$secs} s, no crash")
 done
 printf '%s\n' "${summary[@]}"
