@@ -436,10 +436,16 @@ pub struct ProxySection {
     /// `transport:address:port`, IPv6 as `[::1]`.
     pub listen: Vec<String>,
     pub next_hop: String,
-    /// INVITEs being verified at once; beyond it, 503 with Retry-After.
+    /// INVITEs being verified at once; beyond it, 503 with Retry-After (a
+    /// memory bound; overload is shed by `queue_budget_ms` well before).
     pub max_in_flight: usize,
-    /// Per-call verification deadline; then `verification-timeout`.
+    /// Per-call verification deadline, from the INVITE's arrival; then
+    /// `verification-timeout`.
     pub verify_deadline_ms: u64,
+    /// An INVITE that waited longer than this for a verify worker is
+    /// answered 503 (shedding by queueing delay: well under T1 = 500 ms, so
+    /// the caller's first retransmission finds an answer, not a queue).
+    pub queue_budget_ms: u64,
     /// How long SIGTERM waits for open transactions.
     pub drain_ms: u64,
     /// Add Record-Route to forwarded INVITEs, so in-dialog requests come
@@ -475,6 +481,7 @@ impl Default for ProxySection {
             next_hop: "udp:127.0.0.1:5080".into(),
             max_in_flight: 10_000,
             verify_deadline_ms: 2000,
+            queue_budget_ms: 100,
             drain_ms: 5000,
             record_route: false,
             tcp_max_connections: 4096,

@@ -230,3 +230,59 @@ mod tests {
         }
     }
 }
+
+/// Kernel counters of our UDP sockets, as `/proc/net/udp` and
+/// `/proc/net/udp6` list them (Linux).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UdpKernelStats {
+    /// Datagrams the kernel dropped for these sockets (receive buffer full).
+    pub drops: u64,
+    /// Bytes waiting in their receive queues now.
+    pub rx_queue: u64,
+}
+
+/// Sums the counters of the sockets whose inode is in `inodes` from the
+/// text of `/proc/net/udp` or `/proc/net/udp6` (columns: sl, local, remote,
+/// st, tx_queue:rx_queue (hex), tr, tm->when, retrnsmt, uid, timeout,
+/// inode, ref, pointer, drops).
+pub fn udp_kernel_stats(proc_text: &str, inodes: &[u64]) -> UdpKernelStats {
+    let mut out = UdpKernelStats::default();
+    for line in proc_text.lines().skip(1) {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let (Some(queues), Some(inode), Some(drops)) = (cols.get(4), cols.get(9), cols.get(12))
+        else {
+            continue;
+        };
+        let Ok(inode) = inode.parse::<u64>() else {
+            continue;
+        };
+        if !inodes.contains(&inode) {
+            continue;
+        }
+        out.drops += drops.parse::<u64>().unwrap_or(0);
+        if let Some((_, rx)) = queues.split_once(':') {
+            out.rx_queue += u64::from_str_radix(rx, 16).unwrap_or(0);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod proc_tests {
+    use super::*;
+
+    #[test]
+    fn reads_drops_and_queue_of_our_sockets_only() {
+        let text = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+  512: 0100007F:13C4 00000000:0000 07 00000000:00000A00 00:00000000 00000000     0        0 4242 2 0000000000000000 17\n\
+  513: 0100007F:13C5 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 999 2 0000000000000000 5\n";
+        assert_eq!(
+            udp_kernel_stats(text, &[4242]),
+            UdpKernelStats {
+                drops: 17,
+                rx_queue: 0xA00
+            }
+        );
+        assert_eq!(udp_kernel_stats(text, &[1]), UdpKernelStats::default());
+    }
+}

@@ -141,6 +141,8 @@ pub struct ProxyStats {
     pub received: AtomicU64,
     pub invites: AtomicU64,
     pub overload: AtomicU64,
+    /// Of those, INVITEs that waited longer than `queue_budget_ms`.
+    pub shed: AtomicU64,
     pub cancelled: AtomicU64,
     pub bad_requests: AtomicU64,
     pub dropped: AtomicU64,
@@ -170,6 +172,7 @@ impl Default for ProxyStats {
             received: AtomicU64::new(0),
             invites: AtomicU64::new(0),
             overload: AtomicU64::new(0),
+            shed: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             bad_requests: AtomicU64::new(0),
             tcp_open: AtomicU64::new(0),
@@ -234,6 +237,34 @@ struct Txn {
     cancelled: Notify,
 }
 
+impl Txn {
+    /// A server transaction for an INVITE that is about to be screened.
+    fn new(branch: String, upstream: Peer, invite: Vec<u8>, last: Option<Vec<u8>>) -> Arc<Txn> {
+        Arc::new(Txn {
+            branch,
+            upstream,
+            invite,
+            started: Instant::now(),
+            to_tag: crate::lab::random_hex(6),
+            state: Mutex::new(TxnState {
+                phase: Phase::Verifying,
+                last_response: last,
+                forwarded: None,
+                downstream: None,
+                got_provisional: false,
+                got_final: false,
+                final_2xx: false,
+                cancel_pending: false,
+                upstream_reason: None,
+                orig: String::new(),
+                dest: String::new(),
+                report: None,
+            }),
+            cancelled: Notify::new(),
+        })
+    }
+}
+
 /// Transactions by our branch. Branches derive from incoming ones (chosen
 /// by the peer), so the hasher is seeded: foldhash, cheaper than SipHash.
 type TxnTable = HashMap<String, Arc<Txn>, foldhash::fast::RandomState>;
@@ -258,6 +289,7 @@ pub struct Proxy {
     txns: Mutex<TxnTable>,
     inflight: Arc<Semaphore>,
     verify_deadline: Duration,
+    queue_budget: Duration,
     record_route: bool,
     clock: Clock,
     pub stats: ProxyStats,
@@ -298,6 +330,10 @@ fn verify_worker(
         let Ok(msg) = Message::parse(&job.txn.invite) else {
             continue;
         };
+        if job.txn.started.elapsed() > p.queue_budget {
+            p.shed(&job.txn, &msg);
+            continue;
+        }
         if let Some(o) = verify_request_cached(&p.verifier, &p.fetcher, &msg, job.arrived) {
             p.conclude(&job.txn, &msg, o, job.arrived);
             drop(job.permit);
@@ -376,6 +412,7 @@ impl Proxy {
             txns: Mutex::new(TxnTable::default()),
             inflight: Arc::new(Semaphore::new(config.proxy.max_in_flight)),
             verify_deadline: Duration::from_millis(config.proxy.verify_deadline_ms),
+            queue_budget: Duration::from_millis(config.proxy.queue_budget_ms),
             record_route: config.proxy.record_route,
             clock: Clock,
             stats: ProxyStats::default(),
@@ -564,6 +601,28 @@ impl Proxy {
     }
 
     /// Every metric in the Prometheus text format.
+    /// Kernel drop and queue counters of our UDP sockets (zero where
+    /// `/proc/net/udp` is not readable).
+    fn udp_kernel_stats(&self) -> crate::net::UdpKernelStats {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::MetadataExt;
+        let inodes: Vec<u64> = self
+            .udp
+            .iter()
+            .filter_map(|(_, s)| std::fs::metadata(format!("/proc/self/fd/{}", s.as_raw_fd())).ok())
+            .map(|m| m.ino())
+            .collect();
+        let mut total = crate::net::UdpKernelStats::default();
+        for file in ["/proc/net/udp", "/proc/net/udp6"] {
+            if let Ok(text) = std::fs::read_to_string(file) {
+                let s = crate::net::udp_kernel_stats(&text, &inodes);
+                total.drops += s.drops;
+                total.rx_queue += s.rx_queue;
+            }
+        }
+        total
+    }
+
     pub fn render_metrics(&self) -> String {
         let s = &self.stats;
         let f = &self.fetcher.stats;
@@ -637,8 +696,24 @@ impl Proxy {
         );
         e.counter(
             "stirscreen_overload_rejections_total",
-            "INVITEs answered 503 because max_in_flight was reached or the proxy was draining.",
+            "INVITEs answered 503 unscreened: queued longer than queue_budget_ms, max_in_flight reached, or draining.",
             n(&s.overload),
+        );
+        e.counter(
+            "stirscreen_overload_shed_total",
+            "Of those, INVITEs that waited longer than queue_budget_ms for verification.",
+            n(&s.shed),
+        );
+        let kernel = self.udp_kernel_stats();
+        e.counter(
+            "stirscreen_udp_kernel_drops_total",
+            "Datagrams the kernel dropped for stirscreen's UDP sockets (receive buffer full; /proc/net/udp).",
+            kernel.drops,
+        );
+        e.gauge(
+            "stirscreen_udp_receive_queue_bytes",
+            "Bytes waiting in stirscreen's UDP receive queues now.",
+            kernel.rx_queue as f64,
         );
         e.counter(
             "stirscreen_cancelled_during_verification_total",
@@ -1218,53 +1293,77 @@ impl Proxy {
     }
 
     /// 503 with Retry-After for an INVITE not screened (draining, or
-    /// `max_in_flight` reached): counted and logged as `overload`.
-    fn overloaded(self: &Arc<Self>, msg: &Message<'_>, from: Peer, retry_after: &str) {
+    /// `max_in_flight` reached): counted and logged as `overload`, once. The
+    /// answer is a server transaction of its own (holding no INVITE), so a
+    /// retransmission is answered 503 again, never screened and forwarded,
+    /// and the ACK is absorbed here.
+    fn overloaded(
+        self: &Arc<Self>,
+        msg: &Message<'_>,
+        from: Peer,
+        branch: String,
+        retry_after: &str,
+    ) {
         self.stats.overload.fetch_add(1, Ordering::Relaxed);
         self.stats.responses.inc(&["503", "local"]);
         self.unscreened_record(msg, from, "overload", 503);
-        self.respond(
+        let txn = Txn::new(branch.clone(), from, Vec::new(), None);
+        let resp = build_response(
             msg,
-            from,
             503,
             "Service Unavailable",
             &[("Retry-After".into(), retry_after.into())],
+            &txn.to_tag,
         );
+        if let Ok(mut t) = self.txns.lock() {
+            t.insert(branch, Arc::clone(&txn));
+        }
+        self.final_upstream(&txn, resp);
+    }
+
+    /// An INVITE that waited longer than `queue_budget_ms` for a verify
+    /// worker: answered 503 on its transaction instead of being screened.
+    /// Returns false (nothing done) when the transaction moved on (CANCEL).
+    fn shed(self: &Arc<Self>, txn: &Arc<Txn>, msg: &Message<'_>) -> bool {
+        match txn.state.lock() {
+            Ok(st) if st.phase == Phase::Verifying => {}
+            _ => return false,
+        }
+        self.stats.overload.fetch_add(1, Ordering::Relaxed);
+        self.stats.shed.fetch_add(1, Ordering::Relaxed);
+        self.stats.responses.inc(&["503", "local"]);
+        if self.logs_decisions() {
+            let ms = txn.started.elapsed().as_secs_f64() * 1000.0;
+            self.emit(self.unscreened(msg, txn.upstream, "overload", 503, ms));
+        }
+        let resp = build_response(
+            msg,
+            503,
+            "Service Unavailable",
+            &[("Retry-After".into(), "1".into())],
+            &txn.to_tag,
+        );
+        self.final_upstream(txn, resp);
+        true
     }
 
     fn new_invite(self: &Arc<Self>, msg: &Message<'_>, from: Peer, branch: String) {
         self.stats.invites.fetch_add(1, Ordering::Relaxed);
         if *self.shutdown.borrow() {
-            self.overloaded(msg, from, "5");
+            self.overloaded(msg, from, branch, "5");
             return;
         }
         let Ok(permit) = Arc::clone(&self.inflight).try_acquire_owned() else {
-            self.overloaded(msg, from, "1");
+            self.overloaded(msg, from, branch, "1");
             return;
         };
         let trying = build_response(msg, 100, "Trying", &[], "");
-        let txn = Arc::new(Txn {
-            branch: branch.clone(),
-            upstream: from,
-            invite: msg.wire().to_vec(),
-            started: Instant::now(),
-            to_tag: crate::lab::random_hex(6),
-            state: Mutex::new(TxnState {
-                phase: Phase::Verifying,
-                last_response: Some(trying.clone()),
-                forwarded: None,
-                downstream: None,
-                got_provisional: false,
-                got_final: false,
-                final_2xx: false,
-                cancel_pending: false,
-                upstream_reason: None,
-                orig: String::new(),
-                dest: String::new(),
-                report: None,
-            }),
-            cancelled: Notify::new(),
-        });
+        let txn = Txn::new(
+            branch.clone(),
+            from,
+            msg.wire().to_vec(),
+            Some(trying.clone()),
+        );
         if let Ok(mut t) = self.txns.lock() {
             t.insert(branch, Arc::clone(&txn));
         }
@@ -1302,8 +1401,10 @@ impl Proxy {
             return;
         };
         let work = verify_request(&self.verifier, &self.fetcher, &msg, arrived);
+        // The deadline counts from the INVITE's arrival, queueing included.
+        let left = self.verify_deadline.saturating_sub(txn.started.elapsed());
         let outcome = tokio::select! {
-            o = tokio::time::timeout(self.verify_deadline, work) => match o {
+            o = tokio::time::timeout(left, work) => match o {
                 Ok(o) => o,
                 Err(_) => Outcome::timeout(&self.verifier.config, "verification did not finish within the deadline"),
             },
