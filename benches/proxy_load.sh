@@ -9,6 +9,7 @@
 #   usage: [BACKENDS="embedded redis"] benches/proxy_load.sh [RATES] [SECONDS]
 #   e.g.   benches/proxy_load.sh "1000 2000 3000 4000 5000" 30
 #          BACKENDS="embedded redis" SKIP_CEILING=1 benches/proxy_load.sh 3000 30
+#          BIN=/tmp/stirscreen-glibc SKIP_CEILING=1 benches/proxy_load.sh 3000 20
 # BACKENDS lists the state backends to measure, one after the other in the
 # same run; `redis` starts its own redis-server (AOF on, everysec) on a free
 # loopback port and stops it by PID.
@@ -17,8 +18,12 @@ cd "$(dirname "$0")/.."
 rates=${1:-"1000 2000 3000 4000 5000 6000"}
 secs=${2:-30}
 command -v sipp >/dev/null || { echo "install sipp: apt-get install -y sip-tester"; exit 1; }
-cargo build --release --quiet
-bin=$PWD/target/release/stirscreen
+if [ -n "${BIN:-}" ]; then
+  bin=$(readlink -f "$BIN")   # a given build (e.g. to compare allocators)
+else
+  cargo build --release --quiet
+  bin=$PWD/target/release/stirscreen
+fi
 work=$(mktemp -d)
 pids=()
 uas_pid=""

@@ -34,6 +34,8 @@ pub enum Route {
 pub struct CertRepo {
     pub addr: SocketAddr,
     hits: Arc<HashMap<String, AtomicUsize>>,
+    /// (connections accepted, requests read).
+    counts: Arc<(AtomicUsize, AtomicUsize)>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -90,11 +92,16 @@ impl CertRepo {
         );
         let routes = Arc::new(routes);
         let hits2 = Arc::clone(&hits);
+        let counts: Arc<(AtomicUsize, AtomicUsize)> = Arc::default();
+        let counts2 = Arc::clone(&counts);
         let task = tokio::spawn(async move {
+            let counts = counts2;
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
+                counts.0.fetch_add(1, Ordering::Relaxed);
+                let counts = Arc::clone(&counts);
                 let acceptor = acceptor.clone();
                 let routes = Arc::clone(&routes);
                 let hits = Arc::clone(&hits2);
@@ -107,6 +114,7 @@ impl CertRepo {
                     else {
                         return;
                     };
+                    counts.1.fetch_add(1, Ordering::Relaxed);
                     let path = request_line(&head).1.to_owned();
                     if let Some(h) = hits.get(&path) {
                         h.fetch_add(1, Ordering::Relaxed);
@@ -135,7 +143,22 @@ impl CertRepo {
                 });
             }
         });
-        Ok(CertRepo { addr, hits, task })
+        Ok(CertRepo {
+            addr,
+            hits,
+            counts,
+            task,
+        })
+    }
+
+    /// TCP connections accepted, whatever came of them.
+    pub fn connections(&self) -> usize {
+        self.counts.0.load(Ordering::Relaxed)
+    }
+
+    /// HTTP requests received, any path.
+    pub fn requests(&self) -> usize {
+        self.counts.1.load(Ordering::Relaxed)
     }
 
     /// How many requests a path has received.

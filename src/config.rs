@@ -400,8 +400,21 @@ pub struct FetchSection {
     pub min_cache_secs: u64,
     /// How long a failed fetch is remembered.
     pub negative_cache_secs: u64,
-    /// Most URLs cached.
+    /// Most URLs cached (least recently used evicted first; pinned ones
+    /// never).
     pub cache_capacity: usize,
+    /// Most bytes the cache may account for (each entry: twice its body,
+    /// plus its URL and 256 bytes of bookkeeping).
+    pub cache_max_bytes: usize,
+    /// Certificate fetches in progress at once; beyond it a call whose
+    /// certificate is not cached fails `x5u-unreachable` at once.
+    pub max_concurrent_fetches: usize,
+    /// Fetches of URLs not in the cache, per second, on average (a token
+    /// bucket; `fetch_burst` tokens when full). Beyond: `x5u-unreachable`
+    /// at once, counted. A caller choosing fresh x5u URLs cannot make the
+    /// proxy fetch at its call rate.
+    pub fetch_rate_per_second: f64,
+    pub fetch_burst: u32,
     /// When non-empty, only these hosts (or `*.suffix`) are fetched from.
     pub allow_hosts: Vec<String>,
     /// Never fetched from.
@@ -422,6 +435,10 @@ impl Default for FetchSection {
             min_cache_secs: 86_400,
             negative_cache_secs: 30,
             cache_capacity: 10_000,
+            cache_max_bytes: 64 * 1024 * 1024,
+            max_concurrent_fetches: 32,
+            fetch_rate_per_second: 20.0,
+            fetch_burst: 200,
             allow_hosts: Vec::new(),
             deny_hosts: Vec::new(),
             pinned: BTreeMap::new(),

@@ -34,6 +34,10 @@ pub struct FetchStats {
     pub fetches: AtomicU64,
     /// Fetches that did not yield a usable credential.
     pub fetch_errors: AtomicU64,
+    /// Fetches not made: `max_concurrent_fetches` or the fetch rate reached.
+    pub limited: AtomicU64,
+    /// Entries evicted to keep the cache within its entry and byte bounds.
+    pub evictions: AtomicU64,
     /// Fetch and validation time.
     pub fetch_seconds: crate::metrics::Histogram,
 }
@@ -44,6 +48,84 @@ enum Entry {
         expires: Instant,
     },
     InFlight(watch::Receiver<Option<CredentialResult>>),
+}
+
+/// One cached URL with what the bounds need.
+struct Slot {
+    entry: Entry,
+    /// Accounted bytes.
+    size: usize,
+    /// Last use (a tick of [`CertFetcher::tick`]): least recently used goes
+    /// first. Atomic, so a hit needs only the read lock.
+    used: AtomicU64,
+    /// Pinned credentials are never evicted.
+    pinned: bool,
+}
+
+/// The credential cache: hard-bounded in entries and accounted bytes.
+#[derive(Default)]
+struct Cache {
+    map: HashMap<String, Slot>,
+    bytes: usize,
+}
+
+impl Cache {
+    fn remove(&mut self, url: &str) {
+        if let Some(s) = self.map.remove(url) {
+            self.bytes = self.bytes.saturating_sub(s.size);
+        }
+    }
+
+    /// Makes room for one more entry of `need` bytes: expired entries go,
+    /// then the least recently used finished ones. Returns how many were
+    /// evicted. In-flight and pinned entries stay (both are bounded by
+    /// configuration: `max_concurrent_fetches`, `pinned`).
+    fn make_room(&mut self, need: usize, max_entries: usize, max_bytes: usize) -> u64 {
+        let over = |c: &Cache| c.map.len() >= max_entries || c.bytes + need > max_bytes;
+        if !over(self) {
+            return 0;
+        }
+        let now = Instant::now();
+        let before = self.map.len();
+        let mut freed = 0;
+        self.map.retain(|_, s| {
+            let keep = s.pinned
+                || match &s.entry {
+                    Entry::Done { expires, .. } => *expires > now,
+                    Entry::InFlight(_) => true,
+                };
+            if !keep {
+                freed += s.size;
+            }
+            keep
+        });
+        self.bytes = self.bytes.saturating_sub(freed);
+        let mut evicted = (before - self.map.len()) as u64;
+        while over(self) {
+            let lru = self
+                .map
+                .iter()
+                .filter(|(_, s)| !s.pinned && matches!(s.entry, Entry::Done { .. }))
+                .min_by_key(|(_, s)| s.used.load(Ordering::Relaxed))
+                .map(|(k, _)| k.clone());
+            let Some(k) = lru else { break };
+            self.remove(&k);
+            evicted += 1;
+        }
+        evicted
+    }
+}
+
+/// Bytes an entry is accounted for.
+fn entry_size(url: &str, body_len: usize) -> usize {
+    url.len() + 2 * body_len + 256
+}
+
+/// A token bucket for fetches of URLs not in the cache.
+#[derive(Debug)]
+struct FetchBudget {
+    tokens: f64,
+    last: Instant,
 }
 
 /// Resolves names for reqwest and drops special-purpose addresses unless
@@ -73,6 +155,76 @@ impl reqwest::dns::Resolve for GuardedResolver {
     }
 }
 
+/// A reqwest connector layer that checks the peer address of every
+/// connection actually made, before a byte of the request is written: the
+/// last line of the SSRF guard, whatever resolved or spelled the address.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerGuardLayer {
+    pub allow_private: bool,
+}
+
+impl<S> tower_layer::Layer<S> for PeerGuardLayer {
+    type Service = PeerGuard<S>;
+    fn layer(&self, inner: S) -> PeerGuard<S> {
+        PeerGuard {
+            inner,
+            allow_private: self.allow_private,
+        }
+    }
+}
+
+/// See [`PeerGuardLayer`].
+#[derive(Debug, Clone)]
+pub struct PeerGuard<S> {
+    inner: S,
+    allow_private: bool,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<S, R> tower_service::Service<R> for PeerGuard<S>
+where
+    S: tower_service::Service<R>,
+    S::Response: hyper_util::client::legacy::connect::Connection + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, BoxError>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: R) -> Self::Future {
+        let connecting = self.inner.call(req);
+        let allow_private = self.allow_private;
+        Box::pin(async move {
+            let conn = connecting.await.map_err(Into::into)?;
+            if allow_private {
+                return Ok(conn);
+            }
+            use hyper_util::client::legacy::connect::Connection as _;
+            let mut extras = http::Extensions::new();
+            conn.connected().get_extras(&mut extras);
+            match extras.get::<hyper_util::client::legacy::connect::HttpInfo>() {
+                Some(info) if !is_special(info.remote_addr().ip()) => Ok(conn),
+                Some(info) => Err(format!(
+                    "connected to `{}`, a special-purpose address; closed before the request was sent",
+                    info.remote_addr().ip()
+                )
+                .into()),
+                None => Err("the connection's peer address is unknown; closed before the request was sent".into()),
+            }
+        })
+    }
+}
+
 fn host_matches(pattern: &str, host: &str) -> bool {
     match pattern.strip_prefix("*.") {
         Some(suffix) => host.strip_suffix(suffix).is_some_and(|h| h.ends_with('.')),
@@ -86,7 +238,10 @@ pub struct CertFetcher {
     cfg: FetchSection,
     policy: X5uPolicy,
     trust: RwLock<Arc<TrustStore>>,
-    cache: RwLock<HashMap<String, Entry>>,
+    cache: RwLock<Cache>,
+    tick: AtomicU64,
+    budget: std::sync::Mutex<FetchBudget>,
+    fetching: Arc<tokio::sync::Semaphore>,
     clock: Clock,
     /// Counters.
     pub stats: FetchStats,
@@ -149,15 +304,25 @@ impl CertFetcher {
             .dns_resolver(Arc::new(GuardedResolver {
                 allow_private: cfg.allow_private_addresses,
             }))
+            .connector_layer(PeerGuardLayer {
+                allow_private: cfg.allow_private_addresses,
+            })
             .user_agent(concat!("stirscreen/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| FetcherError::Tls(e.to_string()))?;
+        let (burst, concurrent) = (cfg.fetch_burst, cfg.max_concurrent_fetches);
         let fetcher = CertFetcher {
             client,
             cfg,
             policy,
             trust: RwLock::new(Arc::clone(&trust)),
-            cache: RwLock::new(HashMap::new()),
+            cache: RwLock::new(Cache::default()),
+            tick: AtomicU64::new(0),
+            budget: std::sync::Mutex::new(FetchBudget {
+                tokens: f64::from(burst),
+                last: Instant::now(),
+            }),
+            fetching: Arc::new(tokio::sync::Semaphore::new(concurrent)),
             clock: Clock,
             stats: FetchStats::default(),
         };
@@ -168,7 +333,7 @@ impl CertFetcher {
     /// Loads the `pinned` credentials into the cache.
     fn pin(&self, trust: &TrustStore) -> Result<(), FetcherError> {
         for (url, cred) in self.pinned_credentials(trust)? {
-            self.insert(&url, cred, PINNED_TTL);
+            self.put(&url, cred, PINNED_TTL, 0, true);
         }
         Ok(())
     }
@@ -221,10 +386,10 @@ impl CertFetcher {
         // Everything that can fail happens before anything is replaced.
         let pinned = self.pinned_credentials(&trust)?;
         if let Ok(mut c) = self.cache.write() {
-            c.clear();
+            *c = Cache::default();
         }
         for (url, cred) in pinned {
-            self.insert(&url, cred, PINNED_TTL);
+            self.put(&url, cred, PINNED_TTL, 0, true);
         }
         if let Ok(mut t) = self.trust.write() {
             *t = trust;
@@ -235,14 +400,58 @@ impl CertFetcher {
     /// Puts a result in the cache for `ttl` (operators can pin credentials
     /// for peers whose x5u is not reachable; benches and the demo preload).
     pub fn insert(&self, url: &str, result: CredentialResult, ttl: Duration) {
+        self.put(url, result, ttl, 4096, false);
+    }
+
+    /// Stores a finished result, within the cache's bounds.
+    fn put(
+        &self,
+        url: &str,
+        result: CredentialResult,
+        ttl: Duration,
+        body_len: usize,
+        pinned: bool,
+    ) {
+        let size = entry_size(url, body_len);
         if let Ok(mut c) = self.cache.write() {
-            c.insert(
+            c.remove(url);
+            let evicted = c.make_room(size, self.cfg.cache_capacity, self.cfg.cache_max_bytes);
+            self.stats.evictions.fetch_add(evicted, Ordering::Relaxed);
+            c.bytes += size;
+            c.map.insert(
                 url.to_owned(),
-                Entry::Done {
-                    result,
-                    expires: Instant::now() + ttl,
+                Slot {
+                    entry: Entry::Done {
+                        result,
+                        expires: Instant::now() + ttl,
+                    },
+                    size,
+                    used: AtomicU64::new(self.tick.fetch_add(1, Ordering::Relaxed)),
+                    pinned,
                 },
             );
+        }
+    }
+
+    /// Entries and accounted bytes in the cache now.
+    pub fn cache_usage(&self) -> (usize, usize) {
+        self.cache.read().map_or((0, 0), |c| (c.map.len(), c.bytes))
+    }
+
+    /// Takes a fetch token, if the rate allows one now.
+    fn take_token(&self) -> bool {
+        let Ok(mut b) = self.budget.lock() else {
+            return false;
+        };
+        let now = Instant::now();
+        let refill = now.duration_since(b.last).as_secs_f64() * self.cfg.fetch_rate_per_second;
+        b.tokens = (b.tokens + refill).min(f64::from(self.cfg.fetch_burst));
+        b.last = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
         }
     }
 
@@ -251,8 +460,11 @@ impl CertFetcher {
     /// Like [`CertFetcher::cached`] without counting the lookup.
     pub fn peek(&self, url: &str) -> Option<CredentialResult> {
         let cache = self.cache.read().ok()?;
-        match cache.get(url) {
-            Some(Entry::Done { result, expires }) if *expires > Instant::now() => {
+        let slot = cache.map.get(url)?;
+        match &slot.entry {
+            Entry::Done { result, expires } if *expires > Instant::now() => {
+                slot.used
+                    .store(self.tick.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
                 Some(result.clone())
             }
             _ => None,
@@ -288,35 +500,52 @@ impl CertFetcher {
                     why: "certificate cache is unavailable".into(),
                 });
             };
-            match cache.get(url) {
+            match cache.map.get(url).map(|s| &s.entry) {
                 Some(Entry::Done { result, expires }) if *expires > Instant::now() => {
                     return result.clone();
                 }
                 Some(Entry::InFlight(rx)) => rx.clone(),
                 _ => {
                     self.stats.misses.fetch_add(1, Ordering::Relaxed);
-                    if cache.len() >= self.cfg.cache_capacity {
-                        let now = Instant::now();
-                        cache.retain(|_, e| match e {
-                            Entry::Done { expires, .. } => *expires > now,
-                            Entry::InFlight(_) => true,
-                        });
-                    }
+                    // Bounded work per caller: a fetch needs a slot and a
+                    // token, else the call fails at once (not cached: the
+                    // limit is ours, not the URL's).
+                    let permit = match Arc::clone(&self.fetching).try_acquire_owned() {
+                        Ok(p) if self.take_token() => p,
+                        Ok(_) => {
+                            return Err(self.limited(
+                                url,
+                                "the fetch rate limit (fetch_rate_per_second) is reached",
+                            ));
+                        }
+                        Err(_) => {
+                            return Err(
+                                self.limited(url, "max_concurrent_fetches fetches are in progress")
+                            );
+                        }
+                    };
+                    let size = entry_size(url, 0);
+                    cache.remove(url);
+                    let evicted =
+                        cache.make_room(size, self.cfg.cache_capacity, self.cfg.cache_max_bytes);
+                    self.stats.evictions.fetch_add(evicted, Ordering::Relaxed);
                     let (tx, rx) = watch::channel(None);
-                    cache.insert(url.to_owned(), Entry::InFlight(rx.clone()));
+                    cache.bytes += size;
+                    cache.map.insert(
+                        url.to_owned(),
+                        Slot {
+                            entry: Entry::InFlight(rx.clone()),
+                            size,
+                            used: AtomicU64::new(self.tick.fetch_add(1, Ordering::Relaxed)),
+                            pinned: false,
+                        },
+                    );
                     let me = Arc::clone(self);
                     let url = url.to_owned();
                     tokio::spawn(async move {
-                        let (result, ttl) = me.fetch(&url).await;
-                        if let Ok(mut cache) = me.cache.write() {
-                            cache.insert(
-                                url,
-                                Entry::Done {
-                                    result: result.clone(),
-                                    expires: Instant::now() + ttl,
-                                },
-                            );
-                        }
+                        let (result, ttl, body_len) = me.fetch(&url).await;
+                        drop(permit);
+                        me.put(&url, result.clone(), ttl, body_len, false);
                         let _ = tx.send(Some(result));
                     });
                     rx
@@ -336,11 +565,21 @@ impl CertFetcher {
         }
     }
 
-    /// One HTTP fetch and validation; returns the result and how long to
-    /// cache it.
-    async fn fetch(&self, url: &str) -> (CredentialResult, Duration) {
+    /// A call's fetch refused by a limit: counted, logged at debug level.
+    fn limited(&self, url: &str, why: &str) -> CredentialError {
+        self.stats.limited.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(url, "certificate not fetched: {why}");
+        CredentialError::Unreachable {
+            url: url.to_owned(),
+            why: format!("not fetched: {why}"),
+        }
+    }
+
+    /// One HTTP fetch and validation; returns the result, how long to
+    /// cache it and the body's size.
+    async fn fetch(&self, url: &str) -> (CredentialResult, Duration, usize) {
         let started = Instant::now();
-        let (result, ttl) = self.fetch_uncounted(url).await;
+        let (result, ttl, body_len) = self.fetch_uncounted(url).await;
         self.stats.fetch_seconds.observe(started.elapsed());
         match &result {
             Ok(_) => tracing::debug!(url, "certificate fetched"),
@@ -349,52 +588,64 @@ impl CertFetcher {
                 tracing::warn!(url, error = %e, "certificate fetch failed");
             }
         }
-        (result, ttl)
+        (result, ttl, body_len)
     }
 
-    async fn fetch_uncounted(&self, url: &str) -> (CredentialResult, Duration) {
+    async fn fetch_uncounted(&self, url: &str) -> (CredentialResult, Duration, usize) {
         let negative = Duration::from_secs(self.cfg.negative_cache_secs);
         match self.fetch_body(url).await {
-            Err(e) => (Err(e), negative),
+            Err(e) => (Err(e), negative, 0),
             Ok((body, http_ttl)) => {
-                let chain = match split_chain(&body) {
-                    Ok(c) => c,
-                    Err(e) => return (Err(e.into()), negative),
-                };
-                let trust = match self.trust.read() {
-                    Ok(t) => Arc::clone(&t),
-                    Err(_) => {
-                        return (
-                            Err(CredentialError::Unreachable {
-                                url: url.into(),
-                                why: "trust store unavailable".into(),
-                            }),
-                            negative,
-                        );
-                    }
-                };
-                match trust.credential(&chain) {
-                    Ok(cred) => {
-                        let min = Duration::from_secs(self.cfg.min_cache_secs);
-                        let ttl = http_ttl.map_or(min, |t| t.max(min));
-                        let until_expiry = cred.not_after().0 - self.clock.now().0;
-                        let cap = Duration::from_secs(u64::try_from(until_expiry).unwrap_or(0));
-                        // An already expired credential is kept briefly so the
-                        // precise `cert-expired` answer is not re-fetched per call.
-                        let ttl = if cap.is_zero() {
-                            negative
-                        } else {
-                            ttl.min(cap)
-                        };
-                        (Ok(Arc::new(cred)), ttl)
-                    }
-                    // Chain problems do not change until the body does.
-                    Err(e) => (
-                        Err(e.into()),
-                        Duration::from_secs(self.cfg.min_cache_secs.min(3600)),
-                    ),
-                }
+                let (result, ttl) = self.credential_of(url, &body, http_ttl, negative);
+                (result, ttl, body.len())
             }
+        }
+    }
+
+    /// Validates a fetched body; returns the result and how long to cache it.
+    fn credential_of(
+        &self,
+        url: &str,
+        body: &[u8],
+        http_ttl: Option<Duration>,
+        negative: Duration,
+    ) -> (CredentialResult, Duration) {
+        let chain = match split_chain(body) {
+            Ok(c) => c,
+            Err(e) => return (Err(e.into()), negative),
+        };
+        let trust = match self.trust.read() {
+            Ok(t) => Arc::clone(&t),
+            Err(_) => {
+                return (
+                    Err(CredentialError::Unreachable {
+                        url: url.into(),
+                        why: "trust store unavailable".into(),
+                    }),
+                    negative,
+                );
+            }
+        };
+        match trust.credential(&chain) {
+            Ok(cred) => {
+                let min = Duration::from_secs(self.cfg.min_cache_secs);
+                let ttl = http_ttl.map_or(min, |t| t.max(min));
+                let until_expiry = cred.not_after().0 - self.clock.now().0;
+                let cap = Duration::from_secs(u64::try_from(until_expiry).unwrap_or(0));
+                // An already expired credential is kept briefly so the
+                // precise `cert-expired` answer is not re-fetched per call.
+                let ttl = if cap.is_zero() {
+                    negative
+                } else {
+                    ttl.min(cap)
+                };
+                (Ok(Arc::new(cred)), ttl)
+            }
+            // Chain problems do not change until the body does.
+            Err(e) => (
+                Err(e.into()),
+                Duration::from_secs(self.cfg.min_cache_secs.min(3600)),
+            ),
         }
     }
 
@@ -444,8 +695,14 @@ impl CertFetcher {
         };
         let mut resp = self.client.get(url).send().await.map_err(unreachable)?;
         let status = resp.status();
+        // The host answered, but not with a credential we take: the fetch
+        // failed (x5u-unreachable), as for an HTTP error.
+        let failed = |why: String| CredentialError::Unreachable {
+            url: url.to_owned(),
+            why,
+        };
         if status.is_redirection() {
-            return Err(refused(format!(
+            return Err(failed(format!(
                 "HTTP {} redirect is not followed",
                 status.as_u16()
             )));
@@ -460,13 +717,13 @@ impl CertFetcher {
             .content_length()
             .is_some_and(|n| n > MAX_CERT_BODY as u64)
         {
-            return Err(refused(format!("body larger than {MAX_CERT_BODY} bytes")));
+            return Err(failed(format!("body larger than {MAX_CERT_BODY} bytes")));
         }
         let ttl = http_ttl(resp.headers(), self.clock.now());
         let mut body = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(unreachable)? {
             if body.len() + chunk.len() > MAX_CERT_BODY {
-                return Err(refused(format!("body larger than {MAX_CERT_BODY} bytes")));
+                return Err(failed(format!("body larger than {MAX_CERT_BODY} bytes")));
             }
             body.extend_from_slice(&chunk);
         }

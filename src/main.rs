@@ -1,5 +1,12 @@
 //! The `stirscreen` command line.
 
+// jemalloc, with a background thread purging freed pages after 1 s
+// (.cargo/config.toml), returns the memory of closed connections and
+// finished bursts to the OS; glibc kept it (ARCHITECTURE.md, "Allocator").
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

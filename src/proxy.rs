@@ -290,6 +290,8 @@ pub struct Proxy {
     inflight: Arc<Semaphore>,
     verify_deadline: Duration,
     queue_budget: Duration,
+    /// TCP connections served at once (see [`Proxy::tcp_cap`]).
+    tcp_cap: usize,
     record_route: bool,
     clock: Clock,
     pub stats: ProxyStats,
@@ -346,6 +348,31 @@ fn verify_worker(
             });
         }
     }
+}
+
+/// File descriptors kept for everything but SIP TCP connections.
+pub const FD_RESERVE: usize = 256;
+
+/// Raises the soft open-file limit to the hard one; returns the soft limit
+/// in force (`usize::MAX` when unlimited or unknown).
+fn raise_fd_limit() -> usize {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let lim = getrlimit(Resource::Nofile);
+    let mut soft = lim.current;
+    if let (Some(cur), Some(max)) = (lim.current, lim.maximum)
+        && cur < max
+        && setrlimit(
+            Resource::Nofile,
+            rustix::process::Rlimit {
+                current: Some(max),
+                maximum: Some(max),
+            },
+        )
+        .is_ok()
+    {
+        soft = Some(max);
+    }
+    soft.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX))
 }
 
 /// Why the proxy could not start.
@@ -413,6 +440,7 @@ impl Proxy {
             inflight: Arc::new(Semaphore::new(config.proxy.max_in_flight)),
             verify_deadline: Duration::from_millis(config.proxy.verify_deadline_ms),
             queue_budget: Duration::from_millis(config.proxy.queue_budget_ms),
+            tcp_cap: Proxy::tcp_cap(config.proxy.tcp_max_connections),
             record_route: config.proxy.record_route,
             clock: Clock,
             stats: ProxyStats::default(),
@@ -658,6 +686,11 @@ impl Proxy {
             "TCP connections open.",
             n(&s.tcp_open) as f64,
         );
+        e.gauge(
+            "stirscreen_tcp_connection_limit",
+            "TCP connections served at once: tcp_max_connections, lowered to fit the open-file limit.",
+            self.tcp_cap as f64,
+        );
         e.rows(
             "stirscreen_tcp_connections_closed_total",
             "TCP connections closed by stirscreen, by reason (limit: tcp_max_connections reached at accept; timeout: idle or a message too slow).",
@@ -755,7 +788,7 @@ impl Proxy {
         );
         e.rows(
             "stirscreen_cert_fetches_total",
-            "HTTPS certificate fetches by result.",
+            "HTTPS certificate fetches by result (limited: not made, max_concurrent_fetches or fetch_rate_per_second reached).",
             &["result"],
             &[
                 (
@@ -763,7 +796,24 @@ impl Proxy {
                     f.fetch_seconds.count().saturating_sub(n(&f.fetch_errors)),
                 ),
                 (&["error"], n(&f.fetch_errors)),
+                (&["limited"], n(&f.limited)),
             ],
+        );
+        let (entries, bytes) = self.fetcher.cache_usage();
+        e.gauge(
+            "stirscreen_cert_cache_entries",
+            "x5u URLs in the certificate cache (bound: cache_capacity).",
+            entries as f64,
+        );
+        e.gauge(
+            "stirscreen_cert_cache_bytes",
+            "Bytes the certificate cache accounts for (bound: cache_max_bytes).",
+            bytes as f64,
+        );
+        e.counter(
+            "stirscreen_cert_cache_evictions_total",
+            "Certificate cache entries evicted to stay within its bounds.",
+            n(&f.evictions),
         );
         e.histogram(
             "stirscreen_cert_fetch_duration_seconds",
@@ -881,13 +931,29 @@ impl Proxy {
         }
     }
 
+    /// The TCP connection cap in force: `tcp_max_connections`, lowered so
+    /// that the connections leave [`FD_RESERVE`] file descriptors of the
+    /// process's limit (raised to its hard limit first) for everything else
+    /// (UDP sockets, the admin listener, fetches, the store, logs): SIP
+    /// connections alone can never exhaust the descriptors.
+    fn tcp_cap(configured: usize) -> usize {
+        let fds = raise_fd_limit();
+        let cap = configured.min(fds.saturating_sub(FD_RESERVE)).max(1);
+        if cap < configured {
+            tracing::warn!(
+                "tcp_max_connections lowered from {configured} to {cap}: the process may open {fds} files (ulimit -n); {FD_RESERVE} are kept for everything but SIP connections"
+            );
+        }
+        cap
+    }
+
     /// Accepts TCP connections up to `tcp_max_connections` (beyond: closed
     /// at once and counted). Accept errors (the process out of file
     /// descriptors, say) are logged once per burst and backed off, never
     /// retried in a tight loop.
     async fn accept_loop(self: Arc<Self>, l: TcpListener) {
         let mut stop = self.shutdown.subscribe();
-        let slots = Arc::new(Semaphore::new(self.config.proxy.tcp_max_connections.max(1)));
+        let slots = Arc::new(Semaphore::new(self.tcp_cap));
         let mut backoff = Duration::ZERO;
         loop {
             tokio::select! {
@@ -2178,7 +2244,7 @@ async fn bind_listeners(
                         addr.set_port(u.port());
                         shared_port = true;
                     }
-                    match TcpListener::bind(addr).await {
+                    match bind_tcp(addr) {
                         Ok(s) => tcp_listeners.push(s),
                         Err(e)
                             if shared_port
@@ -2194,6 +2260,22 @@ async fn bind_listeners(
         }
         return Ok((udp_sockets, tcp_listeners));
     }
+}
+
+/// A TCP listener with a deep accept queue (4096, capped by
+/// net.core.somaxconn): a burst of connections waits for accept instead of
+/// being dropped and retried by the peers' SYN timers.
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    TcpListener::from_std(s.into())
 }
 
 /// A non-blocking UDP socket with `buffer` bytes of receive and send

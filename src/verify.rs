@@ -585,9 +585,12 @@ pub enum CredentialError {
 impl CredentialError {
     fn failure(&self) -> Failure {
         let kind = match self {
-            CredentialError::Unreachable { .. }
-            | CredentialError::HttpStatus { .. }
-            | CredentialError::Refused { .. } => FailureKind::X5uUnreachable,
+            CredentialError::Unreachable { .. } | CredentialError::HttpStatus { .. } => {
+                FailureKind::X5uUnreachable
+            }
+            // The fetcher's own URL policy: a special-purpose address (as
+            // spelled, resolved or connected to), deny_hosts, allow_hosts.
+            CredentialError::Refused { .. } => FailureKind::X5uRefused,
             CredentialError::Timeout { .. } => FailureKind::VerificationTimeout,
             CredentialError::Cert(e) => match e {
                 CertError::TooLarge { .. }

@@ -40,6 +40,11 @@ fn root() -> PathBuf {
 }
 
 async fn lab_with(policy_src: &Path, extra: &str) -> Lab {
+    lab_full(policy_src, extra, "").await
+}
+
+/// `extra` joins `[proxy]`, `fetch_extra` joins `[fetch]`.
+async fn lab_full(policy_src: &Path, extra: &str, fetch_extra: &str) -> Lab {
     let mut routes = common::standard_routes();
     routes.insert(
         "/slow.pem".into(),
@@ -69,13 +74,18 @@ async fn lab_with(policy_src: &Path, extra: &str) -> Lab {
     let uac = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let text = format!(
         "[verify]\ntrust_anchors = [\"{root}/certs/demo/sti-root.pem\"]\n\
-         [fetch]\nextra_tls_roots = [\"{root}/certs/demo/tls-ca.pem\"]\nsystem_tls_roots = false\nallow_private_addresses = true\n\
+         [fetch]\nextra_tls_roots = [\"{root}/certs/demo/tls-ca.pem\"]\nsystem_tls_roots = false\n{private}{fetch_extra}\n\
          [proxy]\nlisten = [\"udp:127.0.0.1:0\", \"tcp:127.0.0.1:0\"]\nnext_hop = \"udp:{uas}\"\n{extra}\n\
          [policy]\nfile = \"{policy}\"\nreload_check_ms = 50\n\
          [store]\npath = \"{db}\"\n\
          [operator]\njcard_key = \"{root}/certs/demo/operator.key\"\n",
         root = root().display(),
         uas = uas.local_addr().unwrap(),
+        private = if fetch_extra.contains("allow_private_addresses") {
+            ""
+        } else {
+            "allow_private_addresses = true\n"
+        },
         policy = policy.display(),
         db = dir.path().join("state.db").display(),
     );
@@ -1121,4 +1131,106 @@ async fn unframeable_tcp_messages_are_answered_before_closing() {
         assert!(text.starts_with(&format!("SIP/2.0 {code} ")), "{text}");
         assert!(text.contains(&format!("Call-ID: frame-{code}")), "{text}");
     }
+}
+
+/// A flood of INVITEs, each naming a fresh x5u URL: the proxy's outbound
+/// fetches stay within `fetch_burst` (plus the refill), every INVITE is
+/// still answered, and the limited ones are counted.
+#[tokio::test]
+async fn fresh_x5u_flood_stays_within_the_fetch_limits() {
+    let lab = lab_full(
+        &root().join("policies/default.toml"),
+        "",
+        "fetch_burst = 5\nfetch_rate_per_second = 1.0",
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let n = 200;
+    for i in 0..n {
+        let m = lab.invite("sp-a.key", &format!("/fresh/{i}.pem"), |_| {});
+        lab.send(&m).await;
+    }
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = lab.proxy.render_metrics();
+        if stirscreen::demo::metric_sum(&metrics, "stirscreen_calls_screened_total") >= n as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        stirscreen::demo::metric_sum(&metrics, "stirscreen_calls_screened_total"),
+        n as f64,
+        "every INVITE was decided"
+    );
+    let allowed = 5 + started.elapsed().as_secs() as usize + 1;
+    assert!(
+        lab.repo.connections() <= allowed,
+        "{} outbound connections for a budget of {allowed}",
+        lab.repo.connections()
+    );
+    assert!(
+        metrics.contains("stirscreen_cert_fetches_total{result=\"limited\"} "),
+        "{metrics}"
+    );
+    let limited: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("stirscreen_cert_fetches_total{result=\"limited\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(limited >= (n - allowed) as f64, "only {limited} limited");
+}
+
+/// Regression (SSRF) through `serve`: every spelling of a loopback, private
+/// or metadata address in an x5u is refused (`x5u-refused`), and no
+/// connection reaches a listener on 127.0.0.1:8443 (an allowed x5u port).
+/// The same list `verify` is tested with (tests/verify_cli.rs).
+#[tokio::test]
+async fn serve_refuses_every_spelling_of_a_private_x5u_without_a_connection() {
+    let Ok(listener) = std::net::TcpListener::bind("127.0.0.1:8443") else {
+        panic!("127.0.0.1:8443 is in use: this test listens there to count connections");
+    };
+    listener.set_nonblocking(true).unwrap();
+    let lab = lab_full(
+        &root().join("policies/default.toml"),
+        "",
+        "allow_private_addresses = false",
+    )
+    .await;
+    let mut records = lab.proxy.tap_decisions().unwrap();
+    let hosts = [
+        "127.1",
+        "0x7f000001",
+        "2130706433",
+        "0177.0.0.1",
+        "127.000.000.001",
+        "0",
+        "10.1",
+        "0xa9fea9fe",
+        "169.254.43518",
+        "[::127.0.0.1]",
+        "[::ffff:7f00:1]",
+        "[::ffff:127.0.0.1]",
+        "[2002:7f00:1::1]",
+        "[64:ff9b::7f00:1]",
+        "[2001:0:4136:e378:8000:63bf:80ff:fffe]",
+        "[::1]",
+        "[fe80::1]",
+        "[fc00::1]",
+    ];
+    for host in hosts {
+        let url = format!("https://{host}:8443/sp-a.pem");
+        let m = lab.invite_at("sp-a.key", &url, |_| {});
+        lab.send(&m).await;
+        let r = tokio::time::timeout(Duration::from_secs(3), records.recv())
+            .await
+            .expect("a decision")
+            .unwrap();
+        assert_eq!(r.failure, "x5u-refused", "{host}: {r:?}");
+    }
+    assert!(
+        listener.accept().is_err(),
+        "a connection reached 127.0.0.1:8443"
+    );
 }
