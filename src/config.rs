@@ -319,6 +319,11 @@ pub struct VerifySection {
     pub failed_verstat: crate::verify::FailedVerstat,
     /// `use` (default) or `fail`: a CRL past its nextUpdate.
     pub stale_crl: crate::verify::StaleCrl,
+    /// Fetch the content `rcdi` digests cover (RFC 9795: `icn`, `jcl`) and
+    /// check it before the rich call data counts as signed. Off by default:
+    /// it is one more fetch a caller chooses the URL of (same SSRF guard,
+    /// limits and cache as x5u; ≤ 1 MiB per URL).
+    pub check_rcdi: bool,
 }
 
 /// `default_country_code`: one to three digits, or empty.
@@ -362,6 +367,7 @@ impl Default for VerifySection {
             default_country_code: CountryCode::default(),
             failed_verstat: crate::verify::FailedVerstat::PerFailure,
             stale_crl: crate::verify::StaleCrl::Use,
+            check_rcdi: false,
         }
     }
 }
@@ -660,6 +666,7 @@ impl Config {
             },
             failed_verstat: v.failed_verstat,
             stale_crl: v.stale_crl,
+            check_rcdi: v.check_rcdi,
         }
     }
 

@@ -17,6 +17,10 @@ use tokio::time::Instant;
 use crate::cert::{TrustStore, split_chain};
 use crate::config::{ConfigError, FetchSection, read_certs};
 use crate::limits::MAX_CERT_BODY;
+
+/// Largest rich-call-data content fetched for an `rcdi` check (a logo or a
+/// jCard).
+pub const MAX_RCD_CONTENT: usize = 1024 * 1024;
 use crate::net::is_special;
 use crate::time::{Clock, UnixTime, parse_sip_date};
 use crate::verify::{CredentialError, CredentialResult, X5uPolicy};
@@ -242,6 +246,8 @@ pub struct CertFetcher {
     tick: AtomicU64,
     budget: std::sync::Mutex<FetchBudget>,
     fetching: Arc<tokio::sync::Semaphore>,
+    /// Digests of rich-call-data content (`rcdi`), by URL: bounded, expiring.
+    content: std::sync::Mutex<HashMap<String, (Instant, crate::verify::ContentResult)>>,
     clock: Clock,
     /// Counters.
     pub stats: FetchStats,
@@ -323,6 +329,7 @@ impl CertFetcher {
                 last: Instant::now(),
             }),
             fetching: Arc::new(tokio::sync::Semaphore::new(concurrent)),
+            content: std::sync::Mutex::new(HashMap::new()),
             clock: Clock,
             stats: FetchStats::default(),
         };
@@ -565,6 +572,57 @@ impl CertFetcher {
         }
     }
 
+    /// The cached digests of rich-call-data content at `url`, if fresh.
+    pub fn peek_content(&self, url: &str) -> Option<crate::verify::ContentResult> {
+        let c = self.content.lock().ok()?;
+        let (expires, r) = c.get(url)?;
+        (*expires > Instant::now()).then(|| r.clone())
+    }
+
+    /// The digests of the content at `url` (RFC 9795 `rcdi`): from the
+    /// cache, or fetched (≤ [`MAX_RCD_CONTENT`] bytes) under the same SSRF
+    /// guard and fetch limits as x5u. Kept an hour, a failure
+    /// `negative_cache_secs`; at most `cache_capacity` URLs.
+    pub async fn content(&self, url: &str) -> crate::verify::ContentResult {
+        if let Some(r) = self.peek_content(url) {
+            return r;
+        }
+        let Ok(_permit) = Arc::clone(&self.fetching).try_acquire_owned() else {
+            return Err(self
+                .limited(url, "max_concurrent_fetches fetches are in progress")
+                .to_string());
+        };
+        if !self.take_token() {
+            return Err(self
+                .limited(
+                    url,
+                    "the fetch rate limit (fetch_rate_per_second) is reached",
+                )
+                .to_string());
+        }
+        let (result, ttl) = match self.fetch_bounded(url, MAX_RCD_CONTENT).await {
+            Ok((body, _)) => (
+                Ok(Arc::new(crate::passport::ContentDigests::of_body(&body))),
+                Duration::from_secs(3600),
+            ),
+            Err(e) => (
+                Err(e.to_string()),
+                Duration::from_secs(self.cfg.negative_cache_secs),
+            ),
+        };
+        if let Ok(mut c) = self.content.lock() {
+            if c.len() >= self.cfg.cache_capacity {
+                let now = Instant::now();
+                c.retain(|_, (exp, _)| *exp > now);
+                if c.len() >= self.cfg.cache_capacity {
+                    c.clear();
+                }
+            }
+            c.insert(url.to_owned(), (Instant::now() + ttl, result.clone()));
+        }
+        result
+    }
+
     /// A call's fetch refused by a limit: counted, logged at debug level.
     fn limited(&self, url: &str, why: &str) -> CredentialError {
         self.stats.limited.fetch_add(1, Ordering::Relaxed);
@@ -650,6 +708,16 @@ impl CertFetcher {
     }
 
     async fn fetch_body(&self, url: &str) -> Result<(Vec<u8>, Option<Duration>), CredentialError> {
+        self.fetch_bounded(url, MAX_CERT_BODY).await
+    }
+
+    /// One guarded GET of at most `max` bytes (SSRF guard, host lists,
+    /// timeouts, no redirects).
+    async fn fetch_bounded(
+        &self,
+        url: &str,
+        max: usize,
+    ) -> Result<(Vec<u8>, Option<Duration>), CredentialError> {
         let refused = |why: String| CredentialError::Refused {
             url: url.to_owned(),
             why,
@@ -713,17 +781,14 @@ impl CertFetcher {
                 status: status.as_u16(),
             });
         }
-        if resp
-            .content_length()
-            .is_some_and(|n| n > MAX_CERT_BODY as u64)
-        {
-            return Err(failed(format!("body larger than {MAX_CERT_BODY} bytes")));
+        if resp.content_length().is_some_and(|n| n > max as u64) {
+            return Err(failed(format!("body larger than {max} bytes")));
         }
         let ttl = http_ttl(resp.headers(), self.clock.now());
         let mut body = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(unreachable)? {
-            if body.len() + chunk.len() > MAX_CERT_BODY {
-                return Err(failed(format!("body larger than {MAX_CERT_BODY} bytes")));
+            if body.len() + chunk.len() > max {
+                return Err(failed(format!("body larger than {max} bytes")));
             }
             body.extend_from_slice(&chunk);
         }
@@ -771,7 +836,20 @@ pub fn verify_request_cached(
     for (_, r) in &creds {
         fetcher.count(r);
     }
-    Some(finish(verifier, prepared, now, &creds))
+    let mut outcome = finish(verifier, prepared, now, &creds);
+    if verifier.config.check_rcdi {
+        let mut contents = Vec::new();
+        for url in outcome.rcdi_urls() {
+            contents.push((url.clone(), fetcher.peek_content(&url)?));
+        }
+        outcome.apply_rcdi(|u| {
+            contents
+                .iter()
+                .find(|(c, _)| c == u)
+                .map(|(_, r)| r.clone())
+        });
+    }
+    Some(outcome)
 }
 
 /// Verifies the Identity headers of `msg`, fetching (once, cached) the
@@ -789,7 +867,21 @@ pub async fn verify_request(
             creds.push((url, fetcher.get(url).await));
         }
     }
-    finish(verifier, prepared, now, &creds)
+    let mut outcome = finish(verifier, prepared, now, &creds);
+    if verifier.config.check_rcdi {
+        let mut contents = Vec::new();
+        for url in outcome.rcdi_urls() {
+            let r = fetcher.content(&url).await;
+            contents.push((url, r));
+        }
+        outcome.apply_rcdi(|u| {
+            contents
+                .iter()
+                .find(|(c, _)| c == u)
+                .map(|(_, r)| r.clone())
+        });
+    }
+    outcome
 }
 
 fn finish(

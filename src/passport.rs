@@ -90,6 +90,9 @@ struct RawClaims<'a> {
     rcd: Option<serde_json::Value>,
     #[serde(default)]
     rcdi: Option<serde_json::Value>,
+    /// RFC 9795 call reason: a top-level claim.
+    #[serde(default)]
+    crn: Option<serde_json::Value>,
 }
 
 /// SHAKEN attestation level (RFC 8588 §4, ATIS-1000074 §5.2.3).
@@ -148,16 +151,30 @@ pub fn div_claims(payload: &[u8]) -> Result<DivClaims, PassportError> {
             part: "PASSporT payload",
             detail: e.to_string(),
         })?;
-    let tn = |claim: &'static str| -> Result<String, PassportError> {
-        match v.get(claim).and_then(|c| c.get("tn")) {
-            None => Err(PassportError::MissingClaim(claim)),
-            Some(serde_json::Value::String(s)) if s.len() <= 32 => Ok(s.clone()),
-            Some(_) => Err(PassportError::InvalidClaim {
-                claim,
-                why: "`tn` is not a telephone number string".into(),
-            }),
-        }
-    };
+    let (orig, dest, iat) = orig_dest_iat(&v)?;
+    Ok(DivClaims {
+        orig,
+        dest,
+        div: tn_claim(&v, "div")?,
+        iat,
+    })
+}
+
+/// `{claim}.tn` as a string.
+fn tn_claim(v: &serde_json::Value, claim: &'static str) -> Result<String, PassportError> {
+    match v.get(claim).and_then(|c| c.get("tn")) {
+        None => Err(PassportError::MissingClaim(claim)),
+        Some(serde_json::Value::String(s)) if s.len() <= 32 => Ok(s.clone()),
+        Some(_) => Err(PassportError::InvalidClaim {
+            claim,
+            why: "`tn` is not a telephone number string".into(),
+        }),
+    }
+}
+
+/// `orig.tn`, `dest.tn` (1 to [`MAX_DEST_TNS`]) and `iat` of a div or rcd
+/// PASSporT.
+fn orig_dest_iat(v: &serde_json::Value) -> Result<(String, Vec<String>, i64), PassportError> {
     let dest = match v.get("dest").and_then(|d| d.get("tn")) {
         Some(serde_json::Value::Array(a)) if !a.is_empty() && a.len() <= MAX_DEST_TNS => a
             .iter()
@@ -183,11 +200,34 @@ pub fn div_claims(payload: &[u8]) -> Result<DivClaims, PassportError> {
             claim: "iat",
             why: "not an integer NumericDate".into(),
         })?;
-    Ok(DivClaims {
-        orig: tn("orig")?,
+    Ok((tn_claim(v, "orig")?, dest, iat))
+}
+
+/// The claims of a standalone `rcd` PASSporT (RFC 9795 §4): the caller,
+/// the callee(s), `iat` and the rich call data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RcdClaims {
+    pub orig: String,
+    pub dest: Vec<String>,
+    pub iat: i64,
+    pub rcd: RcdStatus,
+}
+
+/// Parses the claims of a `ppt=rcd` PASSporT: `orig.tn`, `dest.tn`, `iat`
+/// and `rcd` mandatory; `crn` and `rcdi` optional.
+pub fn rcd_claims(payload: &[u8]) -> Result<RcdClaims, PassportError> {
+    let v: serde_json::Value =
+        serde_json::from_slice(payload).map_err(|e| PassportError::Json {
+            part: "PASSporT payload",
+            detail: e.to_string(),
+        })?;
+    let (orig, dest, iat) = orig_dest_iat(&v)?;
+    let rcd = v.get("rcd").ok_or(PassportError::MissingClaim("rcd"))?;
+    Ok(RcdClaims {
+        orig,
         dest,
-        div: tn("div")?,
         iat,
+        rcd: decode_rcd(rcd, v.get("crn"), v.get("rcdi")),
     })
 }
 
@@ -277,10 +317,138 @@ pub struct Rcd {
     pub jcl: Option<String>,
     /// `jcd` was present (an inline jCard; kept out of facts).
     pub jcd: bool,
-    /// `crn`: the call's reason.
+    /// `crn` (a top-level claim): the call's reason.
     pub crn: Option<String>,
     /// `rcdi` was present: the referenced content has integrity digests.
     pub rcdi: bool,
+    /// The `rcdi` digests, each with the URL its JSON pointer names.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rcdi_digests: Vec<RcdiDigest>,
+}
+
+/// Most `rcdi` entries taken.
+pub const MAX_RCDI_ENTRIES: usize = 16;
+
+/// One `rcdi` entry (RFC 9795 §6): a JSON pointer into `rcd` naming a URL,
+/// and the digest of the content there (`sha256-`/`sha384-`/`sha512-`
+/// then base64, as in W3C Subresource Integrity).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RcdiDigest {
+    pub pointer: String,
+    pub url: String,
+    /// As signed, e.g. `sha256-…`.
+    pub digest: String,
+    #[serde(skip)]
+    pub alg: DigestAlg,
+    #[serde(skip)]
+    pub value: Vec<u8>,
+}
+
+/// A digest algorithm `rcdi` may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DigestAlg {
+    #[default]
+    Sha256,
+    Sha384,
+    Sha512,
+}
+
+impl DigestAlg {
+    /// The digest of `bytes`.
+    pub fn digest(self, bytes: &[u8]) -> Vec<u8> {
+        let alg = match self {
+            DigestAlg::Sha256 => &aws_lc_rs::digest::SHA256,
+            DigestAlg::Sha384 => &aws_lc_rs::digest::SHA384,
+            DigestAlg::Sha512 => &aws_lc_rs::digest::SHA512,
+        };
+        aws_lc_rs::digest::digest(alg, bytes).as_ref().to_vec()
+    }
+}
+
+/// The digests of one piece of fetched content, for every algorithm `rcdi`
+/// may name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContentDigests {
+    pub sha256: Vec<u8>,
+    pub sha384: Vec<u8>,
+    pub sha512: Vec<u8>,
+}
+
+impl ContentDigests {
+    pub fn of_body(body: &[u8]) -> ContentDigests {
+        ContentDigests {
+            sha256: DigestAlg::Sha256.digest(body),
+            sha384: DigestAlg::Sha384.digest(body),
+            sha512: DigestAlg::Sha512.digest(body),
+        }
+    }
+
+    pub fn of(&self, alg: DigestAlg) -> &[u8] {
+        match alg {
+            DigestAlg::Sha256 => &self.sha256,
+            DigestAlg::Sha384 => &self.sha384,
+            DigestAlg::Sha512 => &self.sha512,
+        }
+    }
+}
+
+/// Parses `rcdi` against the `rcd` object it covers.
+fn decode_rcdi(
+    rcd: &serde_json::Value,
+    rcdi: &serde_json::Value,
+) -> Result<Vec<RcdiDigest>, String> {
+    let obj = rcdi.as_object().ok_or("`rcdi` is not an object")?;
+    if obj.len() > MAX_RCDI_ENTRIES {
+        return Err(format!("`rcdi` has more than {MAX_RCDI_ENTRIES} entries"));
+    }
+    let mut out = Vec::with_capacity(obj.len());
+    for (pointer, digest) in obj {
+        let shown: String = pointer.chars().take(64).collect();
+        let digest = digest
+            .as_str()
+            .ok_or_else(|| format!("`rcdi` value for `{shown}` is not a string"))?;
+        let (alg, b64) = match digest.split_once('-') {
+            Some(("sha256", v)) => (DigestAlg::Sha256, v),
+            Some(("sha384", v)) => (DigestAlg::Sha384, v),
+            Some(("sha512", v)) => (DigestAlg::Sha512, v),
+            _ => {
+                return Err(format!(
+                    "`rcdi` digest for `{shown}` is not sha256-/sha384-/sha512- base64"
+                ));
+            }
+        };
+        let value = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64)
+            .or_else(|_| {
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD_NO_PAD, b64)
+            })
+            .map_err(|_| format!("`rcdi` digest for `{shown}` is not base64"))?;
+        if value.len() != alg.digest(b"").len() {
+            return Err(format!("`rcdi` digest for `{shown}` has the wrong length"));
+        }
+        let url = match rcd.pointer(pointer) {
+            Some(serde_json::Value::String(u))
+                if u.starts_with("https://")
+                    && u.len() <= MAX_RCD_URL
+                    && !u.contains(char::is_whitespace) =>
+            {
+                u.clone()
+            }
+            Some(_) => {
+                return Err(format!(
+                    "`rcdi` pointer `{shown}` does not name an https URL in `rcd`"
+                ));
+            }
+            None => return Err(format!("`rcdi` pointer `{shown}` names nothing in `rcd`")),
+        };
+        out.push(RcdiDigest {
+            pointer: pointer.clone(),
+            url,
+            digest: digest.chars().take(200).collect(),
+            alg,
+            value,
+        });
+    }
+    Ok(out)
 }
 
 /// What became of a PASSporT's rcd.
@@ -324,8 +492,13 @@ fn rcd_url(v: &serde_json::Value, claim: &str) -> Result<Option<String>, String>
 }
 
 /// Decodes the `rcd` claim (RFC 9795 §5): an object with `nam` and
-/// optional `icn`, `jcd` or `jcl` (not both), `crn`.
-fn decode_rcd(rcd: &serde_json::Value, rcdi: bool) -> RcdStatus {
+/// optional `icn`, `jcd` or `jcl` (not both); with the top-level `crn` and
+/// `rcdi` claims of the same PASSporT.
+pub fn decode_rcd(
+    rcd: &serde_json::Value,
+    crn: Option<&serde_json::Value>,
+    rcdi: Option<&serde_json::Value>,
+) -> RcdStatus {
     let parse = || -> Result<Rcd, String> {
         if !rcd.is_object() {
             return Err("`rcd` is not an object".into());
@@ -336,13 +509,21 @@ fn decode_rcd(rcd: &serde_json::Value, rcdi: bool) -> RcdStatus {
         if rcd.get("jcd").is_some_and(|j| !j.is_array()) {
             return Err("`jcd` is not a jCard array".into());
         }
+        let crn = match crn {
+            None => None,
+            Some(c) => rcd_text(&serde_json::json!({ "crn": c }), "crn")?,
+        };
         Ok(Rcd {
             nam: rcd_text(rcd, "nam")?,
             icn: rcd_url(rcd, "icn")?,
             jcl: rcd_url(rcd, "jcl")?,
             jcd: rcd.get("jcd").is_some(),
-            crn: rcd_text(rcd, "crn")?,
-            rcdi,
+            crn,
+            rcdi: rcdi.is_some(),
+            rcdi_digests: match rcdi {
+                Some(i) => decode_rcdi(rcd, i)?,
+                None => Vec::new(),
+            },
         })
     };
     match parse() {
@@ -440,7 +621,7 @@ pub fn shaken_claims<'p>(
         });
     }
     let rcd = match (&raw.rcd, &raw.rcdi) {
-        (Some(r), i) => Some(decode_rcd(r, i.is_some())),
+        (Some(r), i) => Some(decode_rcd(r, raw.crn.as_ref(), i.as_ref())),
         (None, Some(_)) => Some(RcdStatus::Broken {
             why: "`rcdi` without `rcd`".into(),
         }),

@@ -499,6 +499,9 @@ pub struct VerifyConfig {
     pub failed_verstat: FailedVerstat,
     /// What a CRL past its nextUpdate means for the paths it covers.
     pub stale_crl: StaleCrl,
+    /// Check `rcdi` digests against fetched content (the adapter fetches;
+    /// [`Outcome::apply_rcdi`] compares).
+    pub check_rcdi: bool,
 }
 
 /// `[verify] stale_crl`: a configured CRL past its `nextUpdate`.
@@ -544,6 +547,7 @@ impl Default for VerifyConfig {
             numbering: crate::tn::Numbering::default(),
             failed_verstat: FailedVerstat::PerFailure,
             stale_crl: StaleCrl::Use,
+            check_rcdi: false,
         }
     }
 }
@@ -719,7 +723,61 @@ pub struct Outcome {
     pub profile_problems: Vec<ProfileProblem>,
 }
 
+/// The digests of fetched rich-call-data content, or why it could not be
+/// fetched.
+pub type ContentResult = Result<Arc<crate::passport::ContentDigests>, String>;
+
 impl Outcome {
+    /// URLs whose content the verified PASSporT's `rcdi` covers (empty when
+    /// there is none to check).
+    pub fn rcdi_urls(&self) -> Vec<String> {
+        match self.verified.as_ref().and_then(|v| v.rcd.as_ref()) {
+            Some(crate::passport::RcdStatus::Signed {
+                rcd,
+                rcdi_checked: false,
+            }) => rcd.rcdi_digests.iter().map(|d| d.url.clone()).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Checks the `rcdi` digests against the fetched content: all match →
+    /// `rcdi_checked`; one differs or could not be fetched → the rich call
+    /// data is `broken` (not shown), the SHAKEN verdict untouched.
+    pub fn apply_rcdi(&mut self, mut content: impl FnMut(&str) -> Option<ContentResult>) {
+        let Some(status) = self.verified.as_mut().and_then(|v| v.rcd.as_mut()) else {
+            return;
+        };
+        let crate::passport::RcdStatus::Signed { rcd, rcdi_checked } = status else {
+            return;
+        };
+        if *rcdi_checked || rcd.rcdi_digests.is_empty() {
+            return;
+        }
+        let mut problem = None;
+        for d in &rcd.rcdi_digests {
+            let why = match content(&d.url) {
+                None => Some("was not fetched".to_owned()),
+                Some(Err(e)) => Some(format!("could not be fetched: {e}")),
+                Some(Ok(c)) if c.of(d.alg) == d.value.as_slice() => None,
+                Some(Ok(_)) => Some("does not match its digest".to_owned()),
+            };
+            if let Some(why) = why {
+                problem = Some(format!(
+                    "rcdi: the content of `{}` ({}) {why}",
+                    d.pointer, d.url
+                ));
+                break;
+            }
+        }
+        *status = match problem {
+            Some(why) => crate::passport::RcdStatus::Broken { why },
+            None => crate::passport::RcdStatus::Signed {
+                rcd: std::mem::take(rcd),
+                rcdi_checked: true,
+            },
+        };
+    }
+
     /// One line for operators.
     pub fn reason(&self) -> String {
         match (&self.verified, &self.failure) {
@@ -797,6 +855,18 @@ struct ReadyDiv<'m> {
     div: Tn,
 }
 
+/// A standalone `rcd` PASSporT (RFC 9795 §4) that passed its local checks.
+#[derive(Debug)]
+struct ReadyRcd<'m> {
+    index: usize,
+    x5u: &'m str,
+    signing_input: &'m str,
+    signature: [u8; 64],
+    orig: Tn,
+    dest: Vec<Tn>,
+    rcd: crate::passport::RcdStatus,
+}
+
 /// One verified retargeting step (RFC 8946): the call to `from` was
 /// diverted to `to`, signed by `spc`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -844,6 +914,7 @@ fn div_chain(
 pub struct Prepared<'m> {
     ready: Vec<Ready<'m>>,
     divs: Vec<ReadyDiv<'m>>,
+    rcds: Vec<ReadyRcd<'m>>,
     /// Numbers in Diversion and History-Info headers (a div link's
     /// diverting number must be among them).
     diverted: Vec<Tn>,
@@ -871,6 +942,7 @@ impl<'m> Prepared<'m> {
             .iter()
             .map(|r| r.x5u)
             .chain(self.divs.iter().map(|d| d.x5u))
+            .chain(self.rcds.iter().map(|r| r.x5u))
     }
 }
 
@@ -962,6 +1034,7 @@ impl Verifier {
         let mut p = Prepared {
             ready: Vec::new(),
             divs: Vec::new(),
+            rcds: Vec::new(),
             diverted: Vec::new(),
             targets: [None, None],
             headers: Vec::new(),
@@ -1108,6 +1181,14 @@ impl Verifier {
                 p.divs.push(ReadyDiv {
                     index: hr.index,
                     ..d
+                });
+                return Ok(None);
+            }
+            Some("rcd") => {
+                let r = self.check_rcd(&ih, now)?;
+                p.rcds.push(ReadyRcd {
+                    index: hr.index,
+                    ..r
                 });
                 return Ok(None);
             }
@@ -1270,15 +1351,20 @@ impl Verifier {
     /// The local checks of a `div` PASSporT (RFC 8946): full form, ES256,
     /// `ppt` `div` in the JWS and the Identity header, `x5u` = `info`,
     /// `orig`/`dest`/`div` numbers, fresh `iat`.
-    fn check_div<'m>(
+    /// The checks every PASSporT beside the shaken one shares (div, rcd):
+    /// full form, ES256, `typ`, the JWS `ppt` equal to the header's, `x5u`
+    /// equal to `info` and allowed, `iat` within the window.
+    fn check_extension<'m>(
         &self,
         ih: &crate::identity::IdentityHeader<'m>,
+        ppt: &str,
+        iat: impl FnOnce(&[u8]) -> Result<i64, Failure>,
         now: UnixTime,
-    ) -> Result<ReadyDiv<'m>, Failure> {
+    ) -> Result<passport::Decoded<'m>, Failure> {
         if ih.form == Form::Compact {
             return Err(Failure::new(
                 FailureKind::CompactForm,
-                "compact-form div PASSporT; the full form is required",
+                format!("compact-form {ppt} PASSporT; the full form is required"),
             ));
         }
         let d = passport::decode(ih.token)
@@ -1289,43 +1375,33 @@ impl Verifier {
         if hdr.alg.as_deref() != Some("ES256") {
             return Err(Failure::new(
                 FailureKind::UnsupportedAlg,
-                "div PASSporT alg is not ES256",
+                format!("{ppt} PASSporT alg is not ES256"),
             ));
         }
         if hdr.typ.as_deref() != Some("passport") {
             return Err(Failure::new(
                 FailureKind::WrongTyp,
-                "div PASSporT typ is not `passport`",
+                format!("{ppt} PASSporT typ is not `passport`"),
             ));
         }
-        if hdr.ppt.as_deref() != Some("div") {
+        if hdr.ppt.as_deref() != Some(ppt) {
             return Err(Failure::new(
                 FailureKind::PptMismatch,
-                "the Identity ppt is `div` but the JWS ppt is not",
+                format!("the Identity ppt is `{ppt}` but the JWS ppt is not"),
             ));
         }
         if hdr.x5u.as_deref() != Some(ih.info) {
             return Err(Failure::new(
                 FailureKind::X5uMismatch,
-                "div PASSporT x5u differs from info",
+                format!("{ppt} PASSporT x5u differs from info"),
             ));
         }
-        let c = passport::div_claims(&d.payload)
-            .map_err(|e| Failure::new(FailureKind::InvalidClaims, e.to_string()))?;
-        let tn = |s: &str, what: &str| {
-            Tn::canonical(s).map_err(|e| {
-                Failure::new(
-                    FailureKind::InvalidClaims,
-                    format!("div PASSporT {what} `{}`: {e}", clip(s)),
-                )
-            })
-        };
-        let age = now.0.saturating_sub(c.iat);
+        let age = now.0.saturating_sub(iat(&d.payload)?);
         if age > self.config.max_iat_age || -age > self.config.max_iat_future {
             return Err(Failure::new(
                 FailureKind::Stale,
                 format!(
-                    "div PASSporT iat is {age} s from now (window {} s)",
+                    "{ppt} PASSporT iat is {age} s from now (window {} s)",
                     self.config.max_iat_age
                 ),
             ));
@@ -1334,6 +1410,28 @@ impl Verifier {
             .x5u
             .check(ih.info)
             .map_err(|why| Failure::new(FailureKind::X5uRefused, why))?;
+        Ok(d)
+    }
+
+    fn check_div<'m>(
+        &self,
+        ih: &crate::identity::IdentityHeader<'m>,
+        now: UnixTime,
+    ) -> Result<ReadyDiv<'m>, Failure> {
+        let claims = |payload: &[u8]| {
+            passport::div_claims(payload)
+                .map_err(|e| Failure::new(FailureKind::InvalidClaims, e.to_string()))
+        };
+        let d = self.check_extension(ih, "div", |p| claims(p).map(|c| c.iat), now)?;
+        let c = claims(&d.payload)?;
+        let tn = |s: &str, what: &str| {
+            Tn::canonical(s).map_err(|e| {
+                Failure::new(
+                    FailureKind::InvalidClaims,
+                    format!("div PASSporT {what} `{}`: {e}", clip(s)),
+                )
+            })
+        };
         Ok(ReadyDiv {
             index: 0,
             x5u: ih.info,
@@ -1346,6 +1444,43 @@ impl Verifier {
                 .map(|t| tn(t, "dest.tn"))
                 .collect::<Result<_, _>>()?,
             div: tn(&c.div, "div.tn")?,
+        })
+    }
+
+    /// A standalone `rcd` PASSporT (RFC 9795 §4): checked like a div one;
+    /// its rich call data is used only beside a verified shaken PASSporT
+    /// for the same orig ([`Verifier::finish`]).
+    fn check_rcd<'m>(
+        &self,
+        ih: &crate::identity::IdentityHeader<'m>,
+        now: UnixTime,
+    ) -> Result<ReadyRcd<'m>, Failure> {
+        let claims = |payload: &[u8]| {
+            passport::rcd_claims(payload)
+                .map_err(|e| Failure::new(FailureKind::InvalidClaims, e.to_string()))
+        };
+        let d = self.check_extension(ih, "rcd", |p| claims(p).map(|c| c.iat), now)?;
+        let c = claims(&d.payload)?;
+        let tn = |s: &str, what: &str| {
+            Tn::canonical(s).map_err(|e| {
+                Failure::new(
+                    FailureKind::InvalidClaims,
+                    format!("rcd PASSporT {what} `{}`: {e}", clip(s)),
+                )
+            })
+        };
+        Ok(ReadyRcd {
+            index: 0,
+            x5u: ih.info,
+            signing_input: d.signing_input,
+            signature: d.signature,
+            orig: tn(&c.orig, "orig.tn")?,
+            dest: c
+                .dest
+                .iter()
+                .map(|t| tn(t, "dest.tn"))
+                .collect::<Result<_, _>>()?,
+            rcd: c.rcd,
         })
     }
 
@@ -1459,6 +1594,18 @@ impl Verifier {
                 }
             }
         }
+        let rcds = std::mem::take(&mut p.rcds);
+        if let Some((v, _)) = best.as_mut() {
+            self.attach_rcd(v, rcds, &mut p.headers, now, &mut lookup);
+        } else {
+            for r in rcds {
+                if let Some(h) = p.headers.iter_mut().find(|h| h.index == r.index) {
+                    h.ignored = Some(
+                        "rcd PASSporT without a verified shaken PASSporT: not used (a brand for an unverified number is not shown)".into(),
+                    );
+                }
+            }
+        }
         if let Some((v, problems)) = best {
             return Outcome {
                 verstat: Verstat::Passed,
@@ -1478,10 +1625,10 @@ impl Verifier {
         let failure = p.fatal.take().or_else(|| {
             p.headers
                 .iter()
-                // A div header's own failure is reported on that header;
-                // the call's failure is the shaken PASSporT's (a broken
-                // div chain shows there as dest-mismatch).
-                .filter(|h| h.ppt.as_deref() != Some("div"))
+                // A div or rcd header's own failure is reported on that
+                // header; the call's failure is the shaken PASSporT's (a
+                // broken div chain shows there as dest-mismatch).
+                .filter(|h| !matches!(h.ppt.as_deref(), Some("div" | "rcd")))
                 .filter_map(|h| h.failure.as_ref())
                 .max_by_key(|f| f.kind.specificity())
                 .cloned()
@@ -1509,6 +1656,74 @@ impl Verifier {
             date_note: p.date_note,
             headers: p.headers,
             profile_problems: Vec::new(),
+        }
+    }
+
+    /// Standalone `rcd` PASSporTs beside the verified shaken one `v`: one
+    /// whose signature verifies (its certificate authorised for the orig
+    /// when it lists numbers) and whose orig and dest match `v`'s gives
+    /// `v` its rich call data, unless the shaken PASSporT carried some.
+    /// Failures are reported on their header, never on the call.
+    fn attach_rcd(
+        &self,
+        v: &mut Verified,
+        rcds: Vec<ReadyRcd<'_>>,
+        headers: &mut [HeaderResult],
+        now: UnixTime,
+        lookup: &mut impl FnMut(&str) -> Option<CredentialResult>,
+    ) {
+        for r in rcds {
+            let res = match lookup(r.x5u) {
+                None => Err(CredentialError::Timeout {
+                    url: r.x5u.to_owned(),
+                }
+                .failure()),
+                Some(Err(e)) => Err(e.failure()),
+                Some(Ok(cred)) => cred
+                    .check_time(now)
+                    .map_err(|e| CredentialError::Cert(e).failure())
+                    .and_then(|()| {
+                        if !cred.tns.is_empty() && !cred.tns.contains(r.orig.as_str()) {
+                            Err(Failure::new(
+                                FailureKind::OrigNotAuthorized,
+                                "the rcd PASSporT's certificate does not list its orig",
+                            ))
+                        } else if cred.verify_es256(r.signing_input.as_bytes(), &r.signature) {
+                            Ok(())
+                        } else {
+                            Err(Failure::new(
+                                FailureKind::BadSignature,
+                                "rcd PASSporT signature does not verify",
+                            ))
+                        }
+                    }),
+            }
+            .and_then(|()| {
+                if r.orig != v.orig {
+                    Err(Failure::new(
+                        FailureKind::OrigMismatch,
+                        "rcd PASSporT orig differs from the verified shaken PASSporT's",
+                    ))
+                } else if !r.dest.iter().any(|d| v.dest.contains(d)) {
+                    Err(Failure::new(
+                        FailureKind::DestMismatch,
+                        "rcd PASSporT dest differs from the verified shaken PASSporT's",
+                    ))
+                } else {
+                    Ok(())
+                }
+            });
+            let Some(h) = headers.iter_mut().find(|h| h.index == r.index) else {
+                continue;
+            };
+            match res {
+                Err(f) => h.failure = Some(f),
+                Ok(()) if v.rcd.is_some() => {
+                    h.ignored =
+                        Some("the shaken PASSporT carries rcd itself: this one is not used".into());
+                }
+                Ok(()) => v.rcd = Some(r.rcd),
+            }
         }
     }
 

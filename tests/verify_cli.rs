@@ -286,6 +286,150 @@ fn shaken_with_crit_rcd_verifies_and_a_broken_rcd_is_reported_apart() {
     assert!(v["rcd"]["why"].as_str().unwrap().contains("icn"), "{v:#}");
 }
 
+/// Standalone `ppt=rcd` PASSporTs (RFC 9795 §4): beside a verified shaken
+/// PASSporT for the same orig and dest, its rich call data is the call's;
+/// one for another orig is reported on its header and not used; an rcd
+/// PASSporT alone brands nothing (the number is not verified); `crn` is
+/// the top-level claim and `rcdi` digests are decoded with the URL their
+/// pointer names.
+#[test]
+fn standalone_rcd_passports_and_rcd_alone() {
+    let env = env();
+    let url = env.repo.url("/sp-a.pem");
+    let rcd_passport = |orig: &str, rcd: &str| {
+        let header = format!(r#"{{"alg":"ES256","ppt":"rcd","typ":"passport","x5u":"{url}"}}"#);
+        let payload = format!(
+            r#"{{"crn":"Prescription ready","dest":{{"tn":["{DEST}"]}},"iat":{},"orig":{{"tn":"{orig}"}},"rcd":{rcd}}}"#,
+            TEST_NOW.0 - 5
+        );
+        let token = common::key("sp-a.key").sign_raw(&header, &payload).unwrap();
+        format!("{token};info=<{url}>;alg=ES256;ppt=rcd")
+    };
+    let brand = r#"{"nam":"Acme Pharmacy","icn":"https://acme.example/logo.png"}"#;
+    let shaken = signed(&env, "sp-a.key", "/sp-a.pem", |_| {});
+
+    let v = verify(
+        &env,
+        "rcd-beside-shaken",
+        &invite_with(vec![shaken.clone(), rcd_passport(ORIG, brand)]).build(),
+        None,
+    );
+    expect(&v, "TN-Validation-Passed", Some("A"), None, None);
+    assert_eq!(v["rcd"]["status"], "signed", "{v:#}");
+    assert_eq!(v["rcd"]["rcd"]["nam"], "Acme Pharmacy");
+    assert_eq!(v["rcd"]["rcd"]["crn"], "Prescription ready");
+
+    let v = verify(
+        &env,
+        "rcd-other-orig",
+        &invite_with(vec![shaken.clone(), rcd_passport("12155550000", brand)]).build(),
+        None,
+    );
+    expect(&v, "TN-Validation-Passed", Some("A"), None, None);
+    assert!(v["rcd"].is_null(), "{v:#}");
+    assert_eq!(
+        v["identity_headers"][1]["failure"]["kind"], "orig-mismatch",
+        "{v:#}"
+    );
+
+    let v = verify(
+        &env,
+        "rcd-alone",
+        &invite_with(vec![rcd_passport(ORIG, brand)]).build(),
+        None,
+    );
+    expect(&v, "No-TN-Validation", None, Some(428), Some("no-identity"));
+    assert!(v["rcd"].is_null(), "{v:#}");
+    assert!(
+        v["identity_headers"][0]["ignored"]
+            .as_str()
+            .unwrap()
+            .contains("without a verified shaken"),
+        "{v:#}"
+    );
+
+    // rcdi: decoded with the URL each pointer names (not fetched by
+    // default, so not checked).
+    let with_rcdi = r#"{"nam":"Acme","icn":"https://acme.example/logo.png"}"#;
+    let header = format!(r#"{{"alg":"ES256","ppt":"rcd","typ":"passport","x5u":"{url}"}}"#);
+    let payload = format!(
+        r#"{{"dest":{{"tn":["{DEST}"]}},"iat":{},"orig":{{"tn":"{ORIG}"}},"rcd":{with_rcdi},"rcdi":{{"/icn":"sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="}}}}"#,
+        TEST_NOW.0 - 5
+    );
+    let token = common::key("sp-a.key").sign_raw(&header, &payload).unwrap();
+    let v = verify(
+        &env,
+        "rcd-rcdi",
+        &invite_with(vec![
+            shaken,
+            format!("{token};info=<{url}>;alg=ES256;ppt=rcd"),
+        ])
+        .build(),
+        None,
+    );
+    assert_eq!(v["rcd"]["status"], "signed", "{v:#}");
+    assert_eq!(v["rcd"]["rcdi_checked"], false, "{v:#}");
+    assert_eq!(
+        v["rcd"]["rcd"]["rcdi_digests"][0]["pointer"], "/icn",
+        "{v:#}"
+    );
+    assert_eq!(
+        v["rcd"]["rcd"]["rcdi_digests"][0]["url"],
+        "https://acme.example/logo.png"
+    );
+}
+
+/// `rcdi` (RFC 9795 §6) with `check_rcdi = true`: the content the digest
+/// covers is fetched (SSRF-guarded, like x5u) and compared; a match marks
+/// the rich call data `rcdi_checked`, a mismatch makes it `broken` while
+/// the call keeps its SHAKEN verstat. Off (the default), nothing is fetched.
+#[test]
+fn rcdi_digests_are_checked_when_enabled() {
+    use base64::Engine as _;
+    let env = env();
+    let url = env.repo.url("/sp-a.pem");
+    let logo = env.repo.url("/logo.png");
+    let call = |digest: &str| {
+        let header = format!(
+            r#"{{"alg":"ES256","crit":["rcd","rcdi"],"ppt":"shaken","typ":"passport","x5u":"{url}"}}"#
+        );
+        let payload = format!(
+            r#"{{"attest":"A","dest":{{"tn":["{DEST}"]}},"iat":{},"orig":{{"tn":"{ORIG}"}},"origid":"123e4567-e89b-12d3-a456-426655440000","rcd":{{"nam":"Acme","icn":"{logo}"}},"rcdi":{{"/icn":"{digest}"}}}}"#,
+            TEST_NOW.0 - 5
+        );
+        let token = common::key("sp-a.key").sign_raw(&header, &payload).unwrap();
+        invite_with(vec![identity_header_value(&token, &url)]).build()
+    };
+    let good = format!(
+        "sha256-{}",
+        base64::engine::general_purpose::STANDARD
+            .encode(stirscreen::passport::DigestAlg::Sha256.digest(common::LOGO))
+    );
+    let bad = format!(
+        "sha256-{}",
+        base64::engine::general_purpose::STANDARD
+            .encode(stirscreen::passport::DigestAlg::Sha256.digest(b"another logo"))
+    );
+    let v = verify(&env, "rcdi-off", &call(&good), None);
+    assert_eq!(v["rcd"]["rcdi_checked"], false, "{v:#}");
+    assert_eq!(env.repo.hits("/logo.png"), 0, "fetched while off");
+
+    let dir = tempfile::tempdir().unwrap();
+    let on = common::write_config(dir.path(), "check_rcdi = true");
+    let v = verify(&env, "rcdi-good", &call(&good), Some(&on));
+    expect(&v, "TN-Validation-Passed", Some("A"), None, None);
+    assert_eq!(v["rcd"]["status"], "signed", "{v:#}");
+    assert_eq!(v["rcd"]["rcdi_checked"], true, "{v:#}");
+    let v = verify(&env, "rcdi-bad", &call(&bad), Some(&on));
+    expect(&v, "TN-Validation-Passed", Some("A"), None, None);
+    assert_eq!(v["rcd"]["status"], "broken", "{v:#}");
+    assert!(
+        v["rcd"]["why"].as_str().unwrap().contains("does not match"),
+        "{v:#}"
+    );
+    assert_eq!(env.repo.hits("/logo.png"), 2);
+}
+
 /// A delegate certificate (RFC 9060: a TN range and a single TN, no SPC)
 /// verifies a call whose orig is among its numbers, and fails one whose
 /// orig is not with `orig-not-authorized` (437).

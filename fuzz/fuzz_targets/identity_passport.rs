@@ -6,7 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use stirscreen::identity::IdentityHeader;
-use stirscreen::passport::{decode, div_claims, shaken_claims};
+use stirscreen::passport::{decode, div_claims, rcd_claims, shaken_claims};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -22,4 +22,5 @@ fuzz_target!(|data: &[u8]| {
     let crit = decoded.header().ok().and_then(|h| h.crit.clone());
     let _ = shaken_claims(&decoded.payload, crit.as_deref());
     let _ = div_claims(&decoded.payload);
+    let _ = rcd_claims(&decoded.payload);
 });

@@ -23,6 +23,9 @@ pub fn key(name: &str) -> SigningKey {
 }
 
 /// The chains tests serve, by path.
+/// The bytes served at `/logo.png`.
+pub const LOGO: &[u8] = b"\x89PNG\r\n\x1a\nnot really a logo";
+
 pub fn standard_routes() -> HashMap<String, Route> {
     let mut r = HashMap::new();
     for name in [
@@ -46,6 +49,14 @@ pub fn standard_routes() -> HashMap<String, Route> {
             },
         );
     }
+    // Rich call data content (an `rcdi` check fetches it).
+    r.insert(
+        "/logo.png".into(),
+        Route::Body {
+            body: LOGO.to_vec(),
+            headers: vec![],
+        },
+    );
     r.insert("/gone.pem".into(), Route::Status(404));
     r.insert("/error.pem".into(), Route::Status(503));
     r.insert("/moved.pem".into(), Route::Redirect("/sp-a.pem".into()));
