@@ -495,6 +495,9 @@ pub struct ProxySection {
     /// Threads that verify, decide and forward INVITEs beside the event
     /// loop (ECDSA off the loop); 0 = verify on the event loop itself.
     pub verify_threads: usize,
+    /// What the callee is told of verified rich call data: `none`
+    /// (default), `strip`, `call-info`, `display-name` or `both`.
+    pub forward_rcd: crate::policy::render::RcdForward,
 }
 
 impl Default for ProxySection {
@@ -513,6 +516,7 @@ impl Default for ProxySection {
             threads: 1,
             udp_buffer_bytes: 4 * 1024 * 1024,
             verify_threads: 1,
+            forward_rcd: crate::policy::render::RcdForward::None,
         }
     }
 }

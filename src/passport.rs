@@ -481,7 +481,9 @@ fn rcd_url(v: &serde_json::Value, claim: &str) -> Result<Option<String>, String>
         Some(serde_json::Value::String(s))
             if s.len() <= MAX_RCD_URL
                 && s.starts_with("https://")
-                && !s.contains(char::is_whitespace) =>
+                && !s.contains(|c: char| {
+                    c.is_whitespace() || c.is_control() || "<>\"".contains(c)
+                }) =>
         {
             Ok(Some(s.clone()))
         }

@@ -1544,7 +1544,14 @@ impl Proxy {
         let facts = Facts::from_outcome(&outcome, call, info);
         let d = engine.decide(&facts);
         let rule = d.rule_id();
-        let v = verdict(d.action, rule, &facts, &self.operator, arrived);
+        let mut v = verdict(d.action, rule, &facts, &self.operator, arrived);
+        if let Verdict::Forward(plan) = &mut v {
+            crate::policy::render::apply_rcd(
+                plan,
+                self.config.proxy.forward_rcd,
+                outcome.verified.as_ref().and_then(|v| v.rcd.as_ref()),
+            );
+        }
         if let Ok(mut st) = txn.state.lock() {
             if st.phase != Phase::Verifying {
                 return; // cancelled meanwhile (its record is written)
@@ -1909,6 +1916,14 @@ impl Proxy {
                     }
                 }
                 HeaderId::Identity if plan.is_some_and(|p| p.strip_identity) => {}
+                HeaderId::CallInfo if plan.is_some_and(|p| p.strip_rcd_call_info) => {
+                    if let Some(kept) = msg
+                        .text(h)
+                        .and_then(crate::policy::render::without_rcd_call_info)
+                    {
+                        out.extend_from_slice(format!("{}: {kept}\r\n", h.name).as_bytes());
+                    }
+                }
                 HeaderId::From | HeaderId::PAssertedIdentity
                     if let Some(line) = plan.and_then(|p| annotated_line(msg, h, p)) =>
                 {

@@ -1234,3 +1234,76 @@ async fn serve_refuses_every_spelling_of_a_private_x5u_without_a_connection() {
         "a connection reached 127.0.0.1:8443"
     );
 }
+
+/// Verified rich call data toward the callee (`forward_rcd = "both"`): the
+/// signed `nam` becomes the From display name (quoted), `icn` a Call-Info
+/// with purpose=icon;verified and the call reason; a Call-Info logo the
+/// caller added is removed. A broken rcd shows nothing, and the caller's
+/// Call-Info is still removed.
+#[tokio::test]
+async fn verified_rcd_is_presented_to_the_callee_as_configured() {
+    let lab = lab_with(
+        &root().join("policies/default.toml"),
+        "forward_rcd = \"both\"",
+    )
+    .await;
+    let url = lab.repo.url("/sp-a.pem");
+    let send = |rcd: &str| {
+        let header = format!(
+            r#"{{"alg":"ES256","crit":["rcd"],"ppt":"shaken","typ":"passport","x5u":"{url}"}}"#
+        );
+        let payload = format!(
+            r#"{{"attest":"A","crn":"Rx \"ready\"","dest":{{"tn":["{DEST}"]}},"iat":{},"orig":{{"tn":"{ORIG}"}},"origid":"3f1e2d4c-0000-4000-8000-000000000002","rcd":{rcd}}}"#,
+            Clock.now().0
+        );
+        let token = common::key("sp-a.key").sign_raw(&header, &payload).unwrap();
+        let mut spec = InviteSpec::new(ORIG, DEST);
+        spec.via = lab.uac.local_addr().unwrap().to_string();
+        spec.identities.push(identity_header_value(&token, &url));
+        // Without SDP: the forwarded INVITE must stay under 1300 bytes to go
+        // over UDP to this UAS (RFC 3261 §18.1.1).
+        let m = spec.build();
+        let head = m.split("Content-Type:").next().unwrap().to_owned();
+        format!("{head}Content-Length: 0\r\n\r\n").replacen(
+            "Max-Forwards: 70\r\n",
+            "Max-Forwards: 70\r\nCall-Info: <https://evil.example/logo.png>;purpose=icon\r\n",
+            1,
+        )
+    };
+    lab.send(&send(
+        r#"{"nam":"Acme \"Pharmacy\"","icn":"https://acme.example/logo.png"}"#,
+    ))
+    .await;
+    let Some(fwd) = recv_line(&lab.uas, "INVITE", 3000).await else {
+        let mut got = Vec::new();
+        while let Some(m) = recv(&lab.uac, 300).await {
+            got.push(m);
+        }
+        panic!("not forwarded; the caller got {got:?}");
+    };
+    let from = header(&fwd, "From")[0];
+    assert!(
+        from.starts_with("\"Acme \\\"Pharmacy\\\"\" <sip:+12155551212"),
+        "{from}"
+    );
+    let ci = header(&fwd, "Call-Info");
+    assert_eq!(ci.len(), 1, "{fwd}");
+    assert_eq!(
+        ci[0],
+        "<https://acme.example/logo.png>;purpose=icon;verified;call-reason=\"Rx \\\"ready\\\"\""
+    );
+
+    lab.send(&send(
+        r#"{"nam":"Acme","icn":"http://acme.example/logo.png"}"#,
+    ))
+    .await;
+    let Some(fwd) = recv_line(&lab.uas, "INVITE", 3000).await else {
+        let mut got = Vec::new();
+        while let Some(m) = recv(&lab.uac, 300).await {
+            got.push(m.lines().next().unwrap_or_default().to_owned());
+        }
+        panic!("not forwarded; the caller got {got:?}");
+    };
+    assert!(header(&fwd, "From")[0].starts_with("<sip:"), "{fwd}");
+    assert!(header(&fwd, "Call-Info").is_empty(), "{fwd}");
+}

@@ -58,6 +58,12 @@ pub struct ForwardPlan {
     /// Headers added to the forwarded INVITE.
     pub add: Vec<(String, String)>,
     pub strip_identity: bool,
+    /// The verified rcd caller name to show as the display name of From and
+    /// every P-Asserted-Identity ([`apply_rcd`]).
+    pub display_name: Option<String>,
+    /// Remove rich-call-data Call-Info values (purpose icon, jcard, info)
+    /// the request arrived with: nobody vouches for them.
+    pub strip_rcd_call_info: bool,
     /// A Reason header for the first response relayed upstream, carrying
     /// the verification failure (ATIS-1000074 §5.3.2; RFC 8224 §6.2.2).
     pub upstream_reason: Option<String>,
@@ -268,6 +274,8 @@ fn forward_plan(f: &Forward, facts: &Facts) -> ForwardPlan {
         in_from: f.verstat.from,
         add,
         strip_identity: f.strip_identity,
+        display_name: None,
+        strip_rcd_call_info: false,
         upstream_reason,
     }
 }
@@ -383,6 +391,123 @@ pub fn set_verstat(value: &str, verstat: Option<&str>) -> String {
     )
 }
 
+/// `[proxy] forward_rcd`: what the callee is told of verified rich call
+/// data (RFC 9795 `rcd`, presented per RFC 9796).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RcdForward {
+    /// The request's headers as received; nothing added (default).
+    #[default]
+    None,
+    /// Rich-call-data Call-Info values the request arrived with removed;
+    /// nothing added.
+    Strip,
+    /// `strip`, then Call-Info for the verified `icn` (purpose=icon) and
+    /// `jcl` (purpose=jcard), each `;verified`, with `call-reason` (`crn`)
+    /// and `integrity` (a checked `rcdi` digest).
+    CallInfo,
+    /// `strip`, then the verified `nam` as the display name of From and
+    /// P-Asserted-Identity.
+    DisplayName,
+    /// `call-info` and `display-name`.
+    Both,
+}
+
+/// Adds what `mode` says of a verified PASSporT's rcd to a forward plan.
+/// Only `signed` rcd (with its `rcdi` checked when `check_rcdi` is on)
+/// is presented; a broken one is never shown.
+pub fn apply_rcd(
+    plan: &mut ForwardPlan,
+    mode: RcdForward,
+    rcd: Option<&crate::passport::RcdStatus>,
+) {
+    if mode == RcdForward::None {
+        return;
+    }
+    plan.strip_rcd_call_info = true;
+    let Some(crate::passport::RcdStatus::Signed { rcd, rcdi_checked }) = rcd else {
+        return;
+    };
+    if matches!(mode, RcdForward::DisplayName | RcdForward::Both) {
+        plan.display_name = rcd.nam.as_deref().map(quoted_string);
+    }
+    if matches!(mode, RcdForward::CallInfo | RcdForward::Both) {
+        let mut reason = rcd.crn.as_deref().map(quoted_string);
+        for (pointer, url, purpose) in [
+            ("/icn", rcd.icn.as_deref(), "icon"),
+            ("/jcl", rcd.jcl.as_deref(), "jcard"),
+        ] {
+            let Some(url) = url else { continue };
+            let mut v = format!("<{url}>;purpose={purpose};verified");
+            if *rcdi_checked && let Some(d) = rcd.rcdi_digests.iter().find(|d| d.pointer == pointer)
+            {
+                v.push_str(&format!(";integrity={}", quoted_string(&d.digest)));
+            }
+            if let Some(r) = reason.take() {
+                v.push_str(&format!(";call-reason={r}"));
+            }
+            plan.add.push(("Call-Info".into(), v));
+        }
+    }
+}
+
+/// `text` as a SIP quoted-string (RFC 3261 §25.1): `"` and `\` escaped,
+/// control characters dropped (no header injection from signed text).
+pub fn quoted_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars().filter(|c| !c.is_control()) {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// A name-addr or addr-spec header value with `name` (already a
+/// quoted-string) as its display name.
+pub fn set_display_name(value: &str, name: &str) -> String {
+    let v = value.trim();
+    // `<` outside a quoted display name starts the URI.
+    let mut in_quotes = false;
+    let mut escaped = false;
+    for (i, c) in v.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if in_quotes => escaped = true,
+            '"' => in_quotes = !in_quotes,
+            '<' if !in_quotes => {
+                return format!("{name} {}", v.get(i..).unwrap_or_default());
+            }
+            _ => {}
+        }
+    }
+    // addr-spec: its URI ends at the first `;` (header parameters follow).
+    match v.split_once(';') {
+        Some((uri, params)) => format!("{name} <{uri}>;{params}"),
+        None => format!("{name} <{v}>"),
+    }
+}
+
+/// Call-Info values (one header line's worth) without the rich-call-data
+/// ones (purpose icon, jcard or info); `None` when none is left.
+pub fn without_rcd_call_info(value: &str) -> Option<String> {
+    let kept: Vec<&str> = crate::sip::addr::split_values(value)
+        .filter(|v| {
+            let purpose = v
+                .split(';')
+                .skip(1)
+                .filter_map(|p| p.split_once('='))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case("purpose"))
+                .map(|(_, p)| p.trim().trim_matches('"').to_ascii_lowercase());
+            !matches!(purpose.as_deref(), Some("icon" | "jcard" | "info"))
+        })
+        .collect();
+    (!kept.is_empty()).then(|| kept.join(", "))
+}
+
 /// The From or P-Asserted-Identity header line of a forwarded request (CRLF
 /// included): upstream verstat removed from every value, ours placed where
 /// the plan says. `None` when the value is not text: copy it as received.
@@ -398,12 +523,17 @@ pub fn annotated_line(
         plan.in_pai
     };
     let vs = plan.verstat.as_deref().filter(|_| place);
+    let annotate = |one: &str| {
+        let one = set_verstat(one, vs);
+        match &plan.display_name {
+            Some(name) => set_display_name(&one, name),
+            None => one,
+        }
+    };
     let values: Vec<String> = if h.id == HeaderId::From {
-        vec![set_verstat(v, vs)]
+        vec![annotate(v)]
     } else {
-        crate::sip::addr::split_values(v)
-            .map(|one| set_verstat(one, vs))
-            .collect()
+        crate::sip::addr::split_values(v).map(annotate).collect()
     };
     Some(format!("{}: {}\r\n", h.name, values.join(", ")))
 }
@@ -419,6 +549,11 @@ pub fn build_forward(req: &Message<'_>, plan: &ForwardPlan) -> Vec<u8> {
         let raw = req.bytes.get(h.span.0..h.span.1).unwrap_or_default();
         match h.id {
             HeaderId::Identity if plan.strip_identity => continue,
+            HeaderId::CallInfo if plan.strip_rcd_call_info => {
+                if let Some(kept) = req.text(h).and_then(without_rcd_call_info) {
+                    out.extend_from_slice(format!("{}: {kept}\r\n", h.name).as_bytes());
+                }
+            }
             HeaderId::From | HeaderId::PAssertedIdentity => match annotated_line(req, h, plan) {
                 Some(line) => out.extend_from_slice(line.as_bytes()),
                 None => {
@@ -450,6 +585,30 @@ mod tests {
             let (_, problems) = Template::parse(default_guidance(code));
             assert!(problems.is_empty(), "{code}: {problems:?}");
         }
+    }
+
+    #[test]
+    fn rcd_presentation_is_quoted_and_filtered() {
+        assert_eq!(
+            quoted_string("Acme \"Pharmacy\"\r\nX: y"),
+            "\"Acme \\\"Pharmacy\\\"X: y\""
+        );
+        assert_eq!(
+            set_display_name("\"Old <name>\" <sip:+1215@ex.net>;tag=1", "\"Acme\""),
+            "\"Acme\" <sip:+1215@ex.net>;tag=1"
+        );
+        assert_eq!(
+            set_display_name("sip:+1215@ex.net;tag=1", "\"Acme\""),
+            "\"Acme\" <sip:+1215@ex.net>;tag=1"
+        );
+        assert_eq!(
+            without_rcd_call_info("<https://a/logo.png>;purpose=icon, <sip:x@y>;answer-after=0"),
+            Some("<sip:x@y>;answer-after=0".into())
+        );
+        assert_eq!(
+            without_rcd_call_info("<https://a/j>;purpose=\"jcard\""),
+            None
+        );
     }
 
     #[test]
