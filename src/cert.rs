@@ -161,6 +161,36 @@ pub struct Credential {
     pub problems: Vec<ProfileProblem>,
     /// The path, leaf first, anchor last.
     pub path: Vec<CertSummary>,
+    /// CRL distribution point URLs (http/https) of the certificates on the
+    /// path (anchor excluded), at most [`MAX_CRL_URLS`].
+    pub crl_urls: Vec<String>,
+}
+
+/// Most CRL distribution point URLs kept per credential.
+pub const MAX_CRL_URLS: usize = 4;
+
+/// The http(s) URIs in a certificate's cRLDistributionPoints.
+fn crl_distribution_points(c: &X509Certificate<'_>) -> Vec<String> {
+    let mut out = Vec::new();
+    for ext in c.extensions() {
+        if let ParsedExtension::CRLDistributionPoints(dps) = ext.parsed_extension() {
+            for dp in dps.iter() {
+                if let Some(x509_parser::extensions::DistributionPointName::FullName(names)) =
+                    &dp.distribution_point
+                {
+                    for n in names {
+                        if let x509_parser::extensions::GeneralName::URI(u) = n
+                            && (u.starts_with("http://") || u.starts_with("https://"))
+                            && u.len() <= 2048
+                        {
+                            out.push((*u).to_owned());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 impl fmt::Debug for Credential {
@@ -643,6 +673,19 @@ impl TrustStore {
         })
     }
 
+    /// This store with more CRLs (fetched from distribution points). Each
+    /// must parse; like every CRL, one counts only where its signature
+    /// verifies with the issuer on the validated path.
+    pub fn with_crls(&self, extra: &[Vec<u8>]) -> Result<TrustStore, CertError> {
+        let mut crls: Vec<Vec<u8>> = self.revoked.iter().map(|c| c.der.clone()).collect();
+        crls.extend(extra.iter().cloned());
+        TrustStore::new(
+            self.anchors.iter().map(|a| a.der.clone()).collect(),
+            self.intermediates.clone(),
+            &crls,
+        )
+    }
+
     /// Number of trust anchors.
     pub fn anchor_count(&self) -> usize {
         self.anchors.len()
@@ -874,6 +917,12 @@ impl TrustStore {
         }
         let mut summaries: Vec<CertSummary> = path.iter().map(|c| summary(c)).collect();
         summaries.push(summary(anchor));
+        let mut crl_urls: Vec<String> = Vec::new();
+        for u in path.iter().flat_map(|c| crl_distribution_points(c)) {
+            if !crl_urls.contains(&u) && crl_urls.len() < MAX_CRL_URLS {
+                crl_urls.push(u);
+            }
+        }
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Ok(Credential {
             tns,
@@ -887,6 +936,7 @@ impl TrustStore {
             not_after,
             problems,
             path: summaries,
+            crl_urls,
         })
     }
 }

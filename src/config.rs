@@ -421,6 +421,14 @@ pub struct FetchSection {
     /// proxy fetch at its call rate.
     pub fetch_rate_per_second: f64,
     pub fetch_burst: u32,
+    /// Fetch the CRLs named by the cRLDistributionPoints of fetched
+    /// credentials (http or https, ≤ 1 MiB, SSRF-guarded), in the
+    /// background, refreshed by nextUpdate; they join the configured CRLs.
+    pub crl_distribution_points: bool,
+    /// Static name overrides for fetches, like curl's `--resolve`: host →
+    /// `ip:port` (port 0 or absent: the URL's). For split-horizon DNS and
+    /// labs; the SSRF rules still apply to the address.
+    pub resolve: BTreeMap<String, String>,
     /// When non-empty, only these hosts (or `*.suffix`) are fetched from.
     pub allow_hosts: Vec<String>,
     /// Never fetched from.
@@ -445,6 +453,8 @@ impl Default for FetchSection {
             max_concurrent_fetches: 32,
             fetch_rate_per_second: 20.0,
             fetch_burst: 200,
+            crl_distribution_points: false,
+            resolve: BTreeMap::new(),
             allow_hosts: Vec::new(),
             deny_hosts: Vec::new(),
             pinned: BTreeMap::new(),

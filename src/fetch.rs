@@ -42,6 +42,10 @@ pub struct FetchStats {
     pub limited: AtomicU64,
     /// Entries evicted to keep the cache within its entry and byte bounds.
     pub evictions: AtomicU64,
+    /// CRLs fetched from distribution points and taken.
+    pub crl_fetches: AtomicU64,
+    /// CRL fetches that failed or gave a CRL that was refused.
+    pub crl_fetch_errors: AtomicU64,
     /// Fetch and validation time.
     pub fetch_seconds: crate::metrics::Histogram,
 }
@@ -124,6 +128,20 @@ impl Cache {
 fn entry_size(url: &str, body_len: usize) -> usize {
     url.len() + 2 * body_len + 256
 }
+
+/// A CRL fetched from a distribution point.
+#[derive(Debug, Default)]
+struct DpCrl {
+    der: Option<Vec<u8>>,
+    /// When to fetch it again (nextUpdate, within 1 h to 24 h; after a
+    /// failure, 10 minutes).
+    next: Option<Instant>,
+    /// A fetch is running.
+    running: bool,
+}
+
+/// Largest CRL fetched from a distribution point.
+pub const MAX_CRL_BODY: usize = 1024 * 1024;
 
 /// A token bucket for fetches of URLs not in the cache.
 #[derive(Debug)]
@@ -242,6 +260,10 @@ pub struct CertFetcher {
     cfg: FetchSection,
     policy: X5uPolicy,
     trust: RwLock<Arc<TrustStore>>,
+    /// The configured trust store, before distribution-point CRLs join it.
+    base_trust: RwLock<Arc<TrustStore>>,
+    /// CRLs from distribution points, by URL.
+    dp_crls: std::sync::Mutex<HashMap<String, DpCrl>>,
     cache: RwLock<Cache>,
     tick: AtomicU64,
     budget: std::sync::Mutex<FetchBudget>,
@@ -301,7 +323,17 @@ impl CertFetcher {
             .map_err(|e| FetcherError::Tls(e.to_string()))?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        for (host, addr) in &cfg.resolve {
+            let addr: SocketAddr = addr
+                .parse()
+                .or_else(|_| addr.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 0)))
+                .map_err(|_| {
+                    FetcherError::Tls(format!("[fetch] resolve: `{addr}` for `{host}` is not an IP address (with an optional port)"))
+                })?;
+            builder = builder.resolve(host, addr);
+        }
+        let client = builder
             .tls_backend_preconfigured(tls)
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
@@ -322,6 +354,8 @@ impl CertFetcher {
             cfg,
             policy,
             trust: RwLock::new(Arc::clone(&trust)),
+            base_trust: RwLock::new(Arc::clone(&trust)),
+            dp_crls: std::sync::Mutex::new(HashMap::new()),
             cache: RwLock::new(Cache::default()),
             tick: AtomicU64::new(0),
             budget: std::sync::Mutex::new(FetchBudget {
@@ -390,6 +424,34 @@ impl CertFetcher {
     /// Replaces the trust store and drops every cached credential (they
     /// were validated against the old anchors).
     pub fn set_trust(&self, trust: Arc<TrustStore>) -> Result<(), FetcherError> {
+        if let Ok(mut b) = self.base_trust.write() {
+            *b = Arc::clone(&trust);
+        }
+        let trust = self.with_dp_crls(&trust);
+        self.replace_trust(trust)
+    }
+
+    /// `base` with the distribution-point CRLs fetched so far (those it
+    /// refuses are left out, and logged).
+    fn with_dp_crls(&self, base: &Arc<TrustStore>) -> Arc<TrustStore> {
+        let ders: Vec<Vec<u8>> = self
+            .dp_crls
+            .lock()
+            .map(|m| m.values().filter_map(|c| c.der.clone()).collect())
+            .unwrap_or_default();
+        if ders.is_empty() {
+            return Arc::clone(base);
+        }
+        match base.with_crls(&ders) {
+            Ok(t) => Arc::new(t),
+            Err(e) => {
+                tracing::warn!("distribution-point CRLs not applied: {e}");
+                Arc::clone(base)
+            }
+        }
+    }
+
+    fn replace_trust(&self, trust: Arc<TrustStore>) -> Result<(), FetcherError> {
         // Everything that can fail happens before anything is replaced.
         let pinned = self.pinned_credentials(&trust)?;
         if let Ok(mut c) = self.cache.write() {
@@ -553,6 +615,11 @@ impl CertFetcher {
                         let (result, ttl, body_len) = me.fetch(&url).await;
                         drop(permit);
                         me.put(&url, result.clone(), ttl, body_len, false);
+                        if me.cfg.crl_distribution_points
+                            && let Ok(cred) = &result
+                        {
+                            me.schedule_crls(&cred.crl_urls);
+                        }
                         let _ = tx.send(Some(result));
                     });
                     rx
@@ -600,7 +667,7 @@ impl CertFetcher {
                 )
                 .to_string());
         }
-        let (result, ttl) = match self.fetch_bounded(url, MAX_RCD_CONTENT).await {
+        let (result, ttl) = match self.fetch_bounded(url, MAX_RCD_CONTENT, &self.policy).await {
             Ok((body, _)) => (
                 Ok(Arc::new(crate::passport::ContentDigests::of_body(&body))),
                 Duration::from_secs(3600),
@@ -621,6 +688,117 @@ impl CertFetcher {
             c.insert(url.to_owned(), (Instant::now() + ttl, result.clone()));
         }
         result
+    }
+
+    /// Starts background fetches of the CRLs at `urls` that are new or due.
+    pub fn schedule_crls(self: &Arc<Self>, urls: &[String]) {
+        let now = Instant::now();
+        let due: Vec<String> = match self.dp_crls.lock() {
+            Ok(mut m) => urls
+                .iter()
+                .filter(|u| {
+                    let e = m.entry((*u).clone()).or_default();
+                    let go = !e.running && e.next.is_none_or(|n| n <= now);
+                    if go {
+                        e.running = true;
+                    }
+                    go
+                })
+                .cloned()
+                .collect(),
+            Err(_) => return,
+        };
+        for url in due {
+            let me = Arc::clone(self);
+            tokio::spawn(async move { me.refresh_crl(&url).await });
+        }
+    }
+
+    /// Fetches every known distribution-point CRL that is due.
+    pub fn refresh_due_crls(self: &Arc<Self>) {
+        let urls: Vec<String> = self
+            .dp_crls
+            .lock()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        self.schedule_crls(&urls);
+    }
+
+    /// Distribution-point CRLs known and taken: (URLs, CRLs in force).
+    pub fn dp_crl_counts(&self) -> (usize, usize) {
+        self.dp_crls.lock().map_or((0, 0), |m| {
+            (m.len(), m.values().filter(|c| c.der.is_some()).count())
+        })
+    }
+
+    /// One distribution-point CRL fetch (http or https, ports 80/443/8080/
+    /// 8443, the SSRF guard, ≤ [`MAX_CRL_BODY`]): a CRL the store accepts
+    /// joins the configured ones (cached credentials are dropped to be
+    /// validated again); kept until its nextUpdate (1 h to 24 h).
+    async fn refresh_crl(self: &Arc<Self>, url: &str) {
+        let policy = X5uPolicy {
+            ports: vec![80, 443, 8080, 8443],
+            allow_http: true,
+            any_port_on_private: self.cfg.allow_private_addresses,
+        };
+        let taken = match self.fetch_bounded(url, MAX_CRL_BODY, &policy).await {
+            Err(e) => Err(e.to_string()),
+            Ok((body, _)) => crl_der(&body).and_then(|der| {
+                let base = self
+                    .base_trust
+                    .read()
+                    .map(|b| Arc::clone(&b))
+                    .map_err(|_| "trust store unavailable".to_owned())?;
+                base.with_crls(std::slice::from_ref(&der))
+                    .map_err(|e| e.to_string())?;
+                use x509_parser::prelude::FromDer as _;
+                let next_update =
+                    x509_parser::revocation_list::CertificateRevocationList::from_der(&der)
+                        .ok()
+                        .and_then(|(_, c)| c.next_update().map(|t| t.timestamp()));
+                Ok((der, next_update))
+            }),
+        };
+        let now_unix = self.clock.now().0;
+        let changed = match self.dp_crls.lock() {
+            Ok(mut m) => {
+                let e = m.entry(url.to_owned()).or_default();
+                e.running = false;
+                match taken {
+                    Ok((der, next_update)) => {
+                        self.stats.crl_fetches.fetch_add(1, Ordering::Relaxed);
+                        let secs = next_update
+                            .map_or(86_400, |n| n - now_unix)
+                            .clamp(3600, 86_400);
+                        e.next = Some(
+                            Instant::now()
+                                + Duration::from_secs(u64::try_from(secs).unwrap_or(3600)),
+                        );
+                        let changed = e.der.as_ref() != Some(&der);
+                        e.der = Some(der);
+                        changed
+                    }
+                    Err(why) => {
+                        self.stats.crl_fetch_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(url, "CRL distribution point: {why}");
+                        e.next = Some(Instant::now() + Duration::from_secs(600));
+                        false
+                    }
+                }
+            }
+            Err(_) => false,
+        };
+        if changed {
+            let base = self.base_trust.read().map(|b| Arc::clone(&b));
+            if let Ok(base) = base {
+                let trust = self.with_dp_crls(&base);
+                if let Err(e) = self.replace_trust(trust) {
+                    tracing::warn!("CRL from {url} not applied: {e}");
+                } else {
+                    tracing::info!(url, "CRL from a distribution point applied");
+                }
+            }
+        }
     }
 
     /// A call's fetch refused by a limit: counted, logged at debug level.
@@ -708,7 +886,7 @@ impl CertFetcher {
     }
 
     async fn fetch_body(&self, url: &str) -> Result<(Vec<u8>, Option<Duration>), CredentialError> {
-        self.fetch_bounded(url, MAX_CERT_BODY).await
+        self.fetch_bounded(url, MAX_CERT_BODY, &self.policy).await
     }
 
     /// One guarded GET of at most `max` bytes (SSRF guard, host lists,
@@ -717,12 +895,13 @@ impl CertFetcher {
         &self,
         url: &str,
         max: usize,
+        policy: &X5uPolicy,
     ) -> Result<(Vec<u8>, Option<Duration>), CredentialError> {
         let refused = |why: String| CredentialError::Refused {
             url: url.to_owned(),
             why,
         };
-        let parts = self.policy.check(url).map_err(refused)?;
+        let parts = policy.check(url).map_err(refused)?;
         let host = parts.host.to_string();
         if self.cfg.deny_hosts.iter().any(|p| host_matches(p, &host)) {
             return Err(refused(format!("host `{host}` is denied")));
@@ -794,6 +973,18 @@ impl CertFetcher {
         }
         Ok((body, ttl))
     }
+}
+
+/// A CRL body as DER (PEM `X509 CRL` accepted).
+fn crl_der(body: &[u8]) -> Result<Vec<u8>, String> {
+    if body.trim_ascii_start().first() == Some(&0x30) {
+        return Ok(body.trim_ascii_start().to_vec());
+    }
+    x509_parser::pem::Pem::iter_from_buffer(body)
+        .filter_map(Result::ok)
+        .find(|p| p.label == "X509 CRL")
+        .map(|p| p.contents)
+        .ok_or_else(|| "not a CRL (DER, or PEM `X509 CRL`)".to_owned())
 }
 
 /// Cache lifetime from `Cache-Control: max-age` or `Expires`.

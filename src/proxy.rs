@@ -469,6 +469,18 @@ impl Proxy {
             }
         }
         tokio::spawn(Proxy::timer_loop(Arc::downgrade(&proxy)));
+        if proxy.config.fetch.crl_distribution_points {
+            // Distribution-point CRLs due for a refresh (nextUpdate), every
+            // minute; new ones are fetched as credentials arrive.
+            let fetcher = Arc::downgrade(&proxy.fetcher);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    let Some(f) = fetcher.upgrade() else { return };
+                    f.refresh_due_crls();
+                }
+            });
+        }
         for s in udp_sockets {
             let p = Arc::clone(&proxy);
             tokio::spawn(async move { p.udp_loop(s).await });
@@ -797,6 +809,15 @@ impl Proxy {
                 ),
                 (&["error"], n(&f.fetch_errors)),
                 (&["limited"], n(&f.limited)),
+            ],
+        );
+        e.rows(
+            "stirscreen_crl_fetches_total",
+            "CRLs fetched from cRLDistributionPoints ([fetch] crl_distribution_points), by result.",
+            &["result"],
+            &[
+                (&["ok"], n(&f.crl_fetches)),
+                (&["error"], n(&f.crl_fetch_errors)),
             ],
         );
         let (entries, bytes) = self.fetcher.cache_usage();

@@ -307,3 +307,93 @@ async fn the_connector_checks_the_peer_address_actually_connected() {
     assert_eq!(r.status(), 200);
     assert_eq!(repo.requests(), 1);
 }
+
+/// A plain HTTP server (CRL distribution points are usually http) that
+/// serves `body` at every path and counts requests.
+async fn plain_http(body: Vec<u8>) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let h = Arc::clone(&hits);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                continue;
+            };
+            let body = body.clone();
+            let h = Arc::clone(&h);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                h.fetch_add(1, Ordering::Relaxed);
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/pkix-crl\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(&body).await;
+            });
+        }
+    });
+    (addr, hits)
+}
+
+/// `[fetch] crl_distribution_points`: a fetched credential's CRL
+/// distribution point (the lab's `http://crl.sti-pa.example/demo.crl`,
+/// resolved to a local server by `[fetch] resolve`) is fetched in the
+/// background; once the CRL is in, a revoked certificate fails and a good
+/// one still passes. Without a configured CRL, the revoked one passed.
+#[tokio::test]
+async fn crl_distribution_points_are_fetched_and_applied() {
+    let repo = common::start_repo(common::standard_routes()).await;
+    let (crl_addr, crl_hits) = plain_http(common::read("sti-crl.pem")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::load(Some(&common::write_config(dir.path(), ""))).unwrap();
+    cfg.verify.crls.clear();
+    let mut fetch = FetchSection {
+        allow_private_addresses: true,
+        crl_distribution_points: true,
+        ..cfg.fetch.clone()
+    };
+    fetch
+        .resolve
+        .insert("crl.sti-pa.example".into(), crl_addr.to_string());
+    let policy = X5uPolicy {
+        any_port_on_private: true,
+        ..X5uPolicy::default()
+    };
+    let f =
+        Arc::new(CertFetcher::new(fetch, policy, Arc::new(cfg.trust_store().unwrap())).unwrap());
+    let revoked = repo.url("/sp-revoked.pem");
+    assert!(
+        f.get(&revoked).await.is_ok(),
+        "no CRL yet: not known to be revoked"
+    );
+    for _ in 0..100 {
+        if f.dp_crl_counts().1 == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        f.dp_crl_counts(),
+        (1, 1),
+        "the distribution point's CRL was taken"
+    );
+    let e = f.get(&revoked).await.unwrap_err();
+    assert!(e.to_string().contains("revoked"), "{e}");
+    assert!(f.get(&repo.url("/sp-a.pem")).await.is_ok());
+    assert_eq!(
+        crl_hits.load(Ordering::Relaxed),
+        1,
+        "fetched once, then cached"
+    );
+    assert_eq!(f.stats.crl_fetches.load(Ordering::Relaxed), 1);
+}
