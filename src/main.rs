@@ -976,7 +976,10 @@ fn explain_text(
                 let _ = writeln!(s, "  Identity headers removed");
             }
             if let Some(r) = &p.upstream_reason {
-                let _ = writeln!(s, "  upstream, on the first response: Reason: {r}");
+                let _ = writeln!(
+                    s,
+                    "  upstream, on each relayed response without a STIR Reason: Reason: {r}"
+                );
             }
             if let Some(m) = &msg {
                 let _ = writeln!(s, "forwarded headers");

@@ -2130,8 +2130,10 @@ impl Proxy {
                         self.feedback_607(&st);
                     }
                 }
+                // RFC 8224 §6.2.2 / RFC 9410: the verification result rides
+                // on every relayed response (the final one included).
                 if relay && code > 100 {
-                    extra = st.upstream_reason.take();
+                    extra.clone_from(&st.upstream_reason);
                 }
             }
             // Sent after the state lock is released.
@@ -2428,7 +2430,18 @@ fn strip_top_via(msg: &Message<'_>, extra: Option<&str>) -> Vec<u8> {
         out.extend_from_slice(raw);
         out.extend_from_slice(b"\r\n");
     }
-    if let Some(r) = extra {
+    // Downstream headers are relayed as they are (a 603+ keeps its own
+    // Reason, Warning and Call-Info); ours is added only when the response
+    // carries no STIR Reason of its own.
+    let has_stir = msg
+        .values(HeaderId::Reason)
+        .flat_map(split_values)
+        .any(|r| {
+            r.trim_start()
+                .get(..4)
+                .is_some_and(|p| p.eq_ignore_ascii_case("STIR"))
+        });
+    if let Some(r) = extra.filter(|_| !has_stir) {
         out.extend_from_slice(format!("Reason: {r}\r\n").as_bytes());
     }
     out.extend_from_slice(format!("Content-Length: {}\r\n\r\n", msg.body.len()).as_bytes());

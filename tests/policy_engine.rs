@@ -203,7 +203,7 @@ fn forward_annotates_verstat_and_reason() {
     };
     assert_eq!(
         plan.upstream_reason.as_deref(),
-        Some("SIP;cause=438;text=\"Invalid Identity Header\"")
+        Some("STIR;cause=438;text=\"Invalid Identity Header\"")
     );
     let msg = Message::parse(INVITE.as_bytes()).unwrap();
     let out = String::from_utf8(build_forward(&msg, &plan)).unwrap();

@@ -1307,3 +1307,65 @@ async fn verified_rcd_is_presented_to_the_callee_as_configured() {
     assert!(header(&fwd, "From")[0].starts_with("<sip:"), "{fwd}");
     assert!(header(&fwd, "Call-Info").is_empty(), "{fwd}");
 }
+
+/// 47 CFR 64.1200(k)(9): a downstream 603+ for a delivered call whose
+/// verification failed reaches the caller with its own status line,
+/// Reason, Warning and Call-Info unchanged, plus at most one `Reason: STIR`
+/// (RFC 9410) with our RFC 8224 code — on the 180 and on the final
+/// response; none is added when the response carries a STIR Reason.
+#[tokio::test]
+async fn a_downstream_603_plus_is_relayed_unchanged_with_one_stir_reason() {
+    let lab = lab().await;
+    let plus = |fwd: &str, extra: &str| {
+        answer(fwd, 603, "Network Blocked").replacen(
+            "Content-Length: 0\r\n",
+            &format!(
+                "Reason: SIP;cause=603;text=\"v=analytics1;url=https://redress.example/;id=ab12\";location=RLN\r\n\
+                 Warning: 399 tsp.example \"blocked by analytics\"\r\n\
+                 Call-Info: <https://redress.example/card.json>;purpose=jwscard\r\n{extra}Content-Length: 0\r\n"
+            ),
+            1,
+        )
+    };
+    for (extra, ours) in [("", 1), ("Reason: STIR;cause=438\r\n", 0)] {
+        let inv = lab.invite("sp-a.key", "/gone.pem", |_| {});
+        lab.send(&inv).await;
+        let fwd = recv_line(&lab.uas, "INVITE ", 3000)
+            .await
+            .expect("delivered");
+        lab.uas
+            .send_to(answer(&fwd, 180, "Ringing").as_bytes(), lab.proxy_addr())
+            .await
+            .unwrap();
+        let r180 = recv_line(&lab.uac, "SIP/2.0 180", 2000).await.unwrap();
+        assert_eq!(
+            header(&r180, "Reason"),
+            vec!["STIR;cause=436;text=\"Bad Identity Info\""],
+            "{r180}"
+        );
+        let sent = plus(&fwd, extra);
+        lab.uas
+            .send_to(sent.as_bytes(), lab.proxy_addr())
+            .await
+            .unwrap();
+        let got = recv_line(&lab.uac, "SIP/2.0 603", 2000).await.unwrap();
+        assert!(got.starts_with("SIP/2.0 603 Network Blocked\r\n"), "{got}");
+        for name in ["Warning", "Call-Info"] {
+            assert_eq!(header(&got, name), header(&sent, name), "{name}: {got}");
+        }
+        let reasons = header(&got, "Reason");
+        assert_eq!(
+            reasons[..header(&sent, "Reason").len()],
+            header(&sent, "Reason")[..],
+            "{got}"
+        );
+        let stir_added = reasons.len() - header(&sent, "Reason").len();
+        assert_eq!(stir_added, ours, "{got}");
+        if ours == 1 {
+            assert_eq!(
+                reasons.last().unwrap(),
+                &"STIR;cause=436;text=\"Bad Identity Info\""
+            );
+        }
+    }
+}

@@ -182,7 +182,8 @@ pub struct Forward {
     pub p_origination_id: bool,
     pub strip_identity: bool,
     /// When verification failed, carry its RFC 8224 code in a Reason header
-    /// on the first response relayed upstream (ATIS-1000074 §5.3.2).
+    /// (`STIR`, RFC 9410) on the responses relayed upstream (ATIS-1000074
+    /// §5.3.2).
     pub reason: bool,
 }
 

@@ -266,7 +266,9 @@ fn forward_plan(f: &Forward, facts: &Facts) -> ForwardPlan {
     }
     let upstream_reason = (f.reason && facts.stir_code != 0).then(|| {
         let text = FailureKind::reason_phrase(facts.stir_code);
-        format!("SIP;cause={};text={}", facts.stir_code, quote(text))
+        // RFC 9410: the STIR protocol value carries the verification
+        // result, beside (never instead of) a downstream `SIP` Reason.
+        format!("STIR;cause={};text={}", facts.stir_code, quote(text))
     });
     ForwardPlan {
         verstat: (f.verstat.pai || f.verstat.from).then_some(verstat),
