@@ -550,6 +550,8 @@ pub enum ConfigError {
     },
     #[error("`{path}`: {detail}")]
     Certificates { path: String, detail: String },
+    #[error("[operator] {key}: {why}")]
+    Operator { key: &'static str, why: String },
     #[error("no trust anchors: `verify.trust_anchors` names no certificate")]
     NoAnchors,
 }
@@ -777,6 +779,47 @@ impl Config {
     /// The operator as the policy renderer needs it; loads the jCard key.
     pub fn operator(&self) -> Result<crate::policy::render::Operator, ConfigError> {
         let o = &self.operator;
+        // ATIS-1000099 field rules for the redress data a 603+ carries.
+        let bad = |key, why: &str| ConfigError::Operator {
+            key,
+            why: why.to_owned(),
+        };
+        let text_ok = |v: &str| {
+            !v.contains(|c: char| c.is_whitespace() || c.is_control() || "\";<>".contains(c))
+        };
+        if !o.redress_url.is_empty()
+            && (!o.redress_url.starts_with("https://") || !text_ok(&o.redress_url))
+        {
+            return Err(bad(
+                "redress_url",
+                "must be an https URL without spaces, quotes or `;`",
+            ));
+        }
+        if !o.redress_tel.is_empty()
+            && !(o.redress_tel.starts_with('+')
+                && o.redress_tel.len() <= 16
+                && o.redress_tel.len() > 2
+                && o.redress_tel[1..].bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err(bad(
+                "redress_tel",
+                "must be an E.164 number: `+` and 2 to 15 digits",
+            ));
+        }
+        if !o.redress_email.is_empty()
+            && (!o.redress_email.contains('@') || !text_ok(&o.redress_email))
+        {
+            return Err(bad(
+                "redress_email",
+                "must be an e-mail address without spaces, quotes or `;`",
+            ));
+        }
+        if o.redress_url.is_empty() && o.redress_tel.is_empty() && o.redress_email.is_empty() {
+            return Err(bad(
+                "redress_url",
+                "one of redress_url, redress_tel, redress_email is needed (a 603+ must say where to seek redress)",
+            ));
+        }
         let jcard = match &o.jcard_key {
             None => None,
             Some(path) => {
@@ -806,11 +849,14 @@ impl Config {
         Ok(crate::policy::render::Operator {
             name: o.name.clone(),
             agent: o.agent.clone(),
-            redress: if o.redress_url.is_empty() {
-                o.redress_tel.clone()
-            } else {
-                o.redress_url.clone()
-            },
+            redress: [&o.redress_url, &o.redress_tel, &o.redress_email]
+                .into_iter()
+                .find(|v| !v.is_empty())
+                .cloned()
+                .unwrap_or_default(),
+            redress_url: o.redress_url.clone(),
+            redress_tel: o.redress_tel.clone(),
+            redress_email: o.redress_email.clone(),
             jcard,
         })
     }

@@ -29,6 +29,10 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
 /// One call's decision.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DecisionRecord {
+    /// The decision's id: 12 hex digits, unique per call, carried as
+    /// `id=` in a 603+ (ATIS-1000099) so redress can find this record.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
     /// RFC 3339 UTC, millisecond precision.
     pub time: String,
     pub call_id: String,
@@ -323,6 +327,7 @@ mod tests {
 
     fn record(i: usize) -> DecisionRecord {
         DecisionRecord {
+            id: String::new(),
             time: "2026-01-01T00:00:00.000Z".into(),
             call_id: format!("call-{i}"),
             source: "udp:127.0.0.1:5070".into(),

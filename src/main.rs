@@ -930,7 +930,7 @@ fn explain_text(
         }
     }
     let msg = message.and_then(|b| Message::parse(b).ok());
-    match verdict(action, rule_id, facts, operator, now) {
+    match verdict(action, rule_id, facts, operator, now, "explain") {
         Verdict::Reject(p) => {
             let _ = writeln!(s, "response");
             let text = match &msg {

@@ -606,6 +606,7 @@ impl Proxy {
                 .unwrap_or_default()
         };
         DecisionRecord {
+            id: String::new(),
             time: now_rfc3339(),
             call_id: bounded(msg.value(HeaderId::CallId).unwrap_or_default()),
             source: from.label(),
@@ -1565,7 +1566,7 @@ impl Proxy {
         let facts = Facts::from_outcome(&outcome, call, info);
         let d = engine.decide(&facts);
         let rule = d.rule_id();
-        let mut v = verdict(d.action, rule, &facts, &self.operator, arrived);
+        let mut v = verdict(d.action, rule, &facts, &self.operator, arrived, &txn.to_tag);
         if let Verdict::Forward(plan) = &mut v {
             crate::policy::render::apply_rcd(
                 plan,
@@ -1644,6 +1645,7 @@ impl Proxy {
             return;
         }
         self.emit(DecisionRecord {
+            id: txn.to_tag.clone(),
             time: now_rfc3339(),
             call_id: bounded(msg.value(HeaderId::CallId).unwrap_or_default()),
             source: txn.upstream.label(),

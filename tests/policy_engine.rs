@@ -82,7 +82,7 @@ Content-Length: 0\r\n\r\n";
 
 fn respond(engine: &stirscreen::policy::Engine, f: &Facts) -> (Verdict, String) {
     let d = engine.decide(f);
-    let v = verdict(d.action, d.rule_id(), f, &operator(), TEST_NOW);
+    let v = verdict(d.action, d.rule_id(), f, &operator(), TEST_NOW, "d3c1510n");
     let text = match &v {
         Verdict::Reject(p) => {
             let msg = Message::parse(INVITE.as_bytes()).unwrap();
@@ -136,7 +136,10 @@ fn each_reject_action_produces_its_exact_response() {
     f.orig_unwanted_reports = 10;
     let (_, r) = respond(&engine, &f);
     assert!(r.starts_with("SIP/2.0 603 Network Blocked\r\n"), "{r}");
-    assert!(r.contains("Reason: SIP;cause=603;text=\"Demo Terminating Operator's call analytics blocked this call from 12155551212"), "{r}");
+    // ATIS-1000099 shape: v=analytics1, the redress contacts, the decision
+    // id, location RLN; the human guidance goes in the Warning.
+    assert!(r.contains("\r\nReason: SIP;cause=603;text=\"v=analytics1;url=https://redress.stirscreen.example/;tel=+18005550199;email=redress@stirscreen.example;id=d3c1510n\";location=RLN\r\n"), "{r}");
+    assert!(r.contains("Warning: 399 stirscreen \"Demo Terminating Operator's call analytics blocked this call from 12155551212"), "{r}");
     assert!(r.contains("Call-Info: <data:application/jose,"), "{r}");
 
     // 608 for a DNO number: jCard only when the caller verified (RFC 8688 §6).
@@ -444,4 +447,29 @@ fn new_facts_are_testable() {
         "degraded"
     );
     assert_eq!(decide(&|f| f.spc_unwanted_reports = 3), "signer");
+}
+
+/// ATIS-1000099 field rules for the operator's redress data: a 603+ needs
+/// at least one of an https URL, an E.164 number, an e-mail address, each
+/// free of characters that would break the Reason text.
+#[test]
+fn operator_redress_settings_follow_the_603_plus_field_rules() {
+    for (key, value) in [
+        ("redress_url", "http://redress.example/"),
+        ("redress_url", "https://a.example/;x"),
+        ("redress_tel", "18005550199"),
+        ("redress_tel", "+1800555019a"),
+        ("redress_email", "nobody"),
+    ] {
+        let cfg = Config::parse(&format!("[operator]\n{key} = \"{value}\"\n"), "t").unwrap();
+        // The field rules are checked before the jCard key is read.
+        let e = cfg.operator().unwrap_err().to_string();
+        assert!(e.contains(key), "{key}={value}: {e}");
+    }
+    let none = Config::parse(
+        "[operator]\nredress_url = \"\"\nredress_tel = \"\"\nredress_email = \"\"\n",
+        "t",
+    )
+    .unwrap();
+    assert!(none.operator().unwrap_err().to_string().contains("one of"));
 }

@@ -21,6 +21,11 @@ pub struct Operator {
     pub agent: String,
     /// Where a blocked caller can seek redress (URL, phone or e-mail).
     pub redress: String,
+    /// The same, by kind, for the ATIS-1000099 603+ (`url=`, `tel=`,
+    /// `email=`; empty: left out).
+    pub redress_url: String,
+    pub redress_tel: String,
+    pub redress_email: String,
     /// Signs the RFC 8688 jCard; none means no Call-Info is added.
     pub jcard: Option<JcardSigner>,
 }
@@ -31,6 +36,9 @@ impl Default for Operator {
             name: "this network".into(),
             agent: "stirscreen".into(),
             redress: "the network operator".into(),
+            redress_url: String::new(),
+            redress_tel: String::new(),
+            redress_email: String::new(),
             jcard: None,
         }
     }
@@ -165,13 +173,42 @@ fn quote(s: &str) -> String {
     out
 }
 
-/// Turns an action into a verdict for this call.
+/// The `Reason` of a 603+ as ATIS-1000099 implementations quote it:
+/// `SIP;cause=603;text="v=analytics1;url=…;tel=…;email=…;id=…";location=RLN`
+/// (RFC 8606 `location`: the network serving the callee). `id` leads back
+/// to the decision record; it is left out unless it is 1–64 letters,
+/// digits, `_` or `-`.
+pub fn analytics_reason(op: &Operator, id: &str) -> String {
+    let mut text = String::from("v=analytics1");
+    for (k, v) in [
+        ("url", &op.redress_url),
+        ("tel", &op.redress_tel),
+        ("email", &op.redress_email),
+    ] {
+        if !v.is_empty() {
+            text.push_str(&format!(";{k}={v}"));
+        }
+    }
+    if !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        text.push_str(&format!(";id={id}"));
+    }
+    format!("SIP;cause=603;text={};location=RLN", quote(&text))
+}
+
+/// Turns an action into a verdict for this call. `id` is the call's
+/// decision id (in its decision record; a 603+ carries it for redress).
 pub fn verdict(
     action: &Action,
     rule: &str,
     facts: &Facts,
     op: &Operator,
     now: UnixTime,
+    id: &str,
 ) -> Verdict {
     match action {
         Action::Forward(f) => Verdict::Forward(forward_plan(f, facts)),
@@ -196,11 +233,15 @@ pub fn verdict(
                 r.guidance.clone()
             };
             let guidance = fill(&template, |v| var(v, facts, rule, op, code));
+            // 603+: the structured redress Reason; the guidance is in the
+            // Warning. Otherwise the guidance is the Reason's text.
+            let reason = if code == 603 && r.network_blocked {
+                analytics_reason(op, id)
+            } else {
+                format!("SIP;cause={code};text={}", quote(&guidance))
+            };
             let mut headers = vec![
-                (
-                    "Reason".to_owned(),
-                    format!("SIP;cause={code};text={}", quote(&guidance)),
-                ),
+                ("Reason".to_owned(), reason),
                 (
                     "Warning".to_owned(),
                     format!("399 {} {}", op.agent, quote(&guidance)),
