@@ -795,12 +795,12 @@ impl Config {
                 "must be an https URL without spaces, quotes or `;`",
             ));
         }
-        if !o.redress_tel.is_empty()
-            && !(o.redress_tel.starts_with('+')
-                && o.redress_tel.len() <= 16
-                && o.redress_tel.len() > 2
-                && o.redress_tel[1..].bytes().all(|b| b.is_ascii_digit()))
-        {
+        let e164 = |t: &str| {
+            t.strip_prefix('+').is_some_and(|d| {
+                (2..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit())
+            })
+        };
+        if !o.redress_tel.is_empty() && !e164(&o.redress_tel) {
             return Err(bad(
                 "redress_tel",
                 "must be an E.164 number: `+` and 2 to 15 digits",

@@ -342,16 +342,28 @@ async fn dno_caller_gets_608_with_jcard_and_bad_reputation_gets_603_plus() {
     assert!(recv_line(&lab.uas, "INVITE", 300).await.is_none());
     // ATIS-1000099: the Reason's id= is the decision record's id.
     let reason = header(&r, "Reason")[0];
-    assert!(reason.starts_with("SIP;cause=603;text=\"v=analytics1;url=https://"), "{reason}");
+    assert!(
+        reason.starts_with("SIP;cause=603;text=\"v=analytics1;url=https://"),
+        "{reason}"
+    );
     assert!(reason.ends_with("\";location=RLN"), "{reason}");
-    let id = reason.split(";id=").nth(1).unwrap().split('"').next().unwrap();
+    let id = reason
+        .split(";id=")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
     let rec = tokio::time::timeout(Duration::from_secs(2), records.recv())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(rec.code, 603);
     assert_eq!(rec.id, id, "{rec:?}");
-    assert!(id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+    assert!(
+        id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{id}"
+    );
 }
 
 #[tokio::test]
