@@ -81,6 +81,8 @@ fn facts(orig: &str) -> Facts {
         iat_age: Some(1),
         orig: orig.into(),
         orig_verified: true,
+        orig_invalid: false,
+        orig_invalid_reason: String::new(),
         dest: "12125551213".into(),
         display_name: String::new(),
         source: "unknown".into(),

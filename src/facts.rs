@@ -35,6 +35,13 @@ pub struct Facts {
     /// `orig` was verified (a PASSporT signed for it passed).
     #[serde(default)]
     pub orig_verified: bool,
+    /// `orig` is a number no one can call from (NANP rules, length).
+    #[serde(default)]
+    pub orig_invalid: bool,
+    /// Why (`too-long`, `nanp-length`, `nanp-npa`, `nanp-nxx`,
+    /// `nanp-n11`), else empty.
+    #[serde(default)]
+    pub orig_invalid_reason: String,
     /// Canonical called number: the number the call is routed to
     /// (Request-URI, else To).
     #[serde(default)]
@@ -302,17 +309,21 @@ impl Facts {
     /// Builds the facts of a call from its verification outcome; the call's
     /// strings move in (no copy per INVITE).
     pub fn from_outcome(o: &Outcome, call: CallInfo, state: StateInfo) -> Facts {
+        let orig = match &o.verified {
+            Some(v) => v.orig.to_string(),
+            None => call.orig,
+        };
+        let invalid = crate::tn::invalid_reason(&orig);
         Facts {
+            orig_invalid: invalid.is_some(),
+            orig_invalid_reason: invalid.unwrap_or_default().to_owned(),
             verstat: o.verstat,
             attest: o.attest().into(),
             failure: FailureFact(o.failure.as_ref().map(|f| f.kind)),
             stir_code: o.stir_code.unwrap_or(0),
             spc: o.spc().unwrap_or_default().to_owned(),
             iat_age: o.iat_age,
-            orig: match &o.verified {
-                Some(v) => v.orig.to_string(),
-                None => call.orig,
-            },
+            orig,
             orig_verified: o.verified.is_some(),
             dest: call.callee,
             display_name: call.display_name,

@@ -184,6 +184,36 @@ pub fn tn_of_header(value: &str) -> Option<Tn> {
     NameAddr::parse(value).ok().and_then(|a| tn_of_uri(&a.uri))
 }
 
+/// Why a canonical number (E.164 digits, no `+`) cannot be a caller's:
+/// longer than E.164's 15 digits, or a North American (country code 1)
+/// number whose length, NPA or NXX the NANP never assigns (an NPA or NXX
+/// starting with 0 or 1, an N11 code). `None`: no such rule applies
+/// (numbers of other countries are only checked for length).
+pub fn invalid_reason(digits: &str) -> Option<&'static str> {
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if digits.len() > 15 {
+        return Some("too-long");
+    }
+    let national = digits.strip_prefix('1')?;
+    if national.len() != 10 {
+        return Some("nanp-length");
+    }
+    let b = national.as_bytes();
+    let (npa, nxx) = (&b[..3], &b[3..6]);
+    if npa[0] <= b'1' {
+        return Some("nanp-npa");
+    }
+    if nxx[0] <= b'1' {
+        return Some("nanp-nxx");
+    }
+    if &npa[1..] == b"11" || &nxx[1..] == b"11" {
+        return Some("nanp-n11");
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,5 +290,23 @@ mod tests {
             Some("2155551212")
         );
         assert_eq!(tn("<sip:alice@ex.com>"), None);
+    }
+
+    #[test]
+    fn invalid_numbers_by_nanp_rules() {
+        for (n, why) in [
+            ("12155551212", None),
+            ("442079460000", None),
+            ("1215555121", Some("nanp-length")),
+            ("10155551212", Some("nanp-npa")),
+            ("11155551212", Some("nanp-npa")),
+            ("12150551212", Some("nanp-nxx")),
+            ("12151551212", Some("nanp-nxx")),
+            ("14115551212", Some("nanp-n11")),
+            ("12154111212", Some("nanp-n11")),
+            ("1234567890123456", Some("too-long")),
+        ] {
+            assert_eq!(super::invalid_reason(n), why, "{n}");
+        }
     }
 }

@@ -38,6 +38,8 @@ fn facts(verstat: Verstat, attest: AttestFact) -> Facts {
         iat_age: Some(2),
         orig: "12155551212".into(),
         orig_verified: true,
+        orig_invalid: false,
+        orig_invalid_reason: String::new(),
         dest: "12125551213".into(),
         display_name: String::new(),
         source: "unknown".into(),

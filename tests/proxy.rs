@@ -1394,3 +1394,26 @@ async fn a_downstream_603_plus_is_relayed_unchanged_with_one_stir_reason() {
         }
     }
 }
+
+/// 47 CFR 64.1200(o): an unsigned call claiming an invalid North American
+/// number (NXX starting with 0) is rejected by the default policy with
+/// 608, and the decision names the rule.
+#[tokio::test]
+async fn an_invalid_nanp_caller_is_rejected_by_the_default_policy() {
+    let lab = lab().await;
+    let mut records = lab.proxy.tap_decisions().unwrap();
+    let mut spec = InviteSpec::new("12150551212", DEST);
+    spec.via = lab.uac.local_addr().unwrap().to_string();
+    lab.send(&spec.build()).await;
+    let r = recv_line(&lab.uac, "SIP/2.0 608", 3000).await.expect("608");
+    assert!(
+        header(&r, "Warning")[0].contains("not a valid telephone number"),
+        "{r}"
+    );
+    let rec = tokio::time::timeout(Duration::from_secs(2), records.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rec.rule, "invalid-number");
+    assert!(recv_line(&lab.uas, "INVITE", 300).await.is_none());
+}

@@ -24,6 +24,8 @@ pub enum Fact {
     IatAge,
     Orig,
     OrigVerified,
+    OrigInvalid,
+    OrigInvalidReason,
     Dest,
     DisplayName,
     Source,
@@ -44,7 +46,7 @@ pub enum Fact {
 }
 
 /// Fact names as written in policy files.
-pub const FACT_NAMES: [(&str, Fact); 25] = [
+pub const FACT_NAMES: [(&str, Fact); 27] = [
     ("verstat", Fact::Verstat),
     ("attest", Fact::Attest),
     ("failure", Fact::Failure),
@@ -53,6 +55,8 @@ pub const FACT_NAMES: [(&str, Fact); 25] = [
     ("iat_age", Fact::IatAge),
     ("orig", Fact::Orig),
     ("orig_verified", Fact::OrigVerified),
+    ("orig_invalid", Fact::OrigInvalid),
+    ("orig_invalid_reason", Fact::OrigInvalidReason),
     ("dest", Fact::Dest),
     ("display_name", Fact::DisplayName),
     ("source", Fact::Source),
@@ -88,17 +92,22 @@ impl Fact {
             Fact::Failure => FactKind::Failure,
             Fact::State => FactKind::Enum(&StateFact::NAMES),
             Fact::Rcd => FactKind::Enum(&RcdFact::NAMES),
-            Fact::Diversion | Fact::CalleeFlagged | Fact::OrigVerified | Fact::DivVerified => {
-                FactKind::Bool
-            }
+            Fact::Diversion
+            | Fact::CalleeFlagged
+            | Fact::OrigVerified
+            | Fact::OrigInvalid
+            | Fact::DivVerified => FactKind::Bool,
             Fact::StirCode
             | Fact::IatAge
             | Fact::OrigUnwantedReports
             | Fact::SpcUnwantedReports
             | Fact::OrigCallsPerMinute => FactKind::Number,
-            Fact::Spc | Fact::DisplayName | Fact::Source | Fact::Method | Fact::RcdName => {
-                FactKind::Text
-            }
+            Fact::Spc
+            | Fact::DisplayName
+            | Fact::Source
+            | Fact::Method
+            | Fact::RcdName
+            | Fact::OrigInvalidReason => FactKind::Text,
             Fact::Orig | Fact::Dest | Fact::DivertedFrom => FactKind::TelNumber,
             Fact::OrigIn | Fact::DestIn | Fact::SpcIn => FactKind::List,
         }
@@ -350,6 +359,7 @@ fn enum_value(f: Fact, facts: &Facts) -> usize {
         Fact::CalleeFlagged => usize::from(facts.callee_flagged),
         Fact::Diversion => usize::from(facts.diversion),
         Fact::OrigVerified => usize::from(facts.orig_verified),
+        Fact::OrigInvalid => usize::from(facts.orig_invalid),
         Fact::DivVerified => usize::from(facts.div_verified),
         Fact::State => facts.state.index(),
         Fact::Rcd => facts.rcd.index(),
@@ -589,6 +599,7 @@ pub(super) fn text(f: Fact, facts: &Facts) -> &str {
         Fact::Dest | Fact::DestIn => &facts.dest,
         Fact::DivertedFrom => &facts.diverted_from,
         Fact::RcdName => &facts.rcd_name,
+        Fact::OrigInvalidReason => &facts.orig_invalid_reason,
         _ => "",
     }
 }
@@ -601,6 +612,7 @@ pub(super) fn show(f: Fact, facts: &Facts) -> String {
         Fact::Failure => facts.failure.as_str().into(),
         Fact::CalleeFlagged => facts.callee_flagged.to_string(),
         Fact::OrigVerified => facts.orig_verified.to_string(),
+        Fact::OrigInvalid => facts.orig_invalid.to_string(),
         Fact::DivVerified => facts.div_verified.to_string(),
         Fact::State => facts.state.as_str().into(),
         Fact::Rcd => RcdFact::NAMES
