@@ -200,15 +200,15 @@ pub fn invalid_reason(digits: &str) -> Option<&'static str> {
     if national.len() != 10 {
         return Some("nanp-length");
     }
-    let b = national.as_bytes();
-    let (npa, nxx) = (&b[..3], &b[3..6]);
-    if npa[0] <= b'1' {
+    let (npa, rest) = national.split_at(3);
+    let nxx = rest.get(..3).unwrap_or_default();
+    if npa.starts_with(['0', '1']) {
         return Some("nanp-npa");
     }
-    if nxx[0] <= b'1' {
+    if nxx.starts_with(['0', '1']) {
         return Some("nanp-nxx");
     }
-    if &npa[1..] == b"11" || &nxx[1..] == b"11" {
+    if npa.ends_with("11") || nxx.ends_with("11") {
         return Some("nanp-n11");
     }
     None
