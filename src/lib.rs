@@ -51,6 +51,7 @@ pub mod config;
 pub mod decisionlog;
 #[cfg(feature = "runtime")]
 pub mod demo;
+pub mod dno;
 pub mod facts;
 #[cfg(feature = "runtime")]
 pub mod fetch;

@@ -128,6 +128,11 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Do-not-originate list: build it from downloaded files.
+    Dno {
+        #[command(subcommand)]
+        command: DnoCommand,
+    },
     /// Callee flags (the callee does not want calls from a caller).
     Flags {
         /// Configuration file (for `[store]`: the embedded database, or the
@@ -136,6 +141,25 @@ enum Command {
         config: Option<PathBuf>,
         #[command(subcommand)]
         command: FlagsCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DnoCommand {
+    /// Build a `kind = "tn"` list from NANP code lists (unassigned or
+    /// unallocated NPA-NXX / NPA-NXX-X, as the administrator's CSV or one
+    /// code a line) and telephone-number lists; written atomically (a
+    /// running `serve` reloads it whole).
+    Import {
+        /// A code list (repeat for several).
+        #[arg(long)]
+        codes: Vec<PathBuf>,
+        /// A telephone-number list (repeat for several).
+        #[arg(long)]
+        numbers: Vec<PathBuf>,
+        /// The list file to write (e.g. policies/lists/do-not-originate.txt).
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -307,6 +331,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => demo(rate, duration, decision_log),
         Command::Policy { command } => policy_cmd(command),
         Command::Flags { config, command } => flags_cmd(config.as_deref(), command),
+        Command::Dno {
+            command:
+                DnoCommand::Import {
+                    codes,
+                    numbers,
+                    out,
+                },
+        } => dno_import(&codes, &numbers, &out),
         Command::Certs { command } => match command {
             CertsCommand::Gen { dir } => {
                 let files = stirscreen::pki::generate(&dir)?;
@@ -498,6 +530,58 @@ fn verify(
     } else {
         out!("{}", report(&outcome));
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn dno_import(codes: &[PathBuf], numbers: &[PathBuf], out: &Path) -> anyhow::Result<ExitCode> {
+    if codes.is_empty() && numbers.is_empty() {
+        bail!("give at least one --codes or --numbers file");
+    }
+    let started = std::time::Instant::now();
+    let mut entries = Vec::new();
+    let mut sources = Vec::new();
+    let mut skipped_total = 0;
+    let inputs = codes
+        .iter()
+        .map(|p| (p, true))
+        .chain(numbers.iter().map(|p| (p, false)));
+    for (path, is_codes) in inputs {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read `{}`", path.display()))?;
+        let (got, skipped) = if is_codes {
+            stirscreen::dno::prefixes_from_codes(&text)
+        } else {
+            stirscreen::dno::numbers_from_list(&text)
+        };
+        for (line, why) in skipped.iter().take(5) {
+            eprintln!("{}:{line}: skipped: {why}", path.display());
+        }
+        if skipped.len() > 5 {
+            eprintln!(
+                "{}: {} more lines skipped",
+                path.display(),
+                skipped.len() - 5
+            );
+        }
+        skipped_total += skipped.len();
+        sources.push(format!(
+            "{} ({}: {} entries)",
+            path.display(),
+            if is_codes { "codes" } else { "numbers" },
+            got.len()
+        ));
+        entries.extend(got);
+    }
+    let (text, count) = stirscreen::dno::render(entries, &sources);
+    // Atomic: a reader (serve's reload) sees the old file or the new one.
+    let tmp = out.with_extension("import-tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write `{}`", tmp.display()))?;
+    std::fs::rename(&tmp, out).with_context(|| format!("cannot replace `{}`", out.display()))?;
+    outln!(
+        "{}: {count} entries ({skipped_total} lines skipped) in {:.2} s",
+        out.display(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

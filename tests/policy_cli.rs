@@ -217,3 +217,47 @@ fn flags_add_list_remove_through_the_store() {
     assert_ne!(code, 0);
     assert!(out.contains("`abc` is not a telephone number"), "{out}");
 }
+
+/// `dno import` of a 1,000,000-line number list: every line becomes an
+/// entry, the list loads as `kind = "tn"` and holds the numbers (the time
+/// is printed; timing is the benches' business).
+#[test]
+fn dno_import_of_a_million_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("numbers.csv");
+    let mut text = String::with_capacity(13_000_000);
+    text.push_str("TN,Reason\n");
+    for i in 0..1_000_000u32 {
+        text.push_str(&format!("215{:07},inbound-only\n", i + 2_000_000));
+    }
+    std::fs::write(&input, text).unwrap();
+    let out = dir.path().join("dno.txt");
+    let t = std::time::Instant::now();
+    let r = std::process::Command::new(env!("CARGO_BIN_EXE_stirscreen"))
+        .args(["dno", "import", "--numbers"])
+        .arg(&input)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    eprintln!(
+        "dno import of 1,000,000 lines (debug build): {:?}",
+        t.elapsed()
+    );
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(
+        String::from_utf8_lossy(&r.stdout).contains("1000000 entries (0 lines skipped)"),
+        "{r:?}"
+    );
+    let list = stirscreen::lists::List::parse(
+        &std::fs::read_to_string(&out).unwrap(),
+        stirscreen::lists::ListKind::Tn,
+        1,
+        "dno.txt",
+    )
+    .unwrap();
+    assert_eq!(list.len(), 1_000_000);
+    assert!(list.contains_tn("12152000000"));
+    assert!(list.contains_tn("12152999999"));
+    assert!(!list.contains_tn("12153000000"));
+}

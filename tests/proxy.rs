@@ -1417,3 +1417,60 @@ async fn an_invalid_nanp_caller_is_rejected_by_the_default_policy() {
     assert_eq!(rec.rule, "invalid-number");
     assert!(recv_line(&lab.uas, "INVITE", 300).await.is_none());
 }
+
+/// `stirscreen dno import` from an administrator's unallocated-code CSV and
+/// a number list, written over the running proxy's do-not-originate list:
+/// the reload picks it up whole, and an unsigned call from a number in an
+/// imported range is rejected by the default policy (608
+/// `do-not-originate`).
+#[tokio::test]
+async fn an_imported_unallocated_range_is_blocked_after_reload() {
+    let lab = lab().await;
+    let dir = lab.policy.parent().unwrap().to_path_buf();
+    let codes = dir.join("unallocated.csv");
+    std::fs::write(
+        &codes,
+        "State,NPA,NXX,Status\nPA,215,987,Unassigned\nPA,267,555,Unassigned\n",
+    )
+    .unwrap();
+    let numbers = dir.join("inbound-only.txt");
+    std::fs::write(&numbers, "TN\n(800) 555-0100\n").unwrap();
+    let list = dir.join("lists/do-not-originate.txt");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stirscreen"))
+        .args(["dno", "import", "--codes"])
+        .arg(&codes)
+        .arg("--numbers")
+        .arg(&numbers)
+        .arg("--out")
+        .arg(&list)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("3 entries"),
+        "{out:?}"
+    );
+    common::set_mtime_ahead(&list, 5);
+    let mut records = lab.proxy.tap_decisions().unwrap();
+    let mut blocked = false;
+    for _ in 0..40 {
+        let mut spec = InviteSpec::new("12159870042", DEST);
+        spec.via = lab.uac.local_addr().unwrap().to_string();
+        lab.send(&spec.build()).await;
+        let rec = tokio::time::timeout(Duration::from_secs(2), records.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if rec.rule == "do-not-originate" {
+            assert_eq!(rec.code, 608);
+            blocked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(blocked, "the imported range was never applied");
+}
