@@ -15,9 +15,12 @@ pub fn init(cfg: &LogSection) -> Result<(), String> {
         _ => EnvFilter::try_new(&cfg.level)
             .map_err(|e| format!("[log] level = `{}`: {e}", cfg.level))?,
     };
+    // Colour codes only on a terminal: a file or journald gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .with_target(false);
     let _ = match cfg.format {
         LogFormat::Text => builder.try_init(),

@@ -768,8 +768,13 @@ impl Proxy {
         );
         e.gauge(
             "stirscreen_inflight_transactions",
-            "INVITE transactions open.",
+            "INVITE transactions open (including those waiting out their completion timers).",
             self.open_transactions() as f64,
+        );
+        e.gauge(
+            "stirscreen_calls_in_setup",
+            "INVITEs being screened or set up: no final response yet.",
+            self.calls_in_setup() as f64,
         );
         e.gauge(
             "stirscreen_inflight_verifications",
@@ -927,6 +932,23 @@ impl Proxy {
     /// INVITE transactions still open.
     pub fn open_transactions(&self) -> usize {
         self.txns.lock().map_or(0, |t| t.len())
+    }
+
+    /// INVITEs being screened or set up: no final response yet (the rest of
+    /// the open transactions wait out their completion timers).
+    pub fn calls_in_setup(&self) -> usize {
+        let txns: Vec<Arc<Txn>> = self
+            .txns
+            .lock()
+            .map(|t| t.values().cloned().collect())
+            .unwrap_or_default();
+        txns.iter()
+            .filter(|t| {
+                t.state.lock().is_ok_and(|s| {
+                    matches!(s.phase, Phase::Verifying | Phase::Forwarded) && !s.got_final
+                })
+            })
+            .count()
     }
 
     async fn udp_loop(self: Arc<Self>, sock: Arc<UdpSocket>) {
@@ -1273,7 +1295,7 @@ impl Proxy {
         headers: &[(String, String)],
     ) {
         let resp = build_response(req, code, phrase, headers, "ss1");
-        self.send(to, resp);
+        self.send(to, with_rport(resp, to.addr));
     }
 
     fn request(self: &Arc<Self>, msg: &Message<'_>, from: Peer) {
@@ -1445,7 +1467,7 @@ impl Proxy {
             self.overloaded(msg, from, branch, "1");
             return;
         };
-        let trying = build_response(msg, 100, "Trying", &[], "");
+        let trying = with_rport(build_response(msg, 100, "Trying", &[], ""), from.addr);
         let txn = Txn::new(
             branch.clone(),
             from,
@@ -1702,6 +1724,7 @@ impl Proxy {
     /// Sends a final non-2xx response upstream and retransmits it over UDP
     /// until the ACK (Timer G, until Timer H).
     fn final_upstream(self: &Arc<Self>, txn: &Arc<Txn>, resp: Vec<u8>) {
+        let resp = with_rport(resp, txn.upstream.addr);
         if let Ok(mut st) = txn.state.lock() {
             st.phase = Phase::Completed;
             st.last_response = Some(resp.clone());
@@ -2153,7 +2176,12 @@ impl Proxy {
                     .responses
                     .inc(&[code_label(code, &mut [0; 3]), "downstream"]);
             }
-            let out = strip_top_via(msg, extra.as_deref());
+            // The caller gets its own From back (we may have annotated the
+            // forwarded one with verstat or a display name).
+            let original_from = Message::parse(&txn.invite)
+                .ok()
+                .and_then(|m| m.value(HeaderId::From).map(str::to_owned));
+            let out = strip_top_via(msg, extra.as_deref(), original_from.as_deref());
             if completed {
                 self.final_upstream(&txn, out);
             } else {
@@ -2187,7 +2215,7 @@ impl Proxy {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        self.send(to, strip_top_via(msg, None));
+        self.send(to, strip_top_via(msg, None, None));
     }
 }
 
@@ -2347,6 +2375,57 @@ fn bind_udp(addr: SocketAddr, buffer: usize) -> std::io::Result<UdpSocket> {
 
 /// Adds `received` (when the sent-by is not the source address) and fills
 /// `rport` (RFC 3261 §18.2.1, RFC 3581).
+/// RFC 3581 §4 for a response we send: a top Via with a bare `rport` gets
+/// the source port, and `received` with the source address (even when it
+/// equals sent-by). Anything else is returned as it is.
+fn with_rport(resp: Vec<u8>, src: SocketAddr) -> Vec<u8> {
+    let Ok(m) = Message::parse(&resp) else {
+        return resp;
+    };
+    let Some(h) = m.first(HeaderId::Via) else {
+        return resp;
+    };
+    let Some(v) = m.text(h) else { return resp };
+    let mut values = split_outside_quotes(v, b',');
+    let head = values.next().unwrap_or_default().trim();
+    let params: Vec<&str> = head.split(';').collect();
+    if !params
+        .iter()
+        .skip(1)
+        .any(|p| p.trim().eq_ignore_ascii_case("rport"))
+    {
+        return resp;
+    }
+    let has_received = params
+        .iter()
+        .skip(1)
+        .any(|p| p.trim().to_ascii_lowercase().starts_with("received="));
+    let mut fixed: Vec<String> = params
+        .iter()
+        .map(|p| {
+            if p.trim().eq_ignore_ascii_case("rport") {
+                format!("rport={}", src.port())
+            } else {
+                (*p).to_owned()
+            }
+        })
+        .collect();
+    if !has_received {
+        fixed.push(format!("received={}", src.ip()));
+    }
+    let mut line = format!("Via: {}", fixed.join(";"));
+    for r in values {
+        line.push(',');
+        line.push_str(r);
+    }
+    let (a, b) = h.span;
+    let mut out = Vec::with_capacity(resp.len() + 32);
+    out.extend_from_slice(resp.get(..a).unwrap_or_default());
+    out.extend_from_slice(line.as_bytes());
+    out.extend_from_slice(resp.get(b..).unwrap_or_default());
+    out
+}
+
 fn fix_via(head: &str, top: Option<&Via<'_>>, src: SocketAddr) -> String {
     let Some(v) = top else { return head.to_owned() };
     let host = v
@@ -2360,7 +2439,12 @@ fn fix_via(head: &str, top: Option<&Via<'_>>, src: SocketAddr) -> String {
         .filter(|p| !p.trim().eq_ignore_ascii_case("rport"))
         .collect::<Vec<_>>()
         .join(";");
-    if host.parse::<IpAddr>().ok() != Some(src.ip()) && v.params.get("received").is_none() {
+    // RFC 3581 §4: with rport, received is added even when it equals
+    // sent-by.
+    let rport = v.params.get("rport").is_some();
+    if (rport || host.parse::<IpAddr>().ok() != Some(src.ip()))
+        && v.params.get("received").is_none()
+    {
         out.push_str(&format!(";received={}", src.ip()));
     }
     if v.params.get("rport").is_some_and(|r| r.is_none()) {
@@ -2407,7 +2491,7 @@ fn via_destination(v: &Via<'_>) -> Option<Peer> {
 }
 
 /// The response without our (topmost) Via value, optionally with a header added.
-fn strip_top_via(msg: &Message<'_>, extra: Option<&str>) -> Vec<u8> {
+fn strip_top_via(msg: &Message<'_>, extra: Option<&str>, from: Option<&str>) -> Vec<u8> {
     let mut out = Vec::with_capacity(msg.wire().len());
     let first_end = msg.headers.first().map_or(msg.body_start, |h| h.span.0);
     out.extend_from_slice(msg.bytes.get(..first_end).unwrap_or_default());
@@ -2427,6 +2511,12 @@ fn strip_top_via(msg: &Message<'_>, extra: Option<&str>) -> Vec<u8> {
             continue;
         }
         if h.id == HeaderId::ContentLength {
+            continue;
+        }
+        if h.id == HeaderId::From
+            && let Some(f) = from
+        {
+            out.extend_from_slice(format!("From: {f}\r\n").as_bytes());
             continue;
         }
         out.extend_from_slice(raw);

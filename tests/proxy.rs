@@ -1474,3 +1474,49 @@ async fn an_imported_unallocated_range_is_blocked_after_reload() {
     }
     assert!(blocked, "the imported range was never applied");
 }
+
+/// Field interop (baresip): verstat goes into a From URI only with
+/// `user=phone` (added for a number); the caller gets its own From back in
+/// relayed responses; RFC 3581: a bare `rport` is answered with the source
+/// port and `received` in our own responses, and a forwarded Via with
+/// `rport` gets `received` even when it equals sent-by.
+#[tokio::test]
+async fn field_interop_user_phone_own_from_and_rport() {
+    let lab = lab().await;
+    let uac = lab.uac.local_addr().unwrap();
+    let inv = lab.invite("sp-a.key", "/sp-a.pem", |_| {});
+    // baresip's forms: From without user=phone, Via with a bare rport.
+    let inv = inv.replace(";user=phone>;tag=", ">;tag=").replacen(
+        &format!("{uac};branch="),
+        &format!("{uac};rport;branch="),
+        1,
+    );
+    let from_sent = header(&inv, "From")[0].to_owned();
+    lab.send(&inv).await;
+    let trying = recv_line(&lab.uac, "SIP/2.0 100", 2000).await.unwrap();
+    assert!(
+        header(&trying, "Via")[0].contains(&format!(";rport={};branch=", uac.port()))
+            && header(&trying, "Via")[0].ends_with(&format!(";received={}", uac.ip())),
+        "{trying}"
+    );
+    let fwd = recv_line(&lab.uas, "INVITE ", 3000)
+        .await
+        .expect("forwarded");
+    let from_fwd = header(&fwd, "From")[0];
+    assert!(
+        from_fwd.contains(";verstat=TN-Validation-Passed@example.net;user=phone>"),
+        "{from_fwd}"
+    );
+    let second_via = header(&fwd, "Via")[1];
+    assert!(
+        second_via.contains(&format!("rport={}", uac.port()))
+            && second_via.contains(&format!("received={}", uac.ip())),
+        "{second_via}"
+    );
+    lab.uas
+        .send_to(answer(&fwd, 486, "Busy Here").as_bytes(), lab.proxy_addr())
+        .await
+        .unwrap();
+    let busy = recv_line(&lab.uac, "SIP/2.0 486", 2000).await.unwrap();
+    assert_eq!(header(&busy, "From")[0], from_sent, "{busy}");
+}

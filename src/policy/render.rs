@@ -410,7 +410,26 @@ pub fn set_verstat(value: &str, verstat: Option<&str>) -> String {
             u.push_str(&format!(";verstat={v}"));
         }
         u.push('@');
-        u.push_str(host);
+        // verstat is a tel-URI parameter: in a SIP URI it means something
+        // only with `user=phone` (RFC 3261 §19.1.1), which a telephone-
+        // number user part may be given; without it, UAs show the whole
+        // user part as the caller.
+        let (host_params, headers) = match host.split_once('?') {
+            Some((h, q)) => (h, Some(q)),
+            None => (host, None),
+        };
+        u.push_str(host_params);
+        let user_phone = host_params
+            .split(';')
+            .skip(1)
+            .any(|p| p.trim().eq_ignore_ascii_case("user=phone"));
+        if verstat.is_some() && !user_phone {
+            u.push_str(";user=phone");
+        }
+        if let Some(q) = headers {
+            u.push('?');
+            u.push_str(q);
+        }
         u
     } else {
         return value.to_owned();
@@ -674,6 +693,14 @@ mod tests {
         assert_eq!(
             set_verstat("\"Bob\" <sip:bob@ex.net>", Some("TN-Validation-Passed")),
             "\"Bob\" <sip:bob@ex.net>"
+        );
+        // A number without user=phone gets it (baresip's From).
+        assert_eq!(
+            set_verstat(
+                "<sip:+12125551212@10.0.0.1>;tag=x",
+                Some("No-TN-Validation")
+            ),
+            "<sip:+12125551212;verstat=No-TN-Validation@10.0.0.1;user=phone>;tag=x"
         );
     }
 }
