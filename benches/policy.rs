@@ -92,6 +92,7 @@ fn facts(orig: &str) -> Facts {
         diverted_from: String::new(),
         rcd: stirscreen::facts::RcdFact::None,
         rcd_name: String::new(),
+        peer_spc: stirscreen::facts::PeerSpcFact::None,
         callee_flagged: false,
         orig_unwanted_reports: 3,
         orig_calls_per_minute: 1,

@@ -116,10 +116,22 @@ pub struct Peer {
     /// Addresses or CIDR blocks (`192.0.2.0/24`, `2001:db8::/32`), parsed
     /// when the file is read (a bad one is a configuration error).
     pub addresses: Vec<crate::net::Cidr>,
+    /// The SPCs this peer's calls are expected to be signed with (fact
+    /// `peer_spc`); empty: no expectation.
+    #[serde(default)]
+    pub spc_expected: Vec<String>,
 }
 
 impl Config {
     /// The name of the first peer whose addresses contain `ip`, or `unknown`.
+    /// The SPCs the peer that `ip` belongs to is expected to sign with.
+    pub fn spc_expected_of(&self, ip: std::net::IpAddr) -> &[String] {
+        self.peers
+            .iter()
+            .find(|p| p.addresses.iter().any(|a| a.contains(ip)))
+            .map_or(&[], |p| p.spc_expected.as_slice())
+    }
+
     pub fn source_of(&self, ip: std::net::IpAddr) -> &str {
         self.peers
             .iter()

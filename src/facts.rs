@@ -72,6 +72,9 @@ pub struct Facts {
     /// The signed caller name (`rcd.nam`) when `rcd` is `signed`, else empty.
     #[serde(default)]
     pub rcd_name: String,
+    /// The signer's SPC against the peer's `spc_expected`.
+    #[serde(default)]
+    pub peer_spc: PeerSpcFact,
     /// The callee has flagged this caller (607 feedback or `flags add`).
     #[serde(default)]
     pub callee_flagged: bool,
@@ -124,6 +127,47 @@ impl RcdFact {
             RcdFact::None => 0,
             RcdFact::Signed => 1,
             RcdFact::Broken => 2,
+        }
+    }
+}
+
+/// `peer_spc`: the signer's SPC against the SPCs the call's peer is
+/// expected to sign with (`[[peers]] spc_expected`; since 2025-09-18 a US
+/// provider signs with its own certificate).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerSpcFact {
+    /// The peer has no expectation (or the call has no named peer).
+    #[default]
+    None,
+    /// Verified, signed with an expected SPC.
+    Match,
+    /// Verified, signed with another SPC.
+    Mismatch,
+    /// The peer has an expectation but the call did not verify.
+    Unverified,
+}
+
+impl PeerSpcFact {
+    pub const NAMES: [&'static str; 4] = ["none", "match", "mismatch", "unverified"];
+
+    pub fn index(self) -> usize {
+        match self {
+            PeerSpcFact::None => 0,
+            PeerSpcFact::Match => 1,
+            PeerSpcFact::Mismatch => 2,
+            PeerSpcFact::Unverified => 3,
+        }
+    }
+
+    /// Compares a verified SPC (`None`: the call did not verify) with the
+    /// peer's expected SPCs.
+    pub fn of(spc: Option<&str>, expected: &[String]) -> PeerSpcFact {
+        match spc {
+            _ if expected.is_empty() => PeerSpcFact::None,
+            None => PeerSpcFact::Unverified,
+            Some(s) if expected.iter().any(|e| e == s) => PeerSpcFact::Match,
+            Some(_) => PeerSpcFact::Mismatch,
         }
     }
 }
@@ -248,6 +292,8 @@ pub struct CallInfo {
     pub source: String,
     pub method: String,
     pub diversion: bool,
+    /// The SPCs the call's peer is expected to sign with (empty: none).
+    pub spc_expected: Vec<String>,
 }
 
 impl CallInfo {
@@ -291,6 +337,7 @@ impl CallInfo {
             source: source.to_owned(),
             method: msg.method().unwrap_or("INVITE").to_owned(),
             diversion,
+            spc_expected: Vec::new(),
         }
     }
 }
@@ -356,6 +403,7 @@ impl Facts {
                 }
                 _ => String::new(),
             },
+            peer_spc: PeerSpcFact::of(o.verified.as_ref().map(|v| &*v.spc), &call.spc_expected),
             callee_flagged: state.callee_flagged,
             orig_unwanted_reports: state.orig_unwanted_reports,
             spc_unwanted_reports: state.spc_unwanted_reports,

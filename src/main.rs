@@ -932,7 +932,10 @@ fn call_facts(
     let verifier = Verifier::new(cfg.verify_config());
     let outcome = runtime()?.block_on(verify_request(&verifier, &fetcher, &msg, now));
     let source = from.map(|ip| cfg.source_of(ip)).unwrap_or_default();
-    let call = CallInfo::from_request(&msg, source, &verifier.config.numbering);
+    let mut call = CallInfo::from_request(&msg, source, &verifier.config.numbering);
+    if let Some(ip) = from {
+        call.spc_expected = cfg.spc_expected_of(ip).to_vec();
+    }
     // The configured store when there is one (flags and reports as they
     // are), else an empty one: the call counts itself either way, as in
     // `serve`.

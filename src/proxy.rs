@@ -1541,12 +1541,14 @@ impl Proxy {
         self.stats
             .verify_seconds
             .observe(verified.saturating_duration_since(txn.started));
+        let mut call = CallInfo::from_request(
+            msg,
+            self.config.source_of(txn.upstream.addr.ip()),
+            &self.verifier.config.numbering,
+        );
+        call.spc_expected = self.config.spc_expected_of(txn.upstream.addr.ip()).to_vec();
         let p = Pending {
-            call: CallInfo::from_request(
-                msg,
-                self.config.source_of(txn.upstream.addr.ip()),
-                &self.verifier.config.numbering,
-            ),
+            call,
             engine: self.engine.current(),
             outcome,
             arrived,

@@ -49,6 +49,7 @@ fn facts(verstat: Verstat, attest: AttestFact) -> Facts {
         diverted_from: String::new(),
         rcd: stirscreen::facts::RcdFact::None,
         rcd_name: String::new(),
+        peer_spc: stirscreen::facts::PeerSpcFact::None,
         callee_flagged: false,
         orig_unwanted_reports: 0,
         orig_calls_per_minute: 0,

@@ -1520,3 +1520,32 @@ async fn field_interop_user_phone_own_from_and_rport() {
     let busy = recv_line(&lab.uac, "SIP/2.0 486", 2000).await.unwrap();
     assert_eq!(header(&busy, "From")[0], from_sent, "{busy}");
 }
+
+/// `[[peers]] spc_expected`: the fact `peer_spc` compares the signer's SPC
+/// with the SPCs the call's trunk is expected to sign with; the shipped
+/// example policy rejects a mismatch and delivers a match.
+#[tokio::test]
+async fn the_signer_is_checked_against_the_trunk() {
+    let lab = lab_with(
+        &root().join("policies/examples/signer-per-trunk.toml"),
+        "[[peers]]\nname = \"trunk-a\"\naddresses = [\"127.0.0.1\"]\nspc_expected = [\"5678\"]",
+    )
+    .await;
+    let mut records = lab.proxy.tap_decisions().unwrap();
+    lab.send(&lab.invite("sp-a.key", "/sp-a.pem", |_| {})).await;
+    let r = recv_line(&lab.uac, "SIP/2.0 608", 3000).await.expect("608");
+    assert!(header(&r, "Warning")[0].contains("got SPC 1234"), "{r}");
+    let rec = tokio::time::timeout(Duration::from_secs(2), records.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (rec.rule.as_str(), rec.peer.as_str()),
+        ("wrong-signer", "trunk-a")
+    );
+    lab.send(&lab.invite("sp-b.key", "/sp-b.pem", |_| {})).await;
+    assert!(
+        recv_line(&lab.uas, "INVITE ", 3000).await.is_some(),
+        "a match is delivered"
+    );
+}

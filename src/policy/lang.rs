@@ -8,7 +8,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::Diagnostic;
-use crate::facts::{AttestFact, Facts, FailureFact, RcdFact, StateFact};
+use crate::facts::{AttestFact, Facts, FailureFact, PeerSpcFact, RcdFact, StateFact};
 use crate::lists::{List, ListKind};
 use crate::tn::Tn;
 use crate::verify::Verstat;
@@ -35,6 +35,7 @@ pub enum Fact {
     DivertedFrom,
     Rcd,
     RcdName,
+    PeerSpc,
     CalleeFlagged,
     OrigUnwantedReports,
     SpcUnwantedReports,
@@ -46,7 +47,7 @@ pub enum Fact {
 }
 
 /// Fact names as written in policy files.
-pub const FACT_NAMES: [(&str, Fact); 27] = [
+pub const FACT_NAMES: [(&str, Fact); 28] = [
     ("verstat", Fact::Verstat),
     ("attest", Fact::Attest),
     ("failure", Fact::Failure),
@@ -66,6 +67,7 @@ pub const FACT_NAMES: [(&str, Fact); 27] = [
     ("diverted_from", Fact::DivertedFrom),
     ("rcd", Fact::Rcd),
     ("rcd_name", Fact::RcdName),
+    ("peer_spc", Fact::PeerSpc),
     ("callee_flagged", Fact::CalleeFlagged),
     ("orig_unwanted_reports", Fact::OrigUnwantedReports),
     ("spc_unwanted_reports", Fact::SpcUnwantedReports),
@@ -92,6 +94,7 @@ impl Fact {
             Fact::Failure => FactKind::Failure,
             Fact::State => FactKind::Enum(&StateFact::NAMES),
             Fact::Rcd => FactKind::Enum(&RcdFact::NAMES),
+            Fact::PeerSpc => FactKind::Enum(&PeerSpcFact::NAMES),
             Fact::Diversion
             | Fact::CalleeFlagged
             | Fact::OrigVerified
@@ -363,6 +366,7 @@ fn enum_value(f: Fact, facts: &Facts) -> usize {
         Fact::DivVerified => usize::from(facts.div_verified),
         Fact::State => facts.state.index(),
         Fact::Rcd => facts.rcd.index(),
+        Fact::PeerSpc => facts.peer_spc.index(),
         _ => 0,
     }
 }
@@ -617,6 +621,11 @@ pub(super) fn show(f: Fact, facts: &Facts) -> String {
         Fact::State => facts.state.as_str().into(),
         Fact::Rcd => RcdFact::NAMES
             .get(facts.rcd.index())
+            .copied()
+            .unwrap_or("none")
+            .into(),
+        Fact::PeerSpc => PeerSpcFact::NAMES
+            .get(facts.peer_spc.index())
             .copied()
             .unwrap_or("none")
             .into(),
