@@ -120,10 +120,24 @@ pub struct Peer {
     /// `peer_spc`); empty: no expectation.
     #[serde(default)]
     pub spc_expected: Vec<String>,
+    /// How verified results are written toward this peer when calls are
+    /// forwarded to it (`next_hop` in its addresses).
+    #[serde(default)]
+    pub annotation: crate::policy::render::Annotation,
 }
 
 impl Config {
     /// The name of the first peer whose addresses contain `ip`, or `unknown`.
+    /// The annotation of the peer that `ip` belongs to (default: the
+    /// policy's).
+    pub fn annotation_of(&self, ip: std::net::IpAddr) -> crate::policy::render::Annotation {
+        self.peers
+            .iter()
+            .find(|p| p.addresses.iter().any(|a| a.contains(ip)))
+            .map(|p| p.annotation)
+            .unwrap_or_default()
+    }
+
     /// The SPCs the peer that `ip` belongs to is expected to sign with.
     pub fn spc_expected_of(&self, ip: std::net::IpAddr) -> &[String] {
         self.peers

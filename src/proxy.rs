@@ -1592,10 +1592,13 @@ impl Proxy {
         let rule = d.rule_id();
         let mut v = verdict(d.action, rule, &facts, &self.operator, arrived, &txn.to_tag);
         if let Verdict::Forward(plan) = &mut v {
-            crate::policy::render::apply_rcd(
+            let rcd = outcome.verified.as_ref().and_then(|v| v.rcd.as_ref());
+            crate::policy::render::apply_rcd(plan, self.config.proxy.forward_rcd, rcd);
+            crate::policy::render::apply_annotation(
                 plan,
-                self.config.proxy.forward_rcd,
-                outcome.verified.as_ref().and_then(|v| v.rcd.as_ref()),
+                self.config.annotation_of(self.next_hop.addr.ip()),
+                &facts,
+                rcd,
             );
         }
         if let Ok(mut st) = txn.state.lock() {

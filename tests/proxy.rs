@@ -1549,3 +1549,34 @@ async fn the_signer_is_checked_against_the_trunk() {
         "a match is delivered"
     );
 }
+
+/// `[[peers]] annotation`: each profile writes a verified A call toward the
+/// next hop's peer in its own form.
+#[tokio::test]
+async fn each_annotation_profile_writes_its_form() {
+    for (profile, verstat, attestation_info) in [
+        ("verstat", "TN-Validation-Passed", None),
+        ("verstat-attest", "TN-Validation-Passed-A", None),
+        ("attestation-info", "TN-Validation-Passed", Some("A")),
+        ("call-info", "TN-Validation-Passed", None),
+    ] {
+        let lab = lab_with(
+            &root().join("policies/default.toml"),
+            &format!(
+                "[[peers]]\nname = \"pbx\"\naddresses = [\"127.0.0.1\"]\nannotation = \"{profile}\""
+            ),
+        )
+        .await;
+        lab.send(&lab.invite("sp-a.key", "/sp-a.pem", |_| {})).await;
+        let fwd = recv_line(&lab.uas, "INVITE ", 3000)
+            .await
+            .expect("forwarded");
+        let from = header(&fwd, "From")[0];
+        assert!(
+            from.contains(&format!(";verstat={verstat}@")),
+            "{profile}: {from}"
+        );
+        let pai = header(&fwd, "Attestation-Info");
+        assert_eq!(pai.first().copied(), attestation_info, "{profile}: {fwd}");
+    }
+}

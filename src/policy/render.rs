@@ -453,6 +453,63 @@ pub fn set_verstat(value: &str, verstat: Option<&str>) -> String {
     )
 }
 
+/// `[[peers]] annotation`: how verified results are written toward the peer
+/// a call is forwarded to (SBCs and PBXs read them differently).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Annotation {
+    /// As the policy's forward action says (default).
+    #[default]
+    Policy,
+    /// Plain verstat (`TN-Validation-Passed`): scripts that compare the
+    /// exact RFC 8224 value (e.g. a common CUCM script) see a pass.
+    Verstat,
+    /// verstat with the attestation suffix (`TN-Validation-Passed-A`).
+    VerstatAttest,
+    /// Plain verstat plus `Attestation-Info: A|B|C` on verified calls (read
+    /// by PBXs such as Avaya IP Office when PAI carries no verstat).
+    AttestationInfo,
+    /// Plain verstat plus RFC 9796 Call-Info for verified rich call data
+    /// (as `forward_rcd = "call-info"`).
+    CallInfo,
+}
+
+/// Rewrites a forward plan for the downstream peer's `annotation`.
+pub fn apply_annotation(
+    plan: &mut ForwardPlan,
+    annotation: Annotation,
+    facts: &Facts,
+    rcd: Option<&crate::passport::RcdStatus>,
+) {
+    let plain = facts.verstat.as_str().to_owned();
+    match annotation {
+        Annotation::Policy => {}
+        Annotation::Verstat => plan.verstat = plan.verstat.take().map(|_| plain),
+        Annotation::VerstatAttest => {
+            plan.verstat = plan.verstat.take().map(|_| {
+                if facts.verstat == Verstat::Passed {
+                    format!("{plain}-{}", facts.attest.as_str())
+                } else {
+                    plain
+                }
+            });
+        }
+        Annotation::AttestationInfo => {
+            plan.verstat = plan.verstat.take().map(|_| plain);
+            if facts.verstat == Verstat::Passed {
+                plan.add
+                    .push(("Attestation-Info".into(), facts.attest.as_str().into()));
+            }
+        }
+        Annotation::CallInfo => {
+            plan.verstat = plan.verstat.take().map(|_| plain);
+            if !plan.add.iter().any(|(k, _)| k == "Call-Info") {
+                apply_rcd(plan, RcdForward::CallInfo, rcd);
+            }
+        }
+    }
+}
+
 /// `[proxy] forward_rcd`: what the callee is told of verified rich call
 /// data (RFC 9795 `rcd`, presented per RFC 9796).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
