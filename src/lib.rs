@@ -15,7 +15,9 @@
 //!   then [`verify::Verifier::finish`] (credential, ECDSA); the failure
 //!   kinds and their RFC 8224 codes in one exhaustive match.
 //! - [`limits`]: every size limit; [`time`]: time as a value; [`net`]:
-//!   address classes for the SSRF guard; [`lab`]: signed lab INVITEs.
+//!   address classes for the SSRF guard and the kernel's UDP counters;
+//!   [`lab`]: signed lab INVITEs; [`dno`]: do-not-originate lists from
+//!   downloaded NANP code and number lists.
 //!
 //! Adapters (feature `runtime`, on by default):
 //! - [`config`]: the TOML file; [`fetch`]: x5u fetching with cache,
