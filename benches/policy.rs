@@ -93,6 +93,7 @@ fn facts(orig: &str) -> Facts {
         rcd: stirscreen::facts::RcdFact::None,
         rcd_name: String::new(),
         peer_spc: stirscreen::facts::PeerSpcFact::None,
+        identity_source: stirscreen::facts::IdentitySourceFact::Sip,
         callee_flagged: false,
         orig_unwanted_reports: 3,
         orig_calls_per_minute: 1,

@@ -451,6 +451,13 @@ pub struct FetchSection {
     /// credentials (http or https, ≤ 1 MiB, SSRF-guarded), in the
     /// background, refreshed by nextUpdate; they join the configured CRLs.
     pub crl_distribution_points: bool,
+    /// Call placement services (ATIS-1000096 out-of-band SHAKEN): for an
+    /// INVITE without an Identity header, `GET {url}/passports/{dest}/{orig}`
+    /// on each, and the PASSporTs returned are verified like in-band ones.
+    /// Empty (default): off.
+    pub cps_urls: Vec<String>,
+    /// Bearer token for the CPS (empty: none).
+    pub cps_token: String,
     /// Static name overrides for fetches, like curl's `--resolve`: host →
     /// `ip:port` (port 0 or absent: the URL's). For split-horizon DNS and
     /// labs; the SSRF rules still apply to the address.
@@ -480,6 +487,8 @@ impl Default for FetchSection {
             fetch_rate_per_second: 20.0,
             fetch_burst: 200,
             crl_distribution_points: false,
+            cps_urls: Vec::new(),
+            cps_token: String::new(),
             resolve: BTreeMap::new(),
             allow_hosts: Vec::new(),
             deny_hosts: Vec::new(),

@@ -64,6 +64,10 @@ pub struct DecisionRecord {
     /// The calling number was verified (absent when it was not).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub orig_verified: bool,
+    /// `oob` when the PASSporT came from a call placement service (absent
+    /// otherwise).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub identity_source: String,
 }
 
 /// [`bounded`] for an owned text: returned as it is (no copy) when it is
@@ -328,6 +332,7 @@ mod tests {
     fn record(i: usize) -> DecisionRecord {
         DecisionRecord {
             id: String::new(),
+            identity_source: String::new(),
             time: "2026-01-01T00:00:00.000Z".into(),
             call_id: format!("call-{i}"),
             source: "udp:127.0.0.1:5070".into(),

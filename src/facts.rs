@@ -75,6 +75,10 @@ pub struct Facts {
     /// The signer's SPC against the peer's `spc_expected`.
     #[serde(default)]
     pub peer_spc: PeerSpcFact,
+    /// Where the PASSporTs came from: `none`, `sip` (Identity headers) or
+    /// `oob` (a call placement service).
+    #[serde(default)]
+    pub identity_source: IdentitySourceFact,
     /// The callee has flagged this caller (607 feedback or `flags add`).
     #[serde(default)]
     pub callee_flagged: bool,
@@ -168,6 +172,28 @@ impl PeerSpcFact {
             None => PeerSpcFact::Unverified,
             Some(s) if expected.iter().any(|e| e == s) => PeerSpcFact::Match,
             Some(_) => PeerSpcFact::Mismatch,
+        }
+    }
+}
+
+/// `identity_source` as a fact.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdentitySourceFact {
+    #[default]
+    None,
+    Sip,
+    Oob,
+}
+
+impl IdentitySourceFact {
+    pub const NAMES: [&'static str; 3] = ["none", "sip", "oob"];
+
+    pub fn index(self) -> usize {
+        match self {
+            IdentitySourceFact::None => 0,
+            IdentitySourceFact::Sip => 1,
+            IdentitySourceFact::Oob => 2,
         }
     }
 }
@@ -402,6 +428,11 @@ impl Facts {
                     rcd.nam.clone().unwrap_or_default()
                 }
                 _ => String::new(),
+            },
+            identity_source: match o.identity_source {
+                crate::verify::IdentitySource::None => IdentitySourceFact::None,
+                crate::verify::IdentitySource::Sip => IdentitySourceFact::Sip,
+                crate::verify::IdentitySource::Oob => IdentitySourceFact::Oob,
             },
             peer_spc: PeerSpcFact::of(o.verified.as_ref().map(|v| &*v.spc), &call.spc_expected),
             callee_flagged: state.callee_flagged,

@@ -667,7 +667,10 @@ impl CertFetcher {
                 )
                 .to_string());
         }
-        let (result, ttl) = match self.fetch_bounded(url, MAX_RCD_CONTENT, &self.policy).await {
+        let (result, ttl) = match self
+            .fetch_bounded(url, MAX_RCD_CONTENT, &self.policy, None)
+            .await
+        {
             Ok((body, _)) => (
                 Ok(Arc::new(crate::passport::ContentDigests::of_body(&body))),
                 Duration::from_secs(3600),
@@ -741,7 +744,7 @@ impl CertFetcher {
             allow_http: true,
             any_port_on_private: self.cfg.allow_private_addresses,
         };
-        let taken = match self.fetch_bounded(url, MAX_CRL_BODY, &policy).await {
+        let taken = match self.fetch_bounded(url, MAX_CRL_BODY, &policy, None).await {
             Err(e) => Err(e.to_string()),
             Ok((body, _)) => crl_der(&body).and_then(|der| {
                 let base = self
@@ -799,6 +802,47 @@ impl CertFetcher {
                 }
             }
         }
+    }
+
+    /// PASSporTs a call placement service holds for `orig` → `dest`
+    /// (ATIS-1000096 retrieve: `GET {cps}/passports/{dest}/{orig}`, JSON
+    /// `{"passports": ["…"]}`), from every configured CPS in order, the
+    /// first that has any; at most 8 tokens of at most 8 KiB. Under the
+    /// x5u guard and fetch limits; a CPS that fails is skipped.
+    pub async fn cps_passports(&self, orig: &str, dest: &str) -> Vec<String> {
+        for base in &self.cfg.cps_urls {
+            let url = format!("{}/passports/{dest}/{orig}", base.trim_end_matches('/'));
+            let Ok(_permit) = Arc::clone(&self.fetching).try_acquire_owned() else {
+                let _ = self.limited(&url, "max_concurrent_fetches fetches are in progress");
+                continue;
+            };
+            let body = match self
+                .fetch_bounded(&url, 64 * 1024, &self.policy, Some(&self.cfg.cps_token))
+                .await
+            {
+                Ok((b, _)) => b,
+                Err(e) => {
+                    tracing::debug!(url, "CPS: {e}");
+                    continue;
+                }
+            };
+            let tokens: Vec<String> = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("passports").and_then(|p| p.as_array()).cloned())
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|t| t.as_str().map(str::to_owned))
+                .filter(|t| {
+                    t.len() <= crate::limits::MAX_IDENTITY_HEADER
+                        && !t.contains(char::is_whitespace)
+                })
+                .take(8)
+                .collect();
+            if !tokens.is_empty() {
+                return tokens;
+            }
+        }
+        Vec::new()
     }
 
     /// A call's fetch refused by a limit: counted, logged at debug level.
@@ -886,7 +930,8 @@ impl CertFetcher {
     }
 
     async fn fetch_body(&self, url: &str) -> Result<(Vec<u8>, Option<Duration>), CredentialError> {
-        self.fetch_bounded(url, MAX_CERT_BODY, &self.policy).await
+        self.fetch_bounded(url, MAX_CERT_BODY, &self.policy, None)
+            .await
     }
 
     /// One guarded GET of at most `max` bytes (SSRF guard, host lists,
@@ -896,6 +941,7 @@ impl CertFetcher {
         url: &str,
         max: usize,
         policy: &X5uPolicy,
+        bearer: Option<&str>,
     ) -> Result<(Vec<u8>, Option<Duration>), CredentialError> {
         let refused = |why: String| CredentialError::Refused {
             url: url.to_owned(),
@@ -940,7 +986,13 @@ impl CertFetcher {
                 }
             }
         };
-        let mut resp = self.client.get(url).send().await.map_err(unreachable)?;
+        let mut req = self.client.get(url);
+        if let Some(t) = bearer.filter(|t| !t.is_empty()) {
+            req = req
+                .bearer_auth(t)
+                .header(http::header::ACCEPT, "application/json");
+        }
+        let mut resp = req.send().await.map_err(unreachable)?;
         let status = resp.status();
         // The host answered, but not with a credential we take: the fetch
         // failed (x5u-unreachable), as for an HTTP error.
@@ -1018,6 +1070,10 @@ pub fn verify_request_cached(
     now: UnixTime,
 ) -> Option<crate::verify::Outcome> {
     let prepared = verifier.prepare(msg, now);
+    // No Identity and a CPS configured: the out-of-band path (async).
+    if !prepared.has_identity() && !fetcher.cfg.cps_urls.is_empty() {
+        return None;
+    }
     let mut creds: Vec<(&str, CredentialResult)> = Vec::new();
     for url in prepared.urls() {
         if !creds.iter().any(|(u, _)| *u == url) {
@@ -1046,6 +1102,75 @@ pub fn verify_request_cached(
 /// Verifies the Identity headers of `msg`, fetching (once, cached) the
 /// credentials they name.
 pub async fn verify_request(
+    verifier: &crate::verify::Verifier,
+    fetcher: &Arc<CertFetcher>,
+    msg: &crate::sip::Message<'_>,
+    now: UnixTime,
+) -> crate::verify::Outcome {
+    if !fetcher.cfg.cps_urls.is_empty()
+        && let Some(o) = verify_oob(verifier, fetcher, msg, now).await
+    {
+        return o;
+    }
+    verify_in_band(verifier, fetcher, msg, now).await
+}
+
+/// Out-of-band SHAKEN (ATIS-1000096/1000105): an INVITE without an Identity
+/// header whose PASSporTs wait in a call placement service. They are
+/// verified exactly like in-band ones (as Identity headers of the same
+/// request); `None` when the request has Identity headers, names no
+/// numbers, or no CPS has a PASSporT for it.
+async fn verify_oob(
+    verifier: &crate::verify::Verifier,
+    fetcher: &Arc<CertFetcher>,
+    msg: &crate::sip::Message<'_>,
+    now: UnixTime,
+) -> Option<crate::verify::Outcome> {
+    let prepared = verifier.prepare(msg, now);
+    if prepared.has_identity() {
+        return None;
+    }
+    let (orig, dest) = prepared.claimed_numbers();
+    let (orig, dest) = (orig?.to_string(), dest.first()?.to_string());
+    drop(prepared);
+    let tokens = fetcher.cps_passports(&orig, &dest).await;
+    if tokens.is_empty() {
+        return None;
+    }
+    let with_identity = with_identity_headers(msg, &tokens)?;
+    let m = crate::sip::Message::parse(&with_identity).ok()?;
+    let mut o = verify_in_band(verifier, fetcher, &m, now).await;
+    o.identity_source = crate::verify::IdentitySource::Oob;
+    Some(o)
+}
+
+/// `msg` with an Identity header per token (`info` = the token's `x5u`,
+/// `ppt` its `ppt`) after the request line.
+fn with_identity_headers(msg: &crate::sip::Message<'_>, tokens: &[String]) -> Option<Vec<u8>> {
+    let wire = msg.wire();
+    let line_end = memchr::memchr(b'\n', wire)? + 1;
+    let mut out = Vec::with_capacity(wire.len() + tokens.len() * 900);
+    out.extend_from_slice(wire.get(..line_end)?);
+    for t in tokens {
+        let Ok(d) = crate::passport::decode(t) else {
+            continue;
+        };
+        let Ok(h) = d.header() else { continue };
+        let (Some(x5u), ppt) = (h.x5u.as_deref(), h.ppt.as_deref().unwrap_or("shaken")) else {
+            continue;
+        };
+        if x5u.contains(['<', '>', '\r', '\n']) || !crate::sip::is_token(ppt) {
+            continue;
+        }
+        out.extend_from_slice(
+            format!("Identity: {t};info=<{x5u}>;alg=ES256;ppt={ppt}\r\n").as_bytes(),
+        );
+    }
+    out.extend_from_slice(wire.get(line_end..)?);
+    Some(out)
+}
+
+async fn verify_in_band(
     verifier: &crate::verify::Verifier,
     fetcher: &Arc<CertFetcher>,
     msg: &crate::sip::Message<'_>,

@@ -607,6 +607,7 @@ impl Proxy {
         };
         DecisionRecord {
             id: String::new(),
+            identity_source: String::new(),
             time: now_rfc3339(),
             call_id: bounded(msg.value(HeaderId::CallId).unwrap_or_default()),
             source: from.label(),
@@ -1690,6 +1691,11 @@ impl Proxy {
             latency_ms: txn.started.elapsed().as_secs_f64() * 1000.0,
             state: Some(facts.state),
             orig_verified: facts.orig_verified,
+            identity_source: if facts.identity_source == crate::facts::IdentitySourceFact::Oob {
+                "oob".into()
+            } else {
+                String::new()
+            },
         });
     }
 

@@ -700,6 +700,9 @@ pub struct HeaderResult {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Outcome {
     pub verstat: Verstat,
+    /// Where the PASSporTs came from: `sip` (Identity headers), `oob` (a
+    /// call placement service, ATIS-1000096), `none`.
+    pub identity_source: IdentitySource,
     /// The best verified PASSporT, if any.
     pub verified: Option<Verified>,
     /// The reported failure when nothing verified.
@@ -721,6 +724,32 @@ pub struct Outcome {
     pub date_note: Option<Cow<'static, str>>,
     pub headers: Vec<HeaderResult>,
     pub profile_problems: Vec<ProfileProblem>,
+}
+
+/// Where a call's PASSporTs came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdentitySource {
+    #[default]
+    None,
+    Sip,
+    Oob,
+}
+
+impl IdentitySource {
+    pub const NAMES: [&'static str; 3] = ["none", "sip", "oob"];
+
+    pub fn index(self) -> usize {
+        match self {
+            IdentitySource::None => 0,
+            IdentitySource::Sip => 1,
+            IdentitySource::Oob => 2,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        Self::NAMES.get(self.index()).copied().unwrap_or("none")
+    }
 }
 
 /// The digests of fetched rich-call-data content, or why it could not be
@@ -806,6 +835,7 @@ impl Outcome {
         let f = Failure::new(FailureKind::VerificationTimeout, detail);
         Outcome {
             verstat: config.verstat(f.kind),
+            identity_source: IdentitySource::None,
             verified: None,
             stir_code: Some(config.code(f.kind)),
             failure: Some(f),
@@ -936,6 +966,17 @@ pub struct Prepared<'m> {
 }
 
 impl<'m> Prepared<'m> {
+    /// The request carries no Identity header at all (an out-of-band
+    /// PASSporT may exist for it).
+    pub fn has_identity(&self) -> bool {
+        !self.headers.is_empty()
+    }
+
+    /// The calling and called numbers as the request claims them.
+    pub fn claimed_numbers(&self) -> (Option<&Tn>, &[Tn]) {
+        (self.claimed_orig.as_ref(), &self.claimed_dest)
+    }
+
     /// The x5u URLs whose credentials [`Verifier::finish`] needs.
     pub fn urls(&self) -> impl Iterator<Item = &'m str> + '_ {
         self.ready
@@ -1609,6 +1650,7 @@ impl Verifier {
         if let Some((v, problems)) = best {
             return Outcome {
                 verstat: Verstat::Passed,
+                identity_source: IdentitySource::Sip,
                 orig: Some(v.orig),
                 dest: v.dest.clone(),
                 origid: Some(v.origid.clone()),
@@ -1645,6 +1687,11 @@ impl Verifier {
         });
         Outcome {
             verstat: self.config.verstat(failure.kind),
+            identity_source: if p.headers.is_empty() {
+                IdentitySource::None
+            } else {
+                IdentitySource::Sip
+            },
             verified: None,
             stir_code: Some(self.config.code(failure.kind)),
             failure: Some(failure),

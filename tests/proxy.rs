@@ -1580,3 +1580,86 @@ async fn each_annotation_profile_writes_its_form() {
         assert_eq!(pai.first().copied(), attestation_info, "{profile}: {fwd}");
     }
 }
+
+/// Out-of-band SHAKEN (ATIS-1000096): an INVITE without Identity whose
+/// PASSporT waits in a call placement service (a lab CPS over HTTPS) is
+/// verified from it (`identity_source = "oob"`, verstat passed); with the
+/// CPS down the call proceeds unverified, promptly.
+#[tokio::test]
+async fn out_of_band_passports_are_retrieved_from_a_cps() {
+    let cps_port = common::free_port();
+    let lab = lab_full(
+        &root().join("policies/default.toml"),
+        "",
+        &format!("cps_urls = [\"https://127.0.0.1:{cps_port}\"]\ncps_token = \"lab-token\""),
+    )
+    .await;
+    let url = lab.repo.url("/sp-a.pem");
+    let token = common::key("sp-a.key")
+        .sign(&SignRequest {
+            attest: Attest::A,
+            orig: ORIG.into(),
+            dest: vec![DEST.into()],
+            iat: Clock.now().0,
+            origid: "3f1e2d4c-0000-4000-8000-00000000000b".into(),
+            x5u: url,
+        })
+        .unwrap();
+    let mut routes = std::collections::HashMap::new();
+    routes.insert(
+        format!("/passports/{DEST}/{ORIG}"),
+        Route::Body {
+            body: format!("{{\"passports\":[\"{token}\"]}}").into_bytes(),
+            headers: vec![],
+        },
+    );
+    let _cps = CertRepo::start(
+        format!("127.0.0.1:{cps_port}").parse().unwrap(),
+        &common::read("tls-server.pem"),
+        &common::read("tls-server.key"),
+        routes,
+    )
+    .await
+    .unwrap();
+    let mut records = lab.proxy.tap_decisions().unwrap();
+    let mut spec = InviteSpec::new(ORIG, DEST);
+    spec.via = lab.uac.local_addr().unwrap().to_string();
+    lab.send(&spec.build()).await;
+    let fwd = recv_line(&lab.uas, "INVITE ", 3000)
+        .await
+        .expect("forwarded");
+    assert!(
+        header(&fwd, "From")[0].contains(";verstat=TN-Validation-Passed@"),
+        "{fwd}"
+    );
+    let rec = tokio::time::timeout(Duration::from_secs(2), records.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (rec.identity_source.as_str(), rec.verstat.as_str()),
+        ("oob", "TN-Validation-Passed")
+    );
+
+    // A CPS that is down: the call goes on, unverified, well within the
+    // verification deadline.
+    let down = common::free_port();
+    let lab = lab_full(
+        &root().join("policies/default.toml"),
+        "",
+        &format!("cps_urls = [\"https://127.0.0.1:{down}\"]"),
+    )
+    .await;
+    let mut spec = InviteSpec::new(ORIG, DEST);
+    spec.via = lab.uac.local_addr().unwrap().to_string();
+    let t = std::time::Instant::now();
+    lab.send(&spec.build()).await;
+    let fwd = recv_line(&lab.uas, "INVITE ", 3000)
+        .await
+        .expect("forwarded");
+    assert!(
+        header(&fwd, "From")[0].contains(";verstat=No-TN-Validation@"),
+        "{fwd}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+}

@@ -8,7 +8,9 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::Diagnostic;
-use crate::facts::{AttestFact, Facts, FailureFact, PeerSpcFact, RcdFact, StateFact};
+use crate::facts::{
+    AttestFact, Facts, FailureFact, IdentitySourceFact, PeerSpcFact, RcdFact, StateFact,
+};
 use crate::lists::{List, ListKind};
 use crate::tn::Tn;
 use crate::verify::Verstat;
@@ -36,6 +38,7 @@ pub enum Fact {
     Rcd,
     RcdName,
     PeerSpc,
+    IdentitySource,
     CalleeFlagged,
     OrigUnwantedReports,
     SpcUnwantedReports,
@@ -47,7 +50,7 @@ pub enum Fact {
 }
 
 /// Fact names as written in policy files.
-pub const FACT_NAMES: [(&str, Fact); 28] = [
+pub const FACT_NAMES: [(&str, Fact); 29] = [
     ("verstat", Fact::Verstat),
     ("attest", Fact::Attest),
     ("failure", Fact::Failure),
@@ -68,6 +71,7 @@ pub const FACT_NAMES: [(&str, Fact); 28] = [
     ("rcd", Fact::Rcd),
     ("rcd_name", Fact::RcdName),
     ("peer_spc", Fact::PeerSpc),
+    ("identity_source", Fact::IdentitySource),
     ("callee_flagged", Fact::CalleeFlagged),
     ("orig_unwanted_reports", Fact::OrigUnwantedReports),
     ("spc_unwanted_reports", Fact::SpcUnwantedReports),
@@ -95,6 +99,7 @@ impl Fact {
             Fact::State => FactKind::Enum(&StateFact::NAMES),
             Fact::Rcd => FactKind::Enum(&RcdFact::NAMES),
             Fact::PeerSpc => FactKind::Enum(&PeerSpcFact::NAMES),
+            Fact::IdentitySource => FactKind::Enum(&IdentitySourceFact::NAMES),
             Fact::Diversion
             | Fact::CalleeFlagged
             | Fact::OrigVerified
@@ -367,6 +372,7 @@ fn enum_value(f: Fact, facts: &Facts) -> usize {
         Fact::State => facts.state.index(),
         Fact::Rcd => facts.rcd.index(),
         Fact::PeerSpc => facts.peer_spc.index(),
+        Fact::IdentitySource => facts.identity_source.index(),
         _ => 0,
     }
 }
@@ -626,6 +632,11 @@ pub(super) fn show(f: Fact, facts: &Facts) -> String {
             .into(),
         Fact::PeerSpc => PeerSpcFact::NAMES
             .get(facts.peer_spc.index())
+            .copied()
+            .unwrap_or("none")
+            .into(),
+        Fact::IdentitySource => IdentitySourceFact::NAMES
+            .get(facts.identity_source.index())
             .copied()
             .unwrap_or("none")
             .into(),
