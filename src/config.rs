@@ -510,8 +510,8 @@ pub struct ProxySection {
     /// Per-call verification deadline, from the INVITE's arrival; then
     /// `verification-timeout`.
     pub verify_deadline_ms: u64,
-    /// An INVITE that waited longer than this for a verify worker is
-    /// answered 503 (shedding by queueing delay: well under T1 = 500 ms, so
+    /// An INVITE that waited longer than this for a verify worker, with
+    /// others queued behind it, is answered 503 (shedding by queueing delay: well under T1 = 500 ms, so
     /// the caller's first retransmission finds an answer, not a queue).
     pub queue_budget_ms: u64,
     /// How long SIGTERM waits for open transactions.

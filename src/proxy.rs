@@ -303,6 +303,8 @@ pub struct Proxy {
     timer_seq: AtomicU64,
     /// Verify workers' queue (`None`: verify on the event loop).
     verify_jobs: Option<std::sync::mpsc::Sender<VerifyJob>>,
+    /// INVITEs in that queue now.
+    queued: AtomicU64,
 }
 
 /// An INVITE for a verify worker; the permit travels with it.
@@ -329,10 +331,14 @@ fn verify_worker(
         };
         let Ok(job) = job else { return };
         let Some(p) = proxy.upgrade() else { return };
+        let behind = p.queued.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
         let Ok(msg) = Message::parse(&job.txn.invite) else {
             continue;
         };
-        if job.txn.started.elapsed() > p.queue_budget {
+        // Shed by queueing delay, when there is a queue: a job that waited
+        // past the budget with others still waiting behind it. A lone late
+        // pickup (a cold start, a scheduler stall) is not overload.
+        if job.txn.started.elapsed() > p.queue_budget && behind > 0 {
             p.shed(&job.txn, &msg);
             continue;
         }
@@ -448,6 +454,7 @@ impl Proxy {
             decision_log: OnceLock::new(),
             decision_tap: OnceLock::new(),
             verify_jobs: job_tx,
+            queued: AtomicU64::new(0),
             timers: Mutex::new(std::collections::BinaryHeap::new()),
             timer_seq: AtomicU64::new(0),
             config,
@@ -1490,6 +1497,7 @@ impl Proxy {
                 permit,
             };
             // The workers end only when the proxy is dropped.
+            self.queued.fetch_add(1, Ordering::Relaxed);
             let _ = q.send(job);
             return;
         }
