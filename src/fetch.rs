@@ -140,6 +140,9 @@ struct DpCrl {
     running: bool,
 }
 
+/// Most distinct CRL distribution points followed.
+pub const MAX_DP_CRLS: usize = 256;
+
 /// Largest CRL fetched from a distribution point.
 pub const MAX_CRL_BODY: usize = 1024 * 1024;
 
@@ -700,6 +703,11 @@ impl CertFetcher {
             Ok(mut m) => urls
                 .iter()
                 .filter(|u| {
+                    // Bounded: distribution points come from certificates
+                    // that chain to the anchors, but are still counted.
+                    if !m.contains_key(*u) && m.len() >= MAX_DP_CRLS {
+                        return false;
+                    }
                     let e = m.entry((*u).clone()).or_default();
                     let go = !e.running && e.next.is_none_or(|n| n <= now);
                     if go {
