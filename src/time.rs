@@ -61,7 +61,7 @@ pub fn parse_sip_date(s: &str) -> Option<UnixTime> {
     let s = s.trim();
     let (_, rest) = s.split_once(", ")?;
     let mut it = rest.split(' ').filter(|p| !p.is_empty());
-    let day: i64 = it.next()?.parse().ok()?;
+    let day: i64 = it.next()?.parse::<u8>().ok()?.into();
     let month = match it.next()? {
         "Jan" => 1,
         "Feb" => 2,
@@ -77,18 +77,27 @@ pub fn parse_sip_date(s: &str) -> Option<UnixTime> {
         "Dec" => 12,
         _ => return None,
     };
-    let year: i64 = it.next()?.parse().ok()?;
+    // A 4-digit year (RFC 1123); unsigned fields: a caller's `Date` must
+    // not overflow the arithmetic below (found by fuzzing).
+    let year: u16 = it.next()?.parse().ok()?;
     let hms = it.next()?;
     if it.next()? != "GMT" || it.next().is_some() {
         return None;
     }
     let mut t = hms.split(':');
-    let h: i64 = t.next()?.parse().ok()?;
-    let m: i64 = t.next()?.parse().ok()?;
-    let sec: i64 = t.next()?.parse().ok()?;
-    if t.next().is_some() || !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 {
+    let h: u8 = t.next()?.parse().ok()?;
+    let m: u8 = t.next()?.parse().ok()?;
+    let sec: u8 = t.next()?.parse().ok()?;
+    if t.next().is_some()
+        || !(1..=31).contains(&day)
+        || !(1..=9999).contains(&year)
+        || h > 23
+        || m > 59
+        || sec > 60
+    {
         return None;
     }
+    let (year, h, m, sec) = (i64::from(year), i64::from(h), i64::from(m), i64::from(sec));
     Some(UnixTime(
         days_from_civil(year, month, day) * 86_400 + h * 3600 + m * 60 + sec,
     ))
