@@ -2398,6 +2398,12 @@ fn bind_udp(addr: SocketAddr, buffer: usize) -> std::io::Result<UdpSocket> {
 /// the source port, and `received` with the source address (even when it
 /// equals sent-by). Anything else is returned as it is.
 fn with_rport(resp: Vec<u8>, src: SocketAddr) -> Vec<u8> {
+    // Most requests carry no bare `rport`: no parse for them.
+    let bare =
+        memchr::memmem::find_iter(&resp, b";rport").any(|i| !matches!(resp.get(i + 6), Some(b'=')));
+    if !bare {
+        return resp;
+    }
     let Ok(m) = Message::parse(&resp) else {
         return resp;
     };
