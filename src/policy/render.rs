@@ -156,6 +156,9 @@ pub fn default_guidance(code: u16) -> &'static str {
     }
 }
 
+/// `s` as a SIP quoted-string (RFC 3261 §25.1): `"` and `\\` escaped, line
+/// breaks and tabs as spaces, other control characters dropped (no header
+/// injection from guidance or signed text).
 fn quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
@@ -165,7 +168,8 @@ fn quote(s: &str) -> String {
                 out.push('\\');
                 out.push(c);
             }
-            '\r' | '\n' => out.push(' '),
+            '\r' | '\n' | '\t' => out.push(' '),
+            c if c.is_control() => {}
             c => out.push(c),
         }
     }
@@ -570,19 +574,9 @@ pub fn apply_rcd(
     }
 }
 
-/// `text` as a SIP quoted-string (RFC 3261 §25.1): `"` and `\` escaped,
-/// control characters dropped (no header injection from signed text).
+/// `text` as a SIP quoted-string (see [`quote`]).
 pub fn quoted_string(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for c in text.chars().filter(|c| !c.is_control()) {
-        if c == '"' || c == '\\' {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('"');
-    out
+    quote(text)
 }
 
 /// A name-addr or addr-spec header value with `name` (already a
@@ -709,8 +703,8 @@ mod tests {
     #[test]
     fn rcd_presentation_is_quoted_and_filtered() {
         assert_eq!(
-            quoted_string("Acme \"Pharmacy\"\r\nX: y"),
-            "\"Acme \\\"Pharmacy\\\"X: y\""
+            quoted_string("Acme \"Pharmacy\"\r\nX:\u{7} y"),
+            "\"Acme \\\"Pharmacy\\\"  X: y\""
         );
         assert_eq!(
             set_display_name("\"Old <name>\" <sip:+1215@ex.net>;tag=1", "\"Acme\""),
