@@ -1399,8 +1399,6 @@ impl Verifier {
         &self,
         ih: &crate::identity::IdentityHeader<'m>,
         ppt: &str,
-        iat: impl FnOnce(&[u8]) -> Result<i64, Failure>,
-        now: UnixTime,
     ) -> Result<passport::Decoded<'m>, Failure> {
         if ih.form == Form::Compact {
             return Err(Failure::new(
@@ -1437,7 +1435,24 @@ impl Verifier {
                 format!("{ppt} PASSporT x5u differs from info"),
             ));
         }
-        let age = now.0.saturating_sub(iat(&d.payload)?);
+        self.config
+            .x5u
+            .check(ih.info)
+            .map_err(|why| Failure::new(FailureKind::X5uRefused, why))?;
+        Ok(d)
+    }
+
+    /// The claims every div and rcd PASSporT shares, checked: `iat` within
+    /// the window, `orig` and `dest` canonical.
+    fn extension_numbers(
+        &self,
+        ppt: &str,
+        orig: &str,
+        dest: &[String],
+        iat: i64,
+        now: UnixTime,
+    ) -> Result<(Tn, Vec<Tn>), Failure> {
+        let age = now.0.saturating_sub(iat);
         if age > self.config.max_iat_age || -age > self.config.max_iat_future {
             return Err(Failure::new(
                 FailureKind::Stale,
@@ -1447,11 +1462,13 @@ impl Verifier {
                 ),
             ));
         }
-        self.config
-            .x5u
-            .check(ih.info)
-            .map_err(|why| Failure::new(FailureKind::X5uRefused, why))?;
-        Ok(d)
+        let tn = |s: &str, what: &str| extension_tn(ppt, s, what);
+        Ok((
+            tn(orig, "orig.tn")?,
+            dest.iter()
+                .map(|t| tn(t, "dest.tn"))
+                .collect::<Result<_, _>>()?,
+        ))
     }
 
     fn check_div<'m>(
@@ -1459,32 +1476,18 @@ impl Verifier {
         ih: &crate::identity::IdentityHeader<'m>,
         now: UnixTime,
     ) -> Result<ReadyDiv<'m>, Failure> {
-        let claims = |payload: &[u8]| {
-            passport::div_claims(payload)
-                .map_err(|e| Failure::new(FailureKind::InvalidClaims, e.to_string()))
-        };
-        let d = self.check_extension(ih, "div", |p| claims(p).map(|c| c.iat), now)?;
-        let c = claims(&d.payload)?;
-        let tn = |s: &str, what: &str| {
-            Tn::canonical(s).map_err(|e| {
-                Failure::new(
-                    FailureKind::InvalidClaims,
-                    format!("div PASSporT {what} `{}`: {e}", clip(s)),
-                )
-            })
-        };
+        let d = self.check_extension(ih, "div")?;
+        let c = passport::div_claims(&d.payload)
+            .map_err(|e| Failure::new(FailureKind::InvalidClaims, e.to_string()))?;
+        let (orig, dest) = self.extension_numbers("div", &c.orig, &c.dest, c.iat, now)?;
         Ok(ReadyDiv {
             index: 0,
             x5u: ih.info,
             signing_input: d.signing_input,
             signature: d.signature,
-            orig: tn(&c.orig, "orig.tn")?,
-            dest: c
-                .dest
-                .iter()
-                .map(|t| tn(t, "dest.tn"))
-                .collect::<Result<_, _>>()?,
-            div: tn(&c.div, "div.tn")?,
+            orig,
+            dest,
+            div: extension_tn("div", &c.div, "div.tn")?,
         })
     }
 
@@ -1496,31 +1499,17 @@ impl Verifier {
         ih: &crate::identity::IdentityHeader<'m>,
         now: UnixTime,
     ) -> Result<ReadyRcd<'m>, Failure> {
-        let claims = |payload: &[u8]| {
-            passport::rcd_claims(payload)
-                .map_err(|e| Failure::new(FailureKind::InvalidClaims, e.to_string()))
-        };
-        let d = self.check_extension(ih, "rcd", |p| claims(p).map(|c| c.iat), now)?;
-        let c = claims(&d.payload)?;
-        let tn = |s: &str, what: &str| {
-            Tn::canonical(s).map_err(|e| {
-                Failure::new(
-                    FailureKind::InvalidClaims,
-                    format!("rcd PASSporT {what} `{}`: {e}", clip(s)),
-                )
-            })
-        };
+        let d = self.check_extension(ih, "rcd")?;
+        let c = passport::rcd_claims(&d.payload)
+            .map_err(|e| Failure::new(FailureKind::InvalidClaims, e.to_string()))?;
+        let (orig, dest) = self.extension_numbers("rcd", &c.orig, &c.dest, c.iat, now)?;
         Ok(ReadyRcd {
             index: 0,
             x5u: ih.info,
             signing_input: d.signing_input,
             signature: d.signature,
-            orig: tn(&c.orig, "orig.tn")?,
-            dest: c
-                .dest
-                .iter()
-                .map(|t| tn(t, "dest.tn"))
-                .collect::<Result<_, _>>()?,
+            orig,
+            dest,
             rcd: c.rcd,
         })
     }
@@ -1841,6 +1830,16 @@ impl Verifier {
         let p = self.prepare(msg, now);
         self.finish(p, now, lookup)
     }
+}
+
+/// A number claimed in a div or rcd PASSporT, canonical.
+fn extension_tn(ppt: &str, s: &str, what: &str) -> Result<Tn, Failure> {
+    Tn::canonical(s).map_err(|e| {
+        Failure::new(
+            FailureKind::InvalidClaims,
+            format!("{ppt} PASSporT {what} `{}`: {e}", clip(s)),
+        )
+    })
 }
 
 fn clip(s: &str) -> String {
