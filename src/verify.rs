@@ -1525,26 +1525,14 @@ impl Verifier {
         // div PASSporTs first: each verified one is a retargeting step.
         let mut links: Vec<(Tn, DivLink)> = Vec::new();
         for d in p.divs.drain(..) {
-            let res = match lookup(d.x5u) {
-                None => Err(CredentialError::Timeout {
-                    url: d.x5u.to_owned(),
-                }
-                .failure()),
-                Some(Err(e)) => Err(e.failure()),
-                Some(Ok(cred)) => cred
-                    .check_time(now)
-                    .map_err(|e| CredentialError::Cert(e).failure())
-                    .and_then(|()| {
-                        if cred.verify_es256(d.signing_input.as_bytes(), &d.signature) {
-                            Ok(cred)
-                        } else {
-                            Err(Failure::new(
-                                FailureKind::BadSignature,
-                                "div PASSporT signature does not verify",
-                            ))
-                        }
-                    }),
-            };
+            let res = extension_signature(
+                "div",
+                d.x5u,
+                d.signing_input,
+                &d.signature,
+                now,
+                &mut lookup,
+            );
             match res {
                 Ok(cred) => links.push((
                     d.orig,
@@ -1709,46 +1697,31 @@ impl Verifier {
         lookup: &mut impl FnMut(&str) -> Option<CredentialResult>,
     ) {
         for r in rcds {
-            let res = match lookup(r.x5u) {
-                None => Err(CredentialError::Timeout {
-                    url: r.x5u.to_owned(),
-                }
-                .failure()),
-                Some(Err(e)) => Err(e.failure()),
-                Some(Ok(cred)) => cred
-                    .check_time(now)
-                    .map_err(|e| CredentialError::Cert(e).failure())
-                    .and_then(|()| {
-                        if !cred.tns.is_empty() && !cred.tns.contains(r.orig.as_str()) {
-                            Err(Failure::new(
-                                FailureKind::OrigNotAuthorized,
-                                "the rcd PASSporT's certificate does not list its orig",
-                            ))
-                        } else if cred.verify_es256(r.signing_input.as_bytes(), &r.signature) {
-                            Ok(())
-                        } else {
-                            Err(Failure::new(
-                                FailureKind::BadSignature,
-                                "rcd PASSporT signature does not verify",
-                            ))
-                        }
-                    }),
-            }
-            .and_then(|()| {
-                if r.orig != v.orig {
-                    Err(Failure::new(
-                        FailureKind::OrigMismatch,
-                        "rcd PASSporT orig differs from the verified shaken PASSporT's",
-                    ))
-                } else if !r.dest.iter().any(|d| v.dest.contains(d)) {
-                    Err(Failure::new(
-                        FailureKind::DestMismatch,
-                        "rcd PASSporT dest differs from the verified shaken PASSporT's",
-                    ))
-                } else {
+            let res = extension_signature("rcd", r.x5u, r.signing_input, &r.signature, now, lookup)
+                .and_then(|cred| {
+                    if !cred.tns.is_empty() && !cred.tns.contains(r.orig.as_str()) {
+                        return Err(Failure::new(
+                            FailureKind::OrigNotAuthorized,
+                            "the rcd PASSporT's certificate does not list its orig",
+                        ));
+                    }
                     Ok(())
-                }
-            });
+                })
+                .and_then(|()| {
+                    if r.orig != v.orig {
+                        Err(Failure::new(
+                            FailureKind::OrigMismatch,
+                            "rcd PASSporT orig differs from the verified shaken PASSporT's",
+                        ))
+                    } else if !r.dest.iter().any(|d| v.dest.contains(d)) {
+                        Err(Failure::new(
+                            FailureKind::DestMismatch,
+                            "rcd PASSporT dest differs from the verified shaken PASSporT's",
+                        ))
+                    } else {
+                        Ok(())
+                    }
+                });
             let Some(h) = headers.iter_mut().find(|h| h.index == r.index) else {
                 continue;
             };
@@ -1829,6 +1802,38 @@ impl Verifier {
     ) -> Outcome {
         let p = self.prepare(msg, now);
         self.finish(p, now, lookup)
+    }
+}
+
+/// The credential of a div or rcd PASSporT whose signature verifies with
+/// it, valid at `now`.
+fn extension_signature(
+    ppt: &str,
+    x5u: &str,
+    signing_input: &str,
+    signature: &[u8; 64],
+    now: UnixTime,
+    lookup: &mut impl FnMut(&str) -> Option<CredentialResult>,
+) -> Result<Arc<Credential>, Failure> {
+    let cred = match lookup(x5u) {
+        None => {
+            return Err(CredentialError::Timeout {
+                url: x5u.to_owned(),
+            }
+            .failure());
+        }
+        Some(Err(e)) => return Err(e.failure()),
+        Some(Ok(cred)) => cred,
+    };
+    cred.check_time(now)
+        .map_err(|e| CredentialError::Cert(e).failure())?;
+    if cred.verify_es256(signing_input.as_bytes(), signature) {
+        Ok(cred)
+    } else {
+        Err(Failure::new(
+            FailureKind::BadSignature,
+            format!("{ppt} PASSporT signature does not verify"),
+        ))
     }
 }
 
