@@ -313,16 +313,7 @@ pub fn frame_stream(buf: &[u8]) -> Result<Option<(usize, usize)>, ParseError> {
         }
         return Ok(None);
     };
-    let head = buf.get(..head_end).ok_or(ParseError::Unterminated)?;
-    let (_, headers) = parse_head(head)?;
-    let len = content_length(&headers)?.ok_or(ParseError::MissingContentLength)?;
-    let total = body_start.saturating_add(len);
-    if total > MAX_SIP_MESSAGE {
-        return Err(ParseError::TooLarge {
-            len: total,
-            max: MAX_SIP_MESSAGE,
-        });
-    }
+    let total = message_len(buf, head_end, body_start)?;
     if buf.len() < total {
         return Ok(None);
     }
@@ -388,16 +379,7 @@ impl StreamFramer {
                     self.scanned = self.buf.len().saturating_sub(2);
                     return Ok(None);
                 };
-                let head = self.buf.get(..head_end).ok_or(ParseError::Unterminated)?;
-                let (_, headers) = parse_head(head)?;
-                let len = content_length(&headers)?.ok_or(ParseError::MissingContentLength)?;
-                let total = body_start.saturating_add(len);
-                if total > MAX_SIP_MESSAGE {
-                    return Err(ParseError::TooLarge {
-                        len: total,
-                        max: MAX_SIP_MESSAGE,
-                    });
-                }
+                let total = message_len(&self.buf, head_end, body_start)?;
                 self.len = Some(total);
                 total
             }
@@ -412,6 +394,22 @@ impl StreamFramer {
         self.push(&rest);
         Ok(Some(msg))
     }
+}
+
+/// The length of the stream message whose head ends at `head_end`: its
+/// Content-Length is required and the whole must fit [`MAX_SIP_MESSAGE`].
+fn message_len(buf: &[u8], head_end: usize, body_start: usize) -> Result<usize, ParseError> {
+    let head = buf.get(..head_end).ok_or(ParseError::Unterminated)?;
+    let (_, headers) = parse_head(head)?;
+    let len = content_length(&headers)?.ok_or(ParseError::MissingContentLength)?;
+    let total = body_start.saturating_add(len);
+    if total > MAX_SIP_MESSAGE {
+        return Err(ParseError::TooLarge {
+            len: total,
+            max: MAX_SIP_MESSAGE,
+        });
+    }
+    Ok(total)
 }
 
 /// Returns (end of last header line, start of body). Accepts CRLF CRLF and,
