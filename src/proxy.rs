@@ -217,6 +217,9 @@ struct TxnState {
     cancel_pending: bool,
     /// Added to the first response relayed upstream.
     upstream_reason: Option<String>,
+    /// The forwarded From differs from the caller's (verstat or a display
+    /// name was written into it): relayed responses get the caller's back.
+    from_rewritten: bool,
     orig: String,
     dest: String,
     /// What a 607 to this call counts against (none: not verified).
@@ -256,6 +259,7 @@ impl Txn {
                 final_2xx: false,
                 cancel_pending: false,
                 upstream_reason: None,
+                from_rewritten: false,
                 orig: String::new(),
                 dest: String::new(),
                 report: None,
@@ -1887,6 +1891,8 @@ impl Proxy {
             st.forwarded = Some(out.clone());
             st.downstream = Some(to);
             st.upstream_reason.clone_from(&plan.upstream_reason);
+            st.from_rewritten =
+                (plan.in_from && plan.verstat.is_some()) || plan.display_name.is_some();
         }
         self.send(to, out);
         // Timer A (UDP) until a response; Timer B: 408 upstream.
@@ -2141,6 +2147,7 @@ impl Proxy {
         let code = info.code;
         if let Some(txn) = txn.filter(|_| info.cseq_method == "INVITE") {
             let mut extra: Option<String> = None;
+            let mut from_rewritten = false;
             let mut ack: Option<(Vec<u8>, Peer)> = None;
             let mut cancel: Option<(Vec<u8>, Peer)> = None;
             let mut relay = true;
@@ -2179,6 +2186,7 @@ impl Proxy {
                 if relay && code > 100 {
                     extra.clone_from(&st.upstream_reason);
                 }
+                from_rewritten = st.from_rewritten;
             }
             // Sent after the state lock is released.
             if let Some((c, to)) = cancel {
@@ -2195,10 +2203,11 @@ impl Proxy {
                     .responses
                     .inc(&[code_label(code, &mut [0; 3]), "downstream"]);
             }
-            // The caller gets its own From back (we may have annotated the
-            // forwarded one with verstat or a display name).
-            let original_from = Message::parse(&txn.invite)
-                .ok()
+            // The caller gets its own From back when we annotated the
+            // forwarded one (verstat, display name); otherwise no parse.
+            let original_from = from_rewritten
+                .then(|| Message::parse(&txn.invite).ok())
+                .flatten()
                 .and_then(|m| m.value(HeaderId::From).map(str::to_owned));
             let out = strip_top_via(msg, extra.as_deref(), original_from.as_deref());
             if completed {
