@@ -101,6 +101,7 @@ pub struct Config {
     pub operator: OperatorSection,
     pub admin: AdminSection,
     pub log: LogSection,
+    pub tls: TlsSection,
     /// Named peers and trunks, matched by source address (the `source` fact).
     pub peers: Vec<Peer>,
     /// The embedded default's files, while this configuration uses them.
@@ -169,6 +170,42 @@ impl Default for PolicySection {
         PolicySection {
             file: PathBuf::from("policies/default.toml"),
             reload_check_ms: 1000,
+        }
+    }
+}
+
+/// `[tls]`: the certificate of `tls:` listeners (and the HTTPS API), the
+/// client certificates they require, and how `tls:` next hops are checked.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// PEM chain, leaf first. Also presented as the client certificate on
+    /// `tls:` connections the proxy opens (mutual TLS between carriers).
+    pub certificate: Option<PathBuf>,
+    /// PEM private key (PKCS#8, SEC1 EC or PKCS#1 RSA).
+    pub private_key: Option<PathBuf>,
+    /// PEM CA certificates; a connecting peer must present a certificate
+    /// chaining to one of them. Empty: no client certificate required.
+    pub client_ca: Vec<PathBuf>,
+    /// PEM CA certificates a `tls:` next hop's certificate must chain to.
+    /// Empty: the system's roots.
+    pub server_ca: Vec<PathBuf>,
+    /// The name a `tls:` next hop's certificate must carry; empty: its IP
+    /// address (an IP SAN).
+    pub server_name: String,
+    /// A TLS handshake (either direction) must finish within this.
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        TlsSection {
+            certificate: None,
+            private_key: None,
+            client_ca: Vec::new(),
+            server_ca: Vec::new(),
+            server_name: String::new(),
+            handshake_timeout_ms: 5000,
         }
     }
 }
@@ -686,6 +723,10 @@ impl Config {
             .chain(self.fetch.pinned.values_mut())
             .chain(std::iter::once(&mut self.policy.file))
             .chain(self.operator.jcard_key.iter_mut())
+            .chain(self.tls.certificate.iter_mut())
+            .chain(self.tls.private_key.iter_mut())
+            .chain(self.tls.client_ca.iter_mut())
+            .chain(self.tls.server_ca.iter_mut())
     }
 
     /// Makes relative input paths relative to `dir`.

@@ -79,5 +79,7 @@ pub mod sip;
 #[cfg(feature = "runtime")]
 pub mod state;
 pub mod time;
+#[cfg(feature = "runtime")]
+pub mod tls;
 pub mod tn;
 pub mod verify;

@@ -39,6 +39,8 @@ use crate::verify::{Outcome, Verifier};
 pub enum Transport {
     Udp,
     Tcp,
+    /// TLS over TCP (RFC 3261 §26.2; Via `SIP/2.0/TLS`).
+    Tls,
 }
 
 impl Transport {
@@ -46,7 +48,14 @@ impl Transport {
         match self {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
         }
+    }
+
+    /// A connection-oriented transport (responses go back on the
+    /// request's connection, RFC 3261 §18.2.2).
+    fn is_stream(self) -> bool {
+        self != Transport::Udp
     }
 }
 
@@ -58,7 +67,8 @@ pub fn parse_target(s: &str) -> Result<(Transport, SocketAddr), String> {
     let t = match t.to_ascii_lowercase().as_str() {
         "udp" => Transport::Udp,
         "tcp" => Transport::Tcp,
-        other => return Err(format!("transport `{other}` is not udp or tcp")),
+        "tls" => Transport::Tls,
+        other => return Err(format!("transport `{other}` is not udp, tcp or tls")),
     };
     let addr: SocketAddr = rest
         .parse()
@@ -67,7 +77,7 @@ pub fn parse_target(s: &str) -> Result<(Transport, SocketAddr), String> {
 }
 
 /// Where a message came from or goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Peer {
     pub transport: Transport,
     pub addr: SocketAddr,
@@ -81,6 +91,58 @@ impl Peer {
             self.transport.as_str().to_ascii_lowercase(),
             self.addr
         )
+    }
+}
+
+/// The read side of a TCP or TLS connection.
+enum StreamRead {
+    Tcp(tokio::net::tcp::OwnedReadHalf),
+    Tls(tokio::io::ReadHalf<tokio_rustls::TlsStream<TcpStream>>),
+}
+
+/// What one read of a connection gave.
+enum Filled {
+    /// Bytes (perhaps none) went to the framer.
+    Data,
+    Closed,
+    TimedOut,
+}
+
+impl StreamRead {
+    /// Waits up to `wait` for bytes and hands them to `framer`. TCP waits
+    /// for readability without a buffer (an idle connection holds none).
+    async fn fill(&mut self, framer: &mut StreamFramer, wait: Duration) -> Filled {
+        match self {
+            StreamRead::Tcp(rd) => {
+                match tokio::time::timeout(wait, rd.readable()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Filled::Closed,
+                    Err(_) => return Filled::TimedOut,
+                }
+                let mut chunk = [0u8; 4096];
+                match rd.try_read(&mut chunk) {
+                    Ok(0) => Filled::Closed,
+                    Ok(n) => {
+                        framer.push(chunk.get(..n).unwrap_or_default());
+                        Filled::Data
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Filled::Data,
+                    Err(_) => Filled::Closed,
+                }
+            }
+            StreamRead::Tls(rd) => {
+                use tokio::io::AsyncReadExt as _;
+                let mut chunk = [0u8; 4096];
+                match tokio::time::timeout(wait, rd.read(&mut chunk)).await {
+                    Ok(Ok(0) | Err(_)) => Filled::Closed,
+                    Ok(Ok(n)) => {
+                        framer.push(chunk.get(..n).unwrap_or_default());
+                        Filled::Data
+                    }
+                    Err(_) => Filled::TimedOut,
+                }
+            }
+        }
     }
 }
 
@@ -153,6 +215,8 @@ pub struct ProxyStats {
     /// Closed for idleness or a message that took too long.
     pub tcp_timeouts: AtomicU64,
     pub tcp_accept_errors: AtomicU64,
+    /// TLS handshakes that failed or timed out (either direction).
+    pub tls_handshake_failures: AtomicU64,
     /// Screened calls by verstat and attestation.
     pub calls: Family,
     /// Verification failures by kind and RFC 8224 code.
@@ -179,6 +243,7 @@ impl Default for ProxyStats {
             tcp_refused: AtomicU64::new(0),
             tcp_timeouts: AtomicU64::new(0),
             tcp_accept_errors: AtomicU64::new(0),
+            tls_handshake_failures: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             calls: Family::new(&["verstat", "attest"]),
             failures: Family::new(&["failure", "code"]),
@@ -280,9 +345,17 @@ pub struct Proxy {
     /// Our addresses, per transport.
     local_udp: Option<SocketAddr>,
     local_tcp: Option<SocketAddr>,
+    local_tls: Option<SocketAddr>,
+    /// How `tls:` connections we open are made (next hop, responses whose
+    /// connection is gone); `None` without a `[tls]` that allows it.
+    tls_client: Option<Arc<rustls::ClientConfig>>,
+    /// TCP and TLS connections share one cap (see [`Proxy::tcp_cap`]).
+    stream_slots: Arc<Semaphore>,
     /// Every UDP socket with whether it is IPv6; sends use the first of
     /// the destination's family (no syscall to ask a socket its address).
     udp: Vec<(bool, Arc<UdpSocket>)>,
+    /// Open TCP and TLS connections by peer address (one map: a response
+    /// goes on the request's connection whatever its Via says).
     tcp_conns: Mutex<HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>>>,
     verifier: Verifier,
     fetcher: Arc<CertFetcher>,
@@ -419,9 +492,30 @@ impl Proxy {
         store.start();
         let operator = config.operator().map_err(|e| cerr(e.to_string()))?;
 
-        let (udp_sockets, tcp_listeners) = bind_listeners(&config).await?;
+        let (udp_sockets, tcp_listeners, tls_listeners) = bind_listeners(&config).await?;
         let local_udp = udp_sockets.first().and_then(|s| s.local_addr().ok());
         let local_tcp = tcp_listeners.first().and_then(|s| s.local_addr().ok());
+        let local_tls = tls_listeners.first().and_then(|s| s.local_addr().ok());
+        let tls_acceptor = if tls_listeners.is_empty() {
+            None
+        } else {
+            let sc = crate::tls::server_config(&config.tls).map_err(|e| cerr(e.to_string()))?;
+            Some(tokio_rustls::TlsAcceptor::from(sc))
+        };
+        // A TLS client is needed for a `tls:` next hop (an error there is
+        // fatal) and for responses over TLS whose connection closed.
+        let tls_client = match crate::tls::client_config(&config.tls) {
+            Ok(cc) => {
+                if nt == Transport::Tls {
+                    crate::tls::server_name(&config.tls, naddr.ip())
+                        .map_err(|e| cerr(e.to_string()))?;
+                }
+                Some(cc)
+            }
+            Err(e) if nt == Transport::Tls => return Err(cerr(e.to_string())),
+            Err(_) => None,
+        };
+        let tcp_cap = Proxy::tcp_cap(config.proxy.tcp_max_connections);
         let (shutdown, _) = watch::channel(false);
         let (job_tx, job_rx) = if config.proxy.verify_threads > 0 {
             let (tx, rx) = std::sync::mpsc::channel::<VerifyJob>();
@@ -436,6 +530,9 @@ impl Proxy {
             },
             local_udp,
             local_tcp,
+            local_tls,
+            tls_client,
+            stream_slots: Arc::new(Semaphore::new(tcp_cap)),
             udp: udp_sockets
                 .iter()
                 .filter_map(|s| s.local_addr().ok().map(|a| (a.is_ipv6(), Arc::clone(s))))
@@ -450,7 +547,7 @@ impl Proxy {
             inflight: Arc::new(Semaphore::new(config.proxy.max_in_flight)),
             verify_deadline: Duration::from_millis(config.proxy.verify_deadline_ms),
             queue_budget: Duration::from_millis(config.proxy.queue_budget_ms),
-            tcp_cap: Proxy::tcp_cap(config.proxy.tcp_max_connections),
+            tcp_cap,
             record_route: config.proxy.record_route,
             clock: Clock,
             stats: ProxyStats::default(),
@@ -498,7 +595,12 @@ impl Proxy {
         }
         for l in tcp_listeners {
             let p = Arc::clone(&proxy);
-            tokio::spawn(async move { p.accept_loop(l).await });
+            tokio::spawn(async move { p.accept_loop(l, None).await });
+        }
+        for l in tls_listeners {
+            let p = Arc::clone(&proxy);
+            let acceptor = tls_acceptor.clone();
+            tokio::spawn(async move { p.accept_loop(l, acceptor).await });
         }
         proxy.warn_stale_crls();
         let _watcher = proxy
@@ -520,6 +622,11 @@ impl Proxy {
     /// The TCP address the proxy listens on.
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
         self.local_tcp
+    }
+
+    /// The TLS address the proxy listens on.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.local_tls
     }
 
     /// Reloads trust anchors, intermediates and CRLs (SIGHUP). A broken
@@ -726,6 +833,11 @@ impl Proxy {
             "stirscreen_tcp_accept_errors_total",
             "TCP accept failures (e.g. out of file descriptors), each followed by a back-off.",
             n(&s.tcp_accept_errors),
+        );
+        e.counter(
+            "stirscreen_tls_handshake_failures_total",
+            "TLS handshakes that failed or took longer than [tls] handshake_timeout_ms (accepted and opened connections).",
+            n(&s.tls_handshake_failures),
         );
         e.counter(
             "stirscreen_invites_total",
@@ -1003,13 +1115,14 @@ impl Proxy {
         cap
     }
 
-    /// Accepts TCP connections up to `tcp_max_connections` (beyond: closed
-    /// at once and counted). Accept errors (the process out of file
-    /// descriptors, say) are logged once per burst and backed off, never
-    /// retried in a tight loop.
-    async fn accept_loop(self: Arc<Self>, l: TcpListener) {
+    /// Accepts TCP or TLS (`tls` set) connections up to
+    /// `tcp_max_connections`, one cap for both (beyond: closed at once and
+    /// counted). A TLS handshake must finish within `[tls]
+    /// handshake_timeout_ms`, holding its slot meanwhile. Accept errors (the
+    /// process out of file descriptors, say) are logged once per burst and
+    /// backed off, never retried in a tight loop.
+    async fn accept_loop(self: Arc<Self>, l: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
         let mut stop = self.shutdown.subscribe();
-        let slots = Arc::new(Semaphore::new(self.tcp_cap));
         let mut backoff = Duration::ZERO;
         loop {
             tokio::select! {
@@ -1027,14 +1140,30 @@ impl Proxy {
                         }
                     };
                     backoff = Duration::ZERO;
-                    let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+                    let Ok(permit) = Arc::clone(&self.stream_slots).try_acquire_owned() else {
                         self.stats.tcp_refused.fetch_add(1, Ordering::Relaxed);
                         drop(s);
                         continue;
                     };
                     let p = Arc::clone(&self);
+                    let tls = tls.clone();
                     tokio::spawn(async move {
-                        p.connection(s, from).await;
+                        match tls {
+                            None => {
+                                let (rd, wr) = s.into_split();
+                                let peer = Peer { transport: Transport::Tcp, addr: from };
+                                p.connection(StreamRead::Tcp(rd), wr, peer).await;
+                            }
+                            Some(acceptor) => {
+                                let hs = Duration::from_millis(p.config.tls.handshake_timeout_ms.max(1));
+                                match tokio::time::timeout(hs, acceptor.accept(s)).await {
+                                    Ok(Ok(t)) => p.tls_connection(t.into(), from).await,
+                                    _ => {
+                                        p.stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                }
+                            }
+                        }
                         drop(permit);
                     });
                 }
@@ -1045,23 +1174,40 @@ impl Proxy {
         }
     }
 
-    /// One TCP connection: framed reads; writes through a channel so any
-    /// task can send on it. No read buffer is held while the connection is
-    /// idle; it closes after `tcp_idle_timeout_ms` without traffic, or when
-    /// a message takes longer than `tcp_message_timeout_ms` to arrive.
-    async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
-        let (rd, mut wr) = stream.into_split();
+    async fn tls_connection(
+        self: Arc<Self>,
+        stream: tokio_rustls::TlsStream<TcpStream>,
+        addr: SocketAddr,
+    ) {
+        let (rd, wr) = tokio::io::split(stream);
+        let peer = Peer {
+            transport: Transport::Tls,
+            addr,
+        };
+        self.connection(StreamRead::Tls(rd), wr, peer).await;
+    }
+
+    /// One TCP or TLS connection: framed reads; writes through a channel
+    /// so any task can send on it. No read buffer is held while a TCP
+    /// connection is idle; it closes after `tcp_idle_timeout_ms` without
+    /// traffic, or when a message takes longer than
+    /// `tcp_message_timeout_ms` to arrive.
+    async fn connection<W>(self: Arc<Self>, mut rd: StreamRead, mut wr: W, peer: Peer)
+    where
+        W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
         if let Ok(mut c) = self.tcp_conns.lock() {
-            c.insert(peer, tx);
+            c.insert(peer.addr, tx);
         }
         self.stats.tcp_open.fetch_add(1, Ordering::Relaxed);
         let writer = tokio::spawn(async move {
             while let Some(m) = rx.recv().await {
-                if wr.write_all(&m).await.is_err() {
+                if wr.write_all(&m).await.is_err() || wr.flush().await.is_err() {
                     break;
                 }
             }
+            let _ = wr.shutdown().await;
         });
         let idle = Duration::from_millis(self.config.proxy.tcp_idle_timeout_ms.max(1));
         let per_message = Duration::from_millis(self.config.proxy.tcp_message_timeout_ms.max(1));
@@ -1073,22 +1219,14 @@ impl Proxy {
                 Some(t) => per_message.saturating_sub(t.elapsed()),
                 None => idle,
             };
-            match tokio::time::timeout(wait, rd.readable()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => break,
-                Err(_) => {
+            match rd.fill(&mut framer, wait).await {
+                Filled::Data => {}
+                Filled::Closed => break,
+                Filled::TimedOut => {
                     self.stats.tcp_timeouts.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
             }
-            let mut chunk = [0u8; 4096];
-            let n = match rd.try_read(&mut chunk) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(_) => break,
-            };
-            framer.push(chunk.get(..n).unwrap_or_default());
             if started.is_none() && !framer.buffered().is_empty() {
                 started = Some(tokio::time::Instant::now());
             }
@@ -1096,13 +1234,7 @@ impl Proxy {
                 match framer.next_message() {
                     Ok(Some(msg)) => {
                         started = (!framer.buffered().is_empty()).then(tokio::time::Instant::now);
-                        self.handle(
-                            &msg,
-                            Peer {
-                                transport: Transport::Tcp,
-                                addr: peer,
-                            },
-                        );
+                        self.handle(&msg, peer);
                     }
                     Ok(None) => break,
                     Err(e) => {
@@ -1127,13 +1259,7 @@ impl Proxy {
                         if !buf.starts_with(b"SIP/")
                             && let Some(resp) = error_response(buf, code, phrase, why)
                         {
-                            self.send(
-                                Peer {
-                                    transport: Transport::Tcp,
-                                    addr: peer,
-                                },
-                                resp,
-                            );
+                            self.send(peer, resp);
                         }
                         break 'read;
                     }
@@ -1141,7 +1267,7 @@ impl Proxy {
             }
         }
         if let Ok(mut c) = self.tcp_conns.lock() {
-            c.remove(&peer);
+            c.remove(&peer.addr);
         }
         self.stats.tcp_open.fetch_sub(1, Ordering::Relaxed);
         // The sender is gone with the map entry: the writer sends what is
@@ -1149,57 +1275,89 @@ impl Proxy {
         let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
     }
 
-    /// Sends bytes to a peer; UDP from our socket, TCP on an existing
-    /// connection or a new one.
+    /// Sends bytes to a peer; UDP from our socket, TCP or TLS on the open
+    /// connection with that address (whichever of the two it is: a request
+    /// that came over TLS is answered on its connection even when its Via
+    /// says TCP) or a new one.
     fn send(self: &Arc<Self>, to: Peer, bytes: Vec<u8>) {
-        match to.transport {
-            Transport::Udp => {
-                let sock = self.udp.iter().find(|(v6, _)| *v6 == to.addr.is_ipv6());
-                if let Some((_, s)) = sock {
-                    let _ = s.try_send_to(&bytes, to.addr);
-                }
+        if to.transport == Transport::Udp {
+            let sock = self.udp.iter().find(|(v6, _)| *v6 == to.addr.is_ipv6());
+            if let Some((_, s)) = sock {
+                let _ = s.try_send_to(&bytes, to.addr);
             }
-            Transport::Tcp => {
-                let existing = self
+            return;
+        }
+        let existing = self
+            .tcp_conns
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&to.addr).cloned());
+        let bytes = match existing {
+            Some(tx) => match tx.send(bytes) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(b)) => b,
+            },
+            None => bytes,
+        };
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let connect = Duration::from_millis(me.config.fetch.connect_timeout_ms.max(1));
+            let Ok(Ok(s)) = tokio::time::timeout(connect, TcpStream::connect(to.addr)).await else {
+                return;
+            };
+            let p = Arc::clone(&me);
+            if to.transport == Transport::Tls {
+                let (Some(c), Ok(name)) = (
+                    me.tls_client.clone(),
+                    crate::tls::server_name(&me.config.tls, to.addr.ip()),
+                ) else {
+                    return;
+                };
+                let hs = Duration::from_millis(me.config.tls.handshake_timeout_ms.max(1));
+                let c = tokio_rustls::TlsConnector::from(c);
+                match tokio::time::timeout(hs, c.connect(name, s)).await {
+                    Ok(Ok(t)) => {
+                        tokio::spawn(async move { p.tls_connection(t.into(), to.addr).await });
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!("TLS to {}: {e}", to.addr);
+                        me.stats
+                            .tls_handshake_failures
+                            .fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::warn!("TLS to {}: handshake timed out", to.addr);
+                        me.stats
+                            .tls_handshake_failures
+                            .fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                }
+            } else {
+                let (rd, wr) = s.into_split();
+                tokio::spawn(async move { p.connection(StreamRead::Tcp(rd), wr, to).await });
+            }
+            for _ in 0..50 {
+                let tx = me
                     .tcp_conns
                     .lock()
                     .ok()
                     .and_then(|c| c.get(&to.addr).cloned());
-                let bytes = match existing {
-                    Some(tx) => match tx.send(bytes) {
-                        Ok(()) => return,
-                        Err(mpsc::error::SendError(b)) => b,
-                    },
-                    None => bytes,
-                };
-                let me = Arc::clone(self);
-                tokio::spawn(async move {
-                    let Ok(s) = TcpStream::connect(to.addr).await else {
-                        return;
-                    };
-                    let p = Arc::clone(&me);
-                    tokio::spawn(async move { p.connection(s, to.addr).await });
-                    for _ in 0..50 {
-                        let tx = me
-                            .tcp_conns
-                            .lock()
-                            .ok()
-                            .and_then(|c| c.get(&to.addr).cloned());
-                        if let Some(tx) = tx {
-                            let _ = tx.send(bytes);
-                            return;
-                        }
-                        tokio::time::sleep(Duration::from_millis(2)).await;
-                    }
-                });
+                if let Some(tx) = tx {
+                    let _ = tx.send(bytes);
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
             }
-        }
+        });
     }
 
     fn local(&self, t: Transport) -> Option<SocketAddr> {
         match t {
             Transport::Udp => self.local_udp.or(self.local_tcp),
             Transport::Tcp => self.local_tcp.or(self.local_udp),
+            Transport::Tls => self.local_tls.or(self.local_tcp).or(self.local_udp),
         }
     }
 
@@ -1215,7 +1373,9 @@ impl Proxy {
                 .ok()
                 .map(|ip| SocketAddr::new(ip, 5060))
         });
-        addr.is_some_and(|a| self.local_udp == Some(a) || self.local_tcp == Some(a))
+        addr.is_some_and(|a| {
+            self.local_udp == Some(a) || self.local_tcp == Some(a) || self.local_tls == Some(a)
+        })
     }
 
     /// Our branch for a request: a hash of what identifies its transaction
@@ -1933,10 +2093,10 @@ impl Proxy {
             .then(|| self.local(t))
             .flatten()
             .map(|addr| {
-                let tp = if t == Transport::Tcp {
-                    ";transport=tcp"
-                } else {
-                    ""
+                let tp = match t {
+                    Transport::Udp => "",
+                    Transport::Tcp => ";transport=tcp",
+                    Transport::Tls => ";transport=tls",
                 };
                 format!("Record-Route: <sip:{addr}{tp};lr>\r\n")
             });
@@ -1949,7 +2109,7 @@ impl Proxy {
                     let mut parts = split_outside_quotes(v, b',');
                     let head = parts.next().unwrap_or_default().trim();
                     let rest: Vec<&str> = parts.collect();
-                    let fixed = fix_via(head, top, from.addr);
+                    let fixed = fix_via(head, top, from.addr, from.transport.is_stream());
                     let mut line = format!("Via: {fixed}");
                     for r in rest {
                         line.push(',');
@@ -2078,24 +2238,33 @@ impl Proxy {
                 crate::sip::StartLine::Response { .. } => return None,
             },
         };
+        // RFC 3261 §19.1.2 / §26.2.2: `sips:` or `transport=tls` is TLS
+        // (default port 5061), `transport=tcp` TCP, else UDP.
+        let param = target.sip_params().get("transport").flatten();
+        let transport = if target.scheme.eq_ignore_ascii_case("sips")
+            || param.is_some_and(|t| t.eq_ignore_ascii_case("tls"))
+        {
+            Transport::Tls
+        } else if param.is_some_and(|t| t.eq_ignore_ascii_case("tcp")) {
+            Transport::Tcp
+        } else {
+            Transport::Udp
+        };
+        let default_port = if transport == Transport::Tls {
+            5061
+        } else {
+            5060
+        };
         let hp = target.sip_hostport();
         let addr: SocketAddr = hp
             .parse()
             .or_else(|_| {
                 hp.trim_matches(['[', ']'])
                     .parse::<IpAddr>()
-                    .map(|ip| SocketAddr::new(ip, 5060))
+                    .map(|ip| SocketAddr::new(ip, default_port))
             })
             .ok()?;
-        let tcp = target
-            .sip_params()
-            .get("transport")
-            .flatten()
-            .is_some_and(|t| t.eq_ignore_ascii_case("tcp"));
-        Some(Peer {
-            transport: if tcp { Transport::Tcp } else { Transport::Udp },
-            addr,
-        })
+        Some(Peer { transport, addr })
     }
 
     fn cancel(self: &Arc<Self>, msg: &Message<'_>, from: Peer, txn: &Arc<Txn>) {
@@ -2313,13 +2482,14 @@ impl Pending {
 /// that TCP port, both are bound again on new ports (a few tries).
 async fn bind_listeners(
     config: &Config,
-) -> Result<(Vec<Arc<UdpSocket>>, Vec<TcpListener>), ServeError> {
+) -> Result<(Vec<Arc<UdpSocket>>, Vec<TcpListener>, Vec<TcpListener>), ServeError> {
     const TRIES: usize = 8;
     let mut attempt = 0;
     'again: loop {
         attempt += 1;
         let mut udp_sockets: Vec<Arc<UdpSocket>> = Vec::new();
         let mut tcp_listeners = Vec::new();
+        let mut tls_listeners = Vec::new();
         for l in &config.proxy.listen {
             let (t, mut addr) = parse_target(l).map_err(ServeError::Config)?;
             let bind_err = |source| ServeError::Bind {
@@ -2352,9 +2522,10 @@ async fn bind_listeners(
                         Err(e) => return Err(bind_err(e)),
                     }
                 }
+                Transport::Tls => tls_listeners.push(bind_tcp(addr).map_err(bind_err)?),
             }
         }
-        return Ok((udp_sockets, tcp_listeners));
+        return Ok((udp_sockets, tcp_listeners, tls_listeners));
     }
 }
 
@@ -2401,8 +2572,6 @@ fn bind_udp(addr: SocketAddr, buffer: usize) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(s.into())
 }
 
-/// Adds `received` (when the sent-by is not the source address) and fills
-/// `rport` (RFC 3261 §18.2.1, RFC 3581).
 /// RFC 3581 §4 for a response we send: a top Via with a bare `rport` gets
 /// the source port, and `received` with the source address (even when it
 /// equals sent-by). Anything else is returned as it is.
@@ -2460,7 +2629,15 @@ fn with_rport(resp: Vec<u8>, src: SocketAddr) -> Vec<u8> {
     out
 }
 
-fn fix_via(head: &str, top: Option<&Via<'_>>, src: SocketAddr) -> String {
+/// Adds `received` (when the sent-by is not the source address) and fills
+/// `rport` (RFC 3261 §18.2.1, RFC 3581) in the upstream's Via of a request
+/// we forward.
+///
+/// A request that came over TCP or TLS always gets both (as if it had asked
+/// with `rport`): a response relayed statelessly then finds the request's
+/// connection (RFC 3261 §18.2.2) even when the Via names a listening port
+/// the connection did not come from.
+fn fix_via(head: &str, top: Option<&Via<'_>>, src: SocketAddr, stream: bool) -> String {
     let Some(v) = top else { return head.to_owned() };
     let host = v
         .sent_by
@@ -2475,13 +2652,14 @@ fn fix_via(head: &str, top: Option<&Via<'_>>, src: SocketAddr) -> String {
         .join(";");
     // RFC 3581 §4: with rport, received is added even when it equals
     // sent-by.
-    let rport = v.params.get("rport").is_some();
+    let rport = stream || v.params.get("rport").is_some();
     if (rport || host.parse::<IpAddr>().ok() != Some(src.ip()))
         && v.params.get("received").is_none()
     {
         out.push_str(&format!(";received={}", src.ip()));
     }
-    if v.params.get("rport").is_some_and(|r| r.is_none()) {
+    let bare = v.params.get("rport").is_some_and(|r| r.is_none());
+    if bare || (stream && v.params.get("rport").is_none()) {
         out.push_str(&format!(";rport={}", src.port()));
     }
     out
@@ -2491,6 +2669,8 @@ fn fix_via(head: &str, top: Option<&Via<'_>>, src: SocketAddr) -> String {
 fn via_destination(v: &Via<'_>) -> Option<Peer> {
     let transport = if v.transport.eq_ignore_ascii_case("TCP") {
         Transport::Tcp
+    } else if v.transport.eq_ignore_ascii_case("TLS") {
+        Transport::Tls
     } else {
         Transport::Udp
     };
@@ -2517,7 +2697,11 @@ fn via_destination(v: &Via<'_>) -> Option<Peer> {
         .flatten()
         .and_then(|p| p.parse().ok())
         .or(port)
-        .unwrap_or(5060);
+        .unwrap_or(if transport == Transport::Tls {
+            5061
+        } else {
+            5060
+        });
     Some(Peer {
         transport,
         addr: SocketAddr::new(ip, port),

@@ -6,6 +6,12 @@
 #   1. forwarded calls complete, and the UAS sees verstat=TN-Validation-Passed;
 #   2. calls from a do-not-originate number get 608 with a jCard Call-Info;
 #   3. /metrics (127.0.0.1:9090) and decisions.jsonl account for every call.
+#   4. SIP over TLS: a second `serve` with a `tls:` listener and a `tls:` next
+#      hop. Debian's SIPp is built without TLS (no `-t l1`), so SIPp speaks
+#      TCP to stunnel (OpenSSL), which carries it over TLS: SIPp UAC ->
+#      stunnel client -> stirscreen tls:5061 -> TLS -> stunnel server ->
+#      SIPp UAS (TCP). Both TLS legs are real handshakes with the lab TLS
+#      PKI against an independent TLS implementation.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 command -v sipp >/dev/null || { echo "sipp is not installed (apt-get install -y sip-tester)"; exit 1; }
@@ -64,4 +70,71 @@ passed=$(get http://127.0.0.1:9090/metrics | awk '/^stirscreen_calls_screened_to
 [ "$passed" = "$want" ] || { echo "/metrics: $passed verified calls, expected $want"; exit 1; }
 [ "$(get http://127.0.0.1:9090/readyz)" = "ready" ] || { echo "/readyz is not ready"; exit 1; }
 echo "ok: /metrics counted $passed verified calls; decisions.jsonl has $records records"
-echo "sipp: 3 passed, 0 failed"
+echo "== $calls signed calls over TLS (SIPp via stunnel, both legs TLS)"
+command -v stunnel >/dev/null || { echo "stunnel is not installed (apt-get install -y stunnel4)"; exit 1; }
+root=$(pwd)
+cat >"$work/tls.toml" <<EOF
+[verify]
+trust_anchors = ["$root/certs/demo/sti-root.pem"]
+[fetch.pinned]
+"https://sti.stirscreen.example/sp-a.pem" = "$root/certs/demo/sp-a.pem"
+[proxy]
+listen = ["tls:127.0.0.1:5061"]
+next_hop = "tls:127.0.0.1:5081"
+[tls]
+certificate = "$root/certs/demo/tls-server.pem"
+private_key = "$root/certs/demo/tls-server.key"
+server_ca = ["$root/certs/demo/tls-ca.pem"]
+[policy]
+file = "$root/policies/default.toml"
+[store]
+path = "$work/tls.db"
+[admin]
+listen = "127.0.0.1:9091"
+[log]
+decisions = ""
+[operator]
+jcard_key = "$root/certs/demo/operator.key"
+EOF
+cat >"$work/stunnel.conf" <<EOF
+foreground = yes
+pid =
+output = $work/stunnel.log
+[sip-out]
+client = yes
+accept = 127.0.0.1:5062
+connect = 127.0.0.1:5061
+CAfile = $root/certs/demo/tls-ca.pem
+verifyChain = yes
+checkIP = 127.0.0.1
+[sip-in]
+accept = 127.0.0.1:5081
+connect = 127.0.0.1:5080
+cert = $root/certs/demo/tls-server.pem
+key = $root/certs/demo/tls-server.key
+EOF
+"$bin" serve --config "$work/tls.toml" >"$work/serve-tls.log" 2>&1 &
+pids+=($!)
+stunnel "$work/stunnel.conf" >/dev/null 2>&1 &
+pids+=($!)
+sleep 1
+"$bin" sign --key certs/demo/sp-a.key --x5u "$x5u" --orig 12155551212 --dest 12125551213 --attest A --sipp-csv "$calls" >"$work/tls.csv"
+out=$(sipp -sf tests/sipp/uas.xml -t t1 -i 127.0.0.1 -p 5080 -m "$calls" -bg -trace_err -error_file "$work/uas-tls-errors.log" -trace_screen -screen_file "$work/uas-tls-screen.log" 2>&1 || true)
+uas_pid=$(printf '%s' "$out" | sed -n 's/.*PID=\[\([0-9]*\)\].*/\1/p')
+[ -n "$uas_pid" ] || { echo "SIPp TCP UAS did not start: $out"; exit 1; }
+pids+=("$uas_pid")
+sleep 0.5
+sipp 127.0.0.1:5062 -sf tests/sipp/uac.xml -t t1 -inf "$work/tls.csv" -i 127.0.0.1 -p 5072 -m "$calls" -r 10 -timeout 30s -timeout_error \
+  -trace_err -error_file "$work/uac-tls-errors.log" >/dev/null || {
+  echo "SIPp UAC over TLS failed"; cat "$work"/*tls-errors.log 2>/dev/null | tail -40; cat "$work/serve-tls.log" "$work/stunnel.log"; exit 1; }
+for _ in $(seq 50); do kill -0 "$uas_pid" 2>/dev/null || break; sleep 0.1; done
+ok_calls=$(awk -F'|' '/Successful call/ {gsub(/ /, "", $3); print $3; exit}' "$work/uas-tls-screen.log" 2>/dev/null || true)
+if [ "${ok_calls:-}" != "$calls" ]; then
+  echo "UAS behind TLS: successful ${ok_calls:-?} calls, expected $calls"
+  grep -v "Failed to delete FD from epoll" "$work/uas-tls-errors.log" 2>/dev/null | tail -20
+  exit 1
+fi
+tls_in=$(get http://127.0.0.1:9091/metrics | awk '/^stirscreen_calls_screened_total\{verstat="TN-Validation-Passed"/ {s += $2} END {print s + 0}')
+[ "$tls_in" = "$calls" ] || { echo "/metrics of the TLS proxy: $tls_in verified calls, expected $calls"; exit 1; }
+echo "ok: $calls calls over TLS completed, each INVITE carrying verstat=TN-Validation-Passed at the UAS"
+echo "sipp: 4 passed, 0 failed"
