@@ -102,6 +102,7 @@ pub struct Config {
     pub admin: AdminSection,
     pub log: LogSection,
     pub tls: TlsSection,
+    pub redirect: RedirectSection,
     /// Named peers and trunks, matched by source address (the `source` fact).
     pub peers: Vec<Peer>,
     /// The embedded default's files, while this configuration uses them.
@@ -172,6 +173,14 @@ impl Default for PolicySection {
             reload_check_ms: 1000,
         }
     }
+}
+
+/// `[redirect]`: the SIP redirect server (read by `serve`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedirectSection {
+    /// `udp:|tcp:|tls:address:port` like `[proxy] listen`; empty: off.
+    pub listen: Vec<String>,
 }
 
 /// `[tls]`: the certificate of `tls:` listeners (and the HTTPS API), the

@@ -68,6 +68,10 @@ pub struct DecisionRecord {
     /// otherwise).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub identity_source: String,
+    /// The front-end that screened the call: `proxy` (inline) or
+    /// `redirect` (302 answers).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub front_end: String,
 }
 
 /// [`bounded`] for an owned text: returned as it is (no copy) when it is
@@ -333,6 +337,7 @@ mod tests {
         DecisionRecord {
             id: String::new(),
             identity_source: String::new(),
+            front_end: String::new(),
             time: "2026-01-01T00:00:00.000Z".into(),
             call_id: format!("call-{i}"),
             source: "udp:127.0.0.1:5070".into(),

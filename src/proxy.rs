@@ -76,6 +76,25 @@ pub fn parse_target(s: &str) -> Result<(Transport, SocketAddr), String> {
     Ok((t, addr))
 }
 
+/// Which front-end a [`Proxy`] instance is: the inline proxy, or the SIP
+/// redirect server (answers every INVITE itself: 302 with the verdict in
+/// its Contact, or the rejection). Both share the verifier, certificate
+/// cache, policy, state, statistics and decision log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrontEnd {
+    Proxy,
+    Redirect,
+}
+
+impl FrontEnd {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FrontEnd::Proxy => "proxy",
+            FrontEnd::Redirect => "redirect",
+        }
+    }
+}
+
 /// Where a message came from or goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Peer {
@@ -223,6 +242,9 @@ pub struct ProxyStats {
     pub failures: Family,
     /// Policy decisions by rule and action.
     pub decisions: Family,
+    /// Screened calls by front-end (`proxy`, `redirect`), action and the
+    /// code answered (`000`: forwarded by the proxy).
+    pub front_ends: Family,
     /// Final responses to INVITEs sent upstream, by code and origin
     /// (`local`: generated here; `downstream`: relayed).
     pub responses: Family,
@@ -249,6 +271,7 @@ impl Default for ProxyStats {
             failures: Family::new(&["failure", "code"]),
             decisions: Family::new(&["rule", "action"]),
             responses: Family::new(&["code", "origin"]),
+            front_ends: Family::new(&["front_end", "action", "code"]),
             verify_seconds: Histogram::default(),
             decide_seconds: Histogram::default(),
         }
@@ -357,7 +380,8 @@ pub struct Proxy {
     /// Open TCP and TLS connections by peer address (one map: a response
     /// goes on the request's connection whatever its Via says).
     tcp_conns: Mutex<HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>>>,
-    verifier: Verifier,
+    verifier: Arc<Verifier>,
+    front: FrontEnd,
     fetcher: Arc<CertFetcher>,
     pub engine: Arc<EngineHandle>,
     pub store: Arc<Store>,
@@ -371,10 +395,10 @@ pub struct Proxy {
     tcp_cap: usize,
     record_route: bool,
     clock: Clock,
-    pub stats: ProxyStats,
+    pub stats: Arc<ProxyStats>,
     shutdown: watch::Sender<bool>,
-    decision_log: OnceLock<DecisionLog>,
-    decision_tap: OnceLock<mpsc::UnboundedSender<DecisionRecord>>,
+    decision_log: Arc<OnceLock<DecisionLog>>,
+    decision_tap: Arc<OnceLock<mpsc::UnboundedSender<DecisionRecord>>>,
     /// Every transaction timer, earliest first (one task fires them).
     timers: Mutex<std::collections::BinaryHeap<Scheduled>>,
     timer_seq: AtomicU64,
@@ -382,6 +406,50 @@ pub struct Proxy {
     verify_jobs: Option<std::sync::mpsc::Sender<VerifyJob>>,
     /// INVITEs in that queue now.
     queued: AtomicU64,
+}
+
+/// What every front-end of one process shares.
+struct Shared {
+    verifier: Arc<Verifier>,
+    fetcher: Arc<CertFetcher>,
+    engine: Arc<EngineHandle>,
+    store: Arc<Store>,
+    stats: Arc<ProxyStats>,
+    decision_log: Arc<OnceLock<DecisionLog>>,
+    decision_tap: Arc<OnceLock<mpsc::UnboundedSender<DecisionRecord>>>,
+}
+
+impl Shared {
+    fn new(config: &Config) -> Result<Shared, ServeError> {
+        let cerr = |e: String| ServeError::Config(e);
+        let trust = Arc::new(config.trust_store().map_err(|e| cerr(e.to_string()))?);
+        let fetcher = Arc::new(
+            CertFetcher::new(config.fetch.clone(), config.verify_config().x5u, trust)
+                .map_err(|e| cerr(e.to_string()))?,
+        );
+        let engine = Arc::new(EngineHandle::load(&config.policy.file).map_err(|d| {
+            cerr(
+                d.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            )
+        })?);
+        let store = Store::open(&config.store).map_err(|e| cerr(e.to_string()))?;
+        store.start();
+        Ok(Shared {
+            verifier: Arc::new(Verifier::with_memo(
+                config.verify_config(),
+                config.verify.memo_capacity,
+            )),
+            fetcher,
+            engine,
+            store,
+            stats: Arc::new(ProxyStats::default()),
+            decision_log: Arc::new(OnceLock::new()),
+            decision_tap: Arc::new(OnceLock::new()),
+        })
+    }
 }
 
 /// An INVITE for a verify worker; the permit travels with it.
@@ -473,26 +541,53 @@ pub enum ServeError {
 impl Proxy {
     /// Binds the listeners and starts serving. Returns once listening.
     pub async fn start(config: Config) -> Result<Arc<Proxy>, ServeError> {
+        let shared = Shared::new(&config)?;
+        Proxy::start_front(config, FrontEnd::Proxy, shared).await
+    }
+
+    /// Starts the SIP redirect server on `[redirect] listen`, sharing
+    /// `with`'s verifier, certificate cache, policy, state, statistics and
+    /// decision log.
+    pub async fn start_redirect(config: Config, with: &Proxy) -> Result<Arc<Proxy>, ServeError> {
+        let shared = Shared {
+            verifier: Arc::clone(&with.verifier),
+            fetcher: Arc::clone(&with.fetcher),
+            engine: Arc::clone(&with.engine),
+            store: Arc::clone(&with.store),
+            stats: Arc::clone(&with.stats),
+            decision_log: Arc::clone(&with.decision_log),
+            decision_tap: Arc::clone(&with.decision_tap),
+        };
+        Proxy::start_front(config, FrontEnd::Redirect, shared).await
+    }
+
+    /// Which front-end this instance is.
+    pub fn front_end(&self) -> FrontEnd {
+        self.front
+    }
+
+    async fn start_front(
+        config: Config,
+        front: FrontEnd,
+        shared: Shared,
+    ) -> Result<Arc<Proxy>, ServeError> {
         let cerr = |e: String| ServeError::Config(e);
         let (nt, naddr) = parse_target(&config.proxy.next_hop).map_err(cerr)?;
-        let trust = Arc::new(config.trust_store().map_err(|e| cerr(e.to_string()))?);
-        let fetcher = Arc::new(
-            CertFetcher::new(config.fetch.clone(), config.verify_config().x5u, trust)
-                .map_err(|e| cerr(e.to_string()))?,
-        );
-        let engine = Arc::new(EngineHandle::load(&config.policy.file).map_err(|d| {
-            cerr(
-                d.iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-            )
-        })?);
-        let store = Store::open(&config.store).map_err(|e| cerr(e.to_string()))?;
-        store.start();
+        let Shared {
+            verifier,
+            fetcher,
+            engine,
+            store,
+            stats,
+            decision_log,
+            decision_tap,
+        } = shared;
         let operator = config.operator().map_err(|e| cerr(e.to_string()))?;
-
-        let (udp_sockets, tcp_listeners, tls_listeners) = bind_listeners(&config).await?;
+        let listen = match front {
+            FrontEnd::Proxy => &config.proxy.listen,
+            FrontEnd::Redirect => &config.redirect.listen,
+        };
+        let (udp_sockets, tcp_listeners, tls_listeners) = bind_listeners(&config, listen).await?;
         let local_udp = udp_sockets.first().and_then(|s| s.local_addr().ok());
         let local_tcp = tcp_listeners.first().and_then(|s| s.local_addr().ok());
         let local_tls = tls_listeners.first().and_then(|s| s.local_addr().ok());
@@ -538,7 +633,8 @@ impl Proxy {
                 .filter_map(|s| s.local_addr().ok().map(|a| (a.is_ipv6(), Arc::clone(s))))
                 .collect(),
             tcp_conns: Mutex::new(HashMap::new()),
-            verifier: Verifier::with_memo(config.verify_config(), config.verify.memo_capacity),
+            verifier,
+            front,
             fetcher,
             engine,
             store,
@@ -550,10 +646,10 @@ impl Proxy {
             tcp_cap,
             record_route: config.proxy.record_route,
             clock: Clock,
-            stats: ProxyStats::default(),
+            stats,
             shutdown,
-            decision_log: OnceLock::new(),
-            decision_tap: OnceLock::new(),
+            decision_log,
+            decision_tap,
             verify_jobs: job_tx,
             queued: AtomicU64::new(0),
             timers: Mutex::new(std::collections::BinaryHeap::new()),
@@ -577,7 +673,7 @@ impl Proxy {
             }
         }
         tokio::spawn(Proxy::timer_loop(Arc::downgrade(&proxy)));
-        if proxy.config.fetch.crl_distribution_points {
+        if front == FrontEnd::Proxy && proxy.config.fetch.crl_distribution_points {
             // Distribution-point CRLs due for a refresh (nextUpdate), every
             // minute; new ones are fetched as credentials arrive.
             let fetcher = Arc::downgrade(&proxy.fetcher);
@@ -602,10 +698,13 @@ impl Proxy {
             let acceptor = tls_acceptor.clone();
             tokio::spawn(async move { p.accept_loop(l, acceptor).await });
         }
-        proxy.warn_stale_crls();
-        let _watcher = proxy
-            .engine
-            .spawn_watcher(Duration::from_millis(proxy.config.policy.reload_check_ms));
+        if front == FrontEnd::Proxy {
+            // The shared parts' housekeeping runs once, with their owner.
+            proxy.warn_stale_crls();
+            let _watcher = proxy
+                .engine
+                .spawn_watcher(Duration::from_millis(proxy.config.policy.reload_check_ms));
+        }
         Ok(proxy)
     }
 
@@ -726,6 +825,7 @@ impl Proxy {
         DecisionRecord {
             id: String::new(),
             identity_source: String::new(),
+            front_end: self.front.as_str().into(),
             time: now_rfc3339(),
             call_id: bounded(msg.value(HeaderId::CallId).unwrap_or_default()),
             source: from.label(),
@@ -858,6 +958,11 @@ impl Proxy {
             "stirscreen_policy_decisions_total",
             "Policy decisions by matched rule and action.",
             &s.decisions,
+        );
+        e.family(
+            "stirscreen_front_end_calls_total",
+            "Screened calls by front-end (proxy, redirect), action and the code answered (000: forwarded inline).",
+            &s.front_ends,
         );
         e.family(
             "stirscreen_invite_responses_total",
@@ -1531,6 +1636,11 @@ impl Proxy {
             return;
         }
         let existing = self.txns.lock().ok().and_then(|t| t.get(&branch).cloned());
+        if self.front == FrontEnd::Redirect && !(info.method == "INVITE" && info.to.tag().is_none())
+        {
+            self.redirect_non_invite(msg, from, info.method, existing);
+            return;
+        }
         match info.method {
             "INVITE" if info.to.tag().is_none() => match existing {
                 Some(txn) => self.invite_retransmission(&txn),
@@ -1558,6 +1668,41 @@ impl Proxy {
                 }
             },
             _ => self.forward_stateless(msg, from, &info.top_via, info.max_forwards, &branch),
+        }
+    }
+
+    /// The redirect server's answer to anything but a new INVITE (RFC 3261
+    /// §8.2, §9.2, §17.2.1): the ACK of its own final response absorbed,
+    /// CANCEL of an open INVITE handled like the proxy does (487, then 200
+    /// for the CANCEL), OPTIONS 200, a re-INVITE or a CANCEL without an
+    /// INVITE 481, any other method 405 with `Allow`. Nothing is forwarded.
+    fn redirect_non_invite(
+        self: &Arc<Self>,
+        msg: &Message<'_>,
+        from: Peer,
+        method: &str,
+        existing: Option<Arc<Txn>>,
+    ) {
+        let allow = [(
+            "Allow".to_owned(),
+            "INVITE, ACK, CANCEL, OPTIONS".to_owned(),
+        )];
+        match (method, existing) {
+            ("ACK", Some(txn)) => {
+                if let Ok(mut st) = txn.state.lock()
+                    && st.phase == Phase::Completed
+                {
+                    st.phase = Phase::Done;
+                    self.schedule(&txn, Timer::Remove, Duration::from_secs(5));
+                }
+            }
+            ("ACK", None) => {}
+            ("CANCEL", Some(txn)) => self.cancel(msg, from, &txn),
+            ("CANCEL" | "INVITE", None | Some(_)) => {
+                self.respond(msg, from, 481, "Call/Transaction Does Not Exist", &[]);
+            }
+            ("OPTIONS", _) => self.respond(msg, from, 200, "OK", &allow),
+            _ => self.respond(msg, from, 405, "Method Not Allowed", &allow),
         }
     }
 
@@ -1767,9 +1912,15 @@ impl Proxy {
         if let Verdict::Forward(plan) = &mut v {
             let rcd = outcome.verified.as_ref().and_then(|v| v.rcd.as_ref());
             crate::policy::render::apply_rcd(plan, self.config.proxy.forward_rcd, rcd);
+            // The annotation is for whoever gets the call from us: the next
+            // hop, or (redirect) the SBC that asked.
+            let toward = match self.front {
+                FrontEnd::Proxy => self.next_hop.addr.ip(),
+                FrontEnd::Redirect => txn.upstream.addr.ip(),
+            };
             crate::policy::render::apply_annotation(
                 plan,
-                self.config.annotation_of(self.next_hop.addr.ip()),
+                self.config.annotation_of(toward),
                 &facts,
                 rcd,
             );
@@ -1782,8 +1933,8 @@ impl Proxy {
             // CANCEL handled on another thread from now on finds the call
             // forwarded (CANCEL follows the first 1xx) or completed.
             st.phase = match v {
-                Verdict::Reject(_) => Phase::Completed,
-                Verdict::Forward(_) => Phase::Forwarded,
+                Verdict::Forward(_) if self.front == FrontEnd::Proxy => Phase::Forwarded,
+                _ => Phase::Completed,
             };
             st.orig.clone_from(&facts.orig);
             st.dest.clone_from(&facts.dest);
@@ -1793,6 +1944,7 @@ impl Proxy {
         }
         let (action, code) = match &v {
             Verdict::Reject(p) => ("reject", p.code),
+            Verdict::Forward(_) if self.front == FrontEnd::Redirect => ("forward", 302),
             Verdict::Forward(_) => ("forward", 0),
         };
         self.stats.decide_seconds.observe(verified.elapsed());
@@ -1803,6 +1955,11 @@ impl Proxy {
                     .responses
                     .inc(&[code_label(p.code, &mut [0; 3]), "local"]);
                 let resp = build_response(msg, p.code, &p.phrase, &p.headers, &txn.to_tag);
+                self.final_upstream(txn, resp);
+            }
+            Verdict::Forward(plan) if self.front == FrontEnd::Redirect => {
+                self.stats.responses.inc(&["302", "local"]);
+                let resp = crate::policy::render::build_redirect(msg, &plan, &txn.to_tag);
                 self.final_upstream(txn, resp);
             }
             Verdict::Forward(plan) => {
@@ -1832,6 +1989,8 @@ impl Proxy {
             ]);
         }
         s.decisions.inc(&[rule, action]);
+        s.front_ends
+            .inc(&[self.front.as_str(), action, code_label(code, &mut [0; 3])]);
         tracing::debug!(
             call_id = msg.value(HeaderId::CallId).unwrap_or_default(),
             verstat = facts.verstat.as_str(),
@@ -1863,6 +2022,7 @@ impl Proxy {
             latency_ms: txn.started.elapsed().as_secs_f64() * 1000.0,
             state: Some(facts.state),
             orig_verified: facts.orig_verified,
+            front_end: self.front.as_str().into(),
             identity_source: if facts.identity_source == crate::facts::IdentitySourceFact::Oob {
                 "oob".into()
             } else {
@@ -2303,6 +2463,11 @@ impl Proxy {
     }
 
     fn response(self: &Arc<Self>, msg: &Message<'_>) {
+        if self.front == FrontEnd::Redirect {
+            // The redirect server sends no requests: no response is ours.
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let Ok(info) = check_response(msg) else {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             return;
@@ -2482,6 +2647,7 @@ impl Pending {
 /// that TCP port, both are bound again on new ports (a few tries).
 async fn bind_listeners(
     config: &Config,
+    listen: &[String],
 ) -> Result<(Vec<Arc<UdpSocket>>, Vec<TcpListener>, Vec<TcpListener>), ServeError> {
     const TRIES: usize = 8;
     let mut attempt = 0;
@@ -2490,7 +2656,7 @@ async fn bind_listeners(
         let mut udp_sockets: Vec<Arc<UdpSocket>> = Vec::new();
         let mut tcp_listeners = Vec::new();
         let mut tls_listeners = Vec::new();
-        for l in &config.proxy.listen {
+        for l in listen {
             let (t, mut addr) = parse_target(l).map_err(ServeError::Config)?;
             let bind_err = |source| ServeError::Bind {
                 addr: l.clone(),
@@ -2804,7 +2970,13 @@ fn hop_request(forwarded: &[u8], method: &str, to: Option<&str>) -> Vec<u8> {
 pub async fn serve(config: Config, drain: Duration) -> Result<(), ServeError> {
     let admin_listen = config.admin.listen.clone();
     let log = config.log.clone();
+    let redirect_on = !config.redirect.listen.is_empty();
+    let redirect_config = redirect_on.then(|| config.clone());
     let proxy = Proxy::start(config).await?;
+    let redirect = match redirect_config {
+        Some(c) => Some(Proxy::start_redirect(c, &proxy).await?),
+        None => None,
+    };
     if !log.decisions.is_empty() {
         let sink = if log.decisions == "-" {
             crate::decisionlog::Sink::Stdout
@@ -2836,6 +3008,15 @@ pub async fn serve(config: Config, drain: Duration) -> Result<(), ServeError> {
     tracing::info!(
         udp = %proxy.udp_addr().map_or("-".into(), |a| a.to_string()),
         tcp = %proxy.tcp_addr().map_or("-".into(), |a| a.to_string()),
+        tls = %proxy.tls_addr().map_or("-".into(), |a| a.to_string()),
+        redirect = %redirect.as_ref().map_or("-".into(), |r| {
+            [r.udp_addr(), r.tcp_addr(), r.tls_addr()]
+                .iter()
+                .flatten()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        }),
         next_hop = %proxy.next_hop.label(),
         admin = %_admin.as_ref().map_or("-".into(), |a| format!("http://{}/metrics", a.addr)),
         decisions = %if log.decisions.is_empty() { "-" } else { log.decisions.as_str() },
@@ -2854,8 +3035,12 @@ pub async fn serve(config: Config, drain: Duration) -> Result<(), ServeError> {
     }
     tracing::info!("draining: no new calls; open transactions may finish");
     proxy.begin_shutdown();
+    if let Some(r) = &redirect {
+        r.begin_shutdown();
+    }
     let deadline = tokio::time::Instant::now() + drain;
-    while proxy.inflight.available_permits() < proxy.config.proxy.max_in_flight
+    let busy = |p: &Proxy| p.inflight.available_permits() < p.config.proxy.max_in_flight;
+    while (busy(&proxy) || redirect.as_deref().is_some_and(busy))
         && tokio::time::Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -28,6 +28,8 @@ const DEST: &str = "12125551213";
 
 struct Lab {
     proxy: Arc<Proxy>,
+    /// The redirect server, when the config has `[redirect] listen`.
+    redirect: Option<Arc<Proxy>>,
     repo: CertRepo,
     uas: UdpSocket,
     uac: UdpSocket,
@@ -90,9 +92,15 @@ async fn lab_full(policy_src: &Path, extra: &str, fetch_extra: &str) -> Lab {
         db = dir.path().join("state.db").display(),
     );
     let cfg = Config::parse(&text, "test.toml").unwrap();
+    let redirect_cfg = (!cfg.redirect.listen.is_empty()).then(|| cfg.clone());
     let proxy = Proxy::start(cfg).await.unwrap();
+    let redirect = match redirect_cfg {
+        Some(c) => Some(Proxy::start_redirect(c, &proxy).await.unwrap()),
+        None => None,
+    };
     Lab {
         proxy,
+        redirect,
         repo,
         uas,
         uac,
@@ -1662,4 +1670,139 @@ async fn out_of_band_passports_are_retrieved_from_a_cps() {
         "{fwd}"
     );
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+}
+
+// ---- the SIP redirect server (`[redirect] listen`) ----
+
+async fn redirect_lab() -> Lab {
+    lab_with(
+        &root().join("policies/default.toml"),
+        "verify_deadline_ms = 5000\n[redirect]\nlisten = [\"udp:127.0.0.1:0\"]",
+    )
+    .await
+}
+
+impl Lab {
+    fn redirect_addr(&self) -> SocketAddr {
+        self.redirect.as_ref().unwrap().udp_addr().unwrap()
+    }
+
+    async fn send_redirect(&self, msg: &str) {
+        self.uac
+            .send_to(msg.as_bytes(), self.redirect_addr())
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_redirect_server_answers_302_with_verstat_in_the_contact() {
+    let lab = redirect_lab().await;
+    let mut records = lab.proxy.tap_decisions().unwrap();
+    let inv = lab.invite("sp-a.key", "/sp-a.pem", |_| {});
+    lab.send_redirect(&inv).await;
+    let r = recv_line(&lab.uac, "SIP/2.0 302", 3000).await.expect("302");
+    let contact = header(&r, "Contact")[0];
+    assert!(
+        contact.starts_with(&format!("<sip:+{DEST};verstat=TN-Validation-Passed@")),
+        "{contact}"
+    );
+    assert!(contact.contains("?P-Attestation-Indicator=A"), "{contact}");
+    assert_eq!(header(&r, "X-Verstat-Placement"), vec!["from,pai"], "{r}");
+    assert!(header(&r, "To")[0].contains(";tag="), "{r}");
+    // Nothing goes to the proxy's next hop.
+    assert!(recv_line(&lab.uas, "INVITE", 300).await.is_none());
+    // A retransmitted INVITE gets the same 302; after the ACK, silence.
+    lab.send_redirect(&inv).await;
+    let again = recv_line(&lab.uac, "SIP/2.0 302", 2000)
+        .await
+        .expect("302 again");
+    assert_eq!(header(&again, "Contact"), header(&r, "Contact"));
+    let ack = format!(
+        "ACK {} SIP/2.0\r\nVia: {}\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 1 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+        inv.split(' ').nth(1).unwrap(),
+        header(&inv, "Via")[0],
+        header(&inv, "From")[0],
+        header(&r, "To")[0],
+        header(&inv, "Call-ID")[0],
+    );
+    lab.send_redirect(&ack).await;
+    assert!(
+        recv_line(&lab.uac, "SIP/2.0 302", 1200).await.is_none(),
+        "no retransmission after the ACK"
+    );
+    // One decision record, from the redirect front-end.
+    let rec = tokio::time::timeout(Duration::from_secs(2), records.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (rec.action.as_str(), rec.code, rec.front_end.as_str()),
+        ("forward", 302, "redirect"),
+        "{rec:?}"
+    );
+    assert!(records.try_recv().is_err(), "one record per call");
+    // Metrics are shared and labelled by front-end.
+    let m = lab.proxy.render_metrics();
+    assert!(
+        m.contains("stirscreen_front_end_calls_total{front_end=\"redirect\",action=\"forward\",code=\"302\"} 1"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn the_redirect_server_rejects_as_the_policy_says_and_answers_other_methods() {
+    let lab = redirect_lab().await;
+    let inv = lab.invite("sp-a.key", "/sp-a.pem", |r| r.orig = "19005550100".into());
+    lab.send_redirect(&inv).await;
+    let r = recv_line(&lab.uac, "SIP/2.0 608", 3000).await.expect("608");
+    assert!(
+        header(&r, "Call-Info")[0].ends_with(";purpose=jwscard"),
+        "{r}"
+    );
+    assert!(
+        header(&r, "Warning")[0].starts_with("399 stirscreen \""),
+        "{r}"
+    );
+    assert!(header(&r, "Contact").is_empty(), "{r}");
+
+    let req = |method: &str, branch: &str| {
+        format!(
+            "{method} sip:+{DEST}@example.net SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bK{branch}\r\nFrom: <sip:+{ORIG}@example.net>;tag=a\r\nTo: <sip:+{DEST}@example.net>\r\nCall-ID: {branch}@x\r\nCSeq: 1 {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+            lab.uac.local_addr().unwrap()
+        )
+    };
+    lab.send_redirect(&req("OPTIONS", "opt1")).await;
+    let r = recv_line(&lab.uac, "SIP/2.0 200", 2000)
+        .await
+        .expect("200 to OPTIONS");
+    assert_eq!(header(&r, "Allow"), vec!["INVITE, ACK, CANCEL, OPTIONS"]);
+    lab.send_redirect(&req("MESSAGE", "msg1")).await;
+    assert!(recv_line(&lab.uac, "SIP/2.0 405", 2000).await.is_some());
+    lab.send_redirect(&req("CANCEL", "none1")).await;
+    assert!(recv_line(&lab.uac, "SIP/2.0 481", 2000).await.is_some());
+    assert!(
+        recv_line(&lab.uas, "", 300).await.is_none(),
+        "nothing forwarded"
+    );
+}
+
+#[tokio::test]
+async fn a_cancel_during_a_slow_fetch_ends_a_redirect_with_487() {
+    let lab = redirect_lab().await;
+    let inv = lab.invite("sp-a.key", "/slow.pem", |_| {});
+    lab.send_redirect(&inv).await;
+    assert!(recv_line(&lab.uac, "SIP/2.0 100", 2000).await.is_some());
+    lab.send_redirect(&cancel_of(&inv)).await;
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let m = recv(&lab.uac, 2000).await.expect("responses");
+        got.push(m.lines().next().unwrap().to_owned());
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        vec!["SIP/2.0 200 OK", "SIP/2.0 487 Request Terminated"]
+    );
+    assert!(recv_line(&lab.uac, "SIP/2.0 302", 2500).await.is_none());
 }

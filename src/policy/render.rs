@@ -688,9 +688,143 @@ pub fn build_forward(req: &Message<'_>, plan: &ForwardPlan) -> Vec<u8> {
     out
 }
 
+/// The 302 of the SIP redirect server for a call the policy lets through
+/// (the practice of redirect-mode verification services: the SBC asks
+/// with the INVITE and places what the 302 says on the INVITE it sends
+/// on).
+///
+/// - `Contact`: the INVITE's Request-URI with the verstat as RFC 8224 puts
+///   it on a telephone-number URI (`sip:+1…;verstat=…@host;user=phone`,
+///   `tel:+1…;verstat=…`; other URIs get it as a URI parameter), and the
+///   headers the policy adds (P-Attestation-Indicator, Attestation-Info,
+///   Call-Info for verified rcd, …) as URI headers (RFC 3261 §19.1.5),
+///   which a UAC copies into the redirected request. `From` cannot be
+///   passed that way (§19.1.5): the SBC moves verstat to From/PAI, as the
+///   plan's placement says (`X-Verstat-Placement`: `from`, `pai`,
+///   `from,pai` or `none`).
+/// - `Reason: STIR;cause=…` when verification failed (RFC 9410), for the
+///   SBC to relay upstream.
+pub fn build_redirect(req: &Message<'_>, plan: &ForwardPlan, to_tag: &str) -> Vec<u8> {
+    let ruri = match req.start {
+        crate::sip::StartLine::Request { uri, .. } => uri,
+        crate::sip::StartLine::Response { .. } => "",
+    };
+    let mut contact = match plan.verstat.as_deref() {
+        Some(v) => {
+            let placed = set_verstat(&format!("<{ruri}>"), Some(v));
+            let placed = placed
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_owned();
+            if placed.contains("verstat=") {
+                placed
+            } else {
+                // Not a telephone number: a URI parameter.
+                match placed.split_once('?') {
+                    Some((u, q)) => format!("{u};verstat={v}?{q}"),
+                    None => format!("{placed};verstat={v}"),
+                }
+            }
+        }
+        None => ruri.to_owned(),
+    };
+    let mut sep = if contact.contains('?') { '&' } else { '?' };
+    for (k, v) in &plan.add {
+        contact.push(sep);
+        sep = '&';
+        contact.push_str(&uri_header_escape(k));
+        contact.push('=');
+        contact.push_str(&uri_header_escape(v));
+    }
+    let placement = match (plan.in_from, plan.in_pai) {
+        _ if plan.verstat.is_none() => "none",
+        (true, true) => "from,pai",
+        (true, false) => "from",
+        (false, true) => "pai",
+        (false, false) => "none",
+    };
+    let mut headers = vec![
+        ("Contact".to_owned(), format!("<{contact}>")),
+        ("X-Verstat-Placement".to_owned(), placement.to_owned()),
+    ];
+    if let Some(r) = &plan.upstream_reason {
+        headers.push(("Reason".to_owned(), r.clone()));
+    }
+    build_response(req, 302, "Moved Temporarily", &headers, to_tag)
+}
+
+/// A header name or value as an RFC 3261 §25.1 `hname`/`hvalue`: unreserved
+/// and `[]/?:+$` kept, everything else percent-encoded (so `&`, `=`, `<`,
+/// `>`, `;`, `"` and spaces cannot end the URI or the header early).
+pub fn uri_header_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        let keep = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'_'
+                    | b'.'
+                    | b'!'
+                    | b'~'
+                    | b'*'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'['
+                    | b']'
+                    | b'/'
+                    | b'?'
+                    | b':'
+                    | b'+'
+                    | b'$'
+            );
+        if keep {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_redirect_carries_verstat_on_the_request_uri_and_headers_as_uri_headers() {
+        let req = b"INVITE sip:+12125551213@vs.example;user=phone SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKa\r\n\
+From: <sip:+12155551212@example.net;user=phone>;tag=1\r\n\
+To: <sip:+12125551213@example.net;user=phone>\r\n\
+Call-ID: c1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+        let m = Message::parse(req).unwrap();
+        let plan = ForwardPlan {
+            verstat: Some("TN-Validation-Passed".into()),
+            in_pai: true,
+            in_from: true,
+            add: vec![
+                ("P-Attestation-Indicator".into(), "A".into()),
+                (
+                    "Call-Info".into(),
+                    "<https://x.example/a.png>;purpose=icon".into(),
+                ),
+            ],
+            strip_identity: false,
+            display_name: None,
+            strip_rcd_call_info: false,
+            upstream_reason: None,
+        };
+        let r = String::from_utf8(build_redirect(&m, &plan, "t1")).unwrap();
+        assert!(r.starts_with("SIP/2.0 302 Moved Temporarily\r\n"), "{r}");
+        assert!(
+            r.contains("Contact: <sip:+12125551213;verstat=TN-Validation-Passed@vs.example;user=phone?P-Attestation-Indicator=A&Call-Info=%3Chttps://x.example/a.png%3E%3Bpurpose%3Dicon>\r\n"),
+            "{r}"
+        );
+        assert!(r.contains("X-Verstat-Placement: from,pai\r\n"), "{r}");
+        assert!(r.contains(";tag=t1"), "{r}");
+        assert_eq!(uri_header_escape("a&b=c d"), "a%26b%3Dc%20d");
+    }
 
     #[test]
     fn every_shipped_guidance_names_only_known_placeholders() {

@@ -12,6 +12,9 @@
 #      stunnel client -> stirscreen tls:5061 -> TLS -> stunnel server ->
 #      SIPp UAS (TCP). Both TLS legs are real handshakes with the lab TLS
 #      PKI against an independent TLS implementation.
+#   5. The redirect server ([redirect] listen, UDP 5065, same process as 4):
+#      SIPp as an SBC asks with the INVITE, ACKs the 302, sends the new
+#      INVITE to the UAS with the Contact's verstat on From (uas.xml checks).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 command -v sipp >/dev/null || { echo "sipp is not installed (apt-get install -y sip-tester)"; exit 1; }
@@ -81,6 +84,8 @@ trust_anchors = ["$root/certs/demo/sti-root.pem"]
 [proxy]
 listen = ["tls:127.0.0.1:5061"]
 next_hop = "tls:127.0.0.1:5081"
+[redirect]
+listen = ["udp:127.0.0.1:5065"]
 [tls]
 certificate = "$root/certs/demo/tls-server.pem"
 private_key = "$root/certs/demo/tls-server.key"
@@ -137,4 +142,25 @@ fi
 tls_in=$(get http://127.0.0.1:9091/metrics | awk '/^stirscreen_calls_screened_total\{verstat="TN-Validation-Passed"/ {s += $2} END {print s + 0}')
 [ "$tls_in" = "$calls" ] || { echo "/metrics of the TLS proxy: $tls_in verified calls, expected $calls"; exit 1; }
 echo "ok: $calls calls over TLS completed, each INVITE carrying verstat=TN-Validation-Passed at the UAS"
-echo "sipp: 4 passed, 0 failed"
+
+echo "== $calls calls through the redirect server (302, then the new INVITE to the callee)"
+"$bin" sign --key certs/demo/sp-a.key --x5u "$x5u" --orig 12155551212 --dest 12125551214 --attest A --sipp-csv "$calls" >"$work/redirect.csv"
+out=$(sipp -sf tests/sipp/uas.xml -i 127.0.0.1 -p 5080 -m "$calls" -bg -trace_err -error_file "$work/uas-redirect-errors.log" -trace_screen -screen_file "$work/uas-redirect-screen.log" 2>&1 || true)
+uas_pid=$(printf '%s' "$out" | sed -n 's/.*PID=\[\([0-9]*\)\].*/\1/p')
+[ -n "$uas_pid" ] || { echo "SIPp UAS did not start: $out"; exit 1; }
+pids+=("$uas_pid")
+sleep 0.5
+sipp 127.0.0.1:5065 -sf tests/sipp/uac-redirect.xml -inf "$work/redirect.csv" -i 127.0.0.1 -p 5073 -m "$calls" -r 10 -timeout 30s -timeout_error \
+  -trace_err -error_file "$work/uac-redirect-errors.log" >/dev/null || {
+  echo "SIPp redirect UAC failed"; cat "$work"/*redirect-errors.log 2>/dev/null | tail -40; cat "$work/serve-tls.log"; exit 1; }
+for _ in $(seq 50); do kill -0 "$uas_pid" 2>/dev/null || break; sleep 0.1; done
+ok_calls=$(awk -F'|' '/Successful call/ {gsub(/ /, "", $3); print $3; exit}' "$work/uas-redirect-screen.log" 2>/dev/null || true)
+if [ "${ok_calls:-}" != "$calls" ]; then
+  echo "UAS after the redirect: successful ${ok_calls:-?} calls, expected $calls"
+  grep -v "Failed to delete FD from epoll" "$work/uas-redirect-errors.log" 2>/dev/null | tail -20
+  exit 1
+fi
+redirected=$(get http://127.0.0.1:9091/metrics | awk '/^stirscreen_front_end_calls_total\{front_end="redirect",action="forward",code="302"/ {s += $2} END {print s + 0}')
+[ "$redirected" = "$calls" ] || { echo "/metrics: $redirected redirected calls, expected $calls"; exit 1; }
+echo "ok: $calls calls answered 302 with verstat in the Contact; the UAS got each new INVITE with verstat in From"
+echo "sipp: 5 passed, 0 failed"
