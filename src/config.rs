@@ -103,6 +103,7 @@ pub struct Config {
     pub log: LogSection,
     pub tls: TlsSection,
     pub redirect: RedirectSection,
+    pub api: ApiSection,
     /// Named peers and trunks, matched by source address (the `source` fact).
     pub peers: Vec<Peer>,
     /// The embedded default's files, while this configuration uses them.
@@ -126,6 +127,10 @@ pub struct Peer {
     /// forwarded to it (`next_hop` in its addresses).
     #[serde(default)]
     pub annotation: crate::policy::render::Annotation,
+    /// Attestation levels this source may ask the signing API for; empty:
+    /// `[api] signing_attest`.
+    #[serde(default)]
+    pub sign_attest: Vec<String>,
 }
 
 impl Config {
@@ -146,6 +151,16 @@ impl Config {
             .iter()
             .find(|p| p.addresses.iter().any(|a| a.contains(ip)))
             .map_or(&[], |p| p.spc_expected.as_slice())
+    }
+
+    /// The attestation levels `ip` may ask the signing API for.
+    pub fn sign_attest_of(&self, ip: std::net::IpAddr) -> &[String] {
+        self.peers
+            .iter()
+            .find(|p| p.addresses.iter().any(|a| a.contains(ip)))
+            .map(|p| p.sign_attest.as_slice())
+            .filter(|a| !a.is_empty())
+            .unwrap_or(self.api.signing_attest.as_slice())
     }
 
     pub fn source_of(&self, ip: std::net::IpAddr) -> &str {
@@ -171,6 +186,47 @@ impl Default for PolicySection {
         PolicySection {
             file: PathBuf::from("policies/default.toml"),
             reload_check_ms: 1000,
+        }
+    }
+}
+
+/// `[api]`: the ATIS-1000082 HTTP API (read by `serve`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSection {
+    /// `address:port`; empty: off. Plain HTTP on a loopback address,
+    /// HTTPS with the `[tls]` certificate otherwise.
+    pub listen: String,
+    /// Bearer token every request must carry when set; required (the API
+    /// refuses to start without it) on a listener that is not loopback.
+    pub token: String,
+    /// Request bodies larger than this are answered 413.
+    pub max_body_bytes: usize,
+    /// Headers and body must arrive within this (then 408 / closed).
+    pub read_timeout_ms: u64,
+    /// HTTP connections at once; more are closed at accept.
+    pub max_connections: usize,
+    /// `POST /stir/v1/signing`: the PKCS#8 PEM key of our STI certificate
+    /// (unset: signing answers 404).
+    pub signing_key: Option<PathBuf>,
+    /// The x5u URL of that certificate.
+    pub signing_x5u: String,
+    /// Attestation levels callers of the signing API may ask for (a
+    /// `[[peers]] sign_attest` narrows it per source).
+    pub signing_attest: Vec<String>,
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        ApiSection {
+            listen: String::new(),
+            token: String::new(),
+            max_body_bytes: 64 * 1024,
+            read_timeout_ms: 10_000,
+            max_connections: 1024,
+            signing_key: None,
+            signing_x5u: String::new(),
+            signing_attest: vec!["A".into(), "B".into(), "C".into()],
         }
     }
 }
@@ -736,6 +792,7 @@ impl Config {
             .chain(self.tls.private_key.iter_mut())
             .chain(self.tls.client_ca.iter_mut())
             .chain(self.tls.server_ca.iter_mut())
+            .chain(self.api.signing_key.iter_mut())
     }
 
     /// Makes relative input paths relative to `dir`.

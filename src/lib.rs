@@ -44,6 +44,8 @@
 
 #[cfg(feature = "runtime")]
 pub mod admin;
+#[cfg(feature = "runtime")]
+pub mod api;
 pub mod cert;
 #[cfg(feature = "runtime")]
 pub mod certrepo;
@@ -75,6 +77,8 @@ pub mod policy;
 pub mod policyfile;
 #[cfg(feature = "runtime")]
 pub mod proxy;
+#[cfg(feature = "runtime")]
+pub mod serve;
 pub mod sip;
 #[cfg(feature = "runtime")]
 pub mod state;

@@ -321,7 +321,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .enable_all()
                     .build()?,
             };
-            rt.block_on(stirscreen::proxy::serve(cfg, drain))?;
+            rt.block_on(stirscreen::serve::serve(cfg, drain))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo {

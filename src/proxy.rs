@@ -84,6 +84,9 @@ pub fn parse_target(s: &str) -> Result<(Transport, SocketAddr), String> {
 pub enum FrontEnd {
     Proxy,
     Redirect,
+    /// The ATIS-1000082 HTTP API (`crate::api`): no SIP listeners; calls
+    /// come in through [`Proxy::screen_request`].
+    Api,
 }
 
 impl FrontEnd {
@@ -91,6 +94,7 @@ impl FrontEnd {
         match self {
             FrontEnd::Proxy => "proxy",
             FrontEnd::Redirect => "redirect",
+            FrontEnd::Api => "api",
         }
     }
 }
@@ -408,6 +412,30 @@ pub struct Proxy {
     queued: AtomicU64,
 }
 
+/// Which call a decision record is about.
+struct CallRef<'a> {
+    /// The decision id (the To tag of our final response; the 603+ `id=`).
+    id: &'a str,
+    /// `udp:192.0.2.1:5060`, `http:…`.
+    source: String,
+    started: Instant,
+}
+
+/// One request screened by [`Proxy::screen_request`].
+#[derive(Debug, Clone)]
+pub struct Screened {
+    /// The decision id (in the decision record and a 603+ `id=`).
+    pub id: String,
+    pub verstat: crate::verify::Verstat,
+    /// The RFC 8224 code of the failure (0 without one).
+    pub stir_code: u16,
+    pub failure: Option<crate::verify::Failure>,
+    pub attest: Option<crate::passport::Attest>,
+    pub spc: Option<String>,
+    pub rule: String,
+    pub verdict: Verdict,
+}
+
 /// What every front-end of one process shares.
 struct Shared {
     verifier: Arc<Verifier>,
@@ -561,9 +589,149 @@ impl Proxy {
         Proxy::start_front(config, FrontEnd::Redirect, shared).await
     }
 
+    /// The screening service of the HTTP API beside `with` (sharing like
+    /// [`Proxy::start_redirect`]); it binds no SIP socket.
+    pub async fn start_api(config: Config, with: &Proxy) -> Result<Arc<Proxy>, ServeError> {
+        let shared = Shared {
+            verifier: Arc::clone(&with.verifier),
+            fetcher: Arc::clone(&with.fetcher),
+            engine: Arc::clone(&with.engine),
+            store: Arc::clone(&with.store),
+            stats: Arc::clone(&with.stats),
+            decision_log: Arc::clone(&with.decision_log),
+            decision_tap: Arc::clone(&with.decision_tap),
+        };
+        Proxy::start_front(config, FrontEnd::Api, shared).await
+    }
+
+    /// Screens one request outside any SIP transaction (the HTTP API):
+    /// verification bounded by `verify_deadline_ms`, the screening state,
+    /// the policy and its verdict, recorded (metrics, decision log) like a
+    /// call of the SIP front-ends. `source` is the client, matched against
+    /// `[[peers]]`.
+    pub async fn screen_request(
+        self: &Arc<Self>,
+        msg: &Message<'_>,
+        source: SocketAddr,
+    ) -> Screened {
+        let started = Instant::now();
+        let arrived = self.clock.now();
+        let id = crate::lab::random_hex(6);
+        let outcome = match verify_request_cached(&self.verifier, &self.fetcher, msg, arrived) {
+            Some(o) => o,
+            None => {
+                let work = verify_request(&self.verifier, &self.fetcher, msg, arrived);
+                match tokio::time::timeout(self.verify_deadline, work).await {
+                    Ok(o) => o,
+                    Err(_) => Outcome::timeout(
+                        &self.verifier.config,
+                        "verification did not finish within the deadline",
+                    ),
+                }
+            }
+        };
+        let verified = Instant::now();
+        self.stats
+            .verify_seconds
+            .observe(verified.saturating_duration_since(started));
+        let mut call = CallInfo::from_request(
+            msg,
+            self.config.source_of(source.ip()),
+            &self.verifier.config.numbering,
+        );
+        call.spc_expected = self.config.spc_expected_of(source.ip()).to_vec();
+        let p = Pending {
+            call,
+            engine: self.engine.current(),
+            outcome,
+            arrived,
+            verified,
+        };
+        let l = {
+            let q = p.query();
+            let local = self.store.lookup_local(&q);
+            if self.store.is_shared() {
+                self.store.lookup_shared(&q, local).await
+            } else {
+                local
+            }
+        };
+        let Pending {
+            outcome,
+            call,
+            engine,
+            ..
+        } = p;
+        let mut info = l.info;
+        let outcome = if l.replay == Seen::Replay {
+            info.spc_unwanted_reports = 0;
+            self.verifier.replayed(outcome)
+        } else {
+            outcome
+        };
+        let facts = Facts::from_outcome(&outcome, call, info);
+        let d = engine.decide(&facts);
+        let rule = d.rule_id().to_owned();
+        let mut v = verdict(d.action, &rule, &facts, &self.operator, arrived, &id);
+        if let Verdict::Forward(plan) = &mut v {
+            let rcd = outcome.verified.as_ref().and_then(|v| v.rcd.as_ref());
+            crate::policy::render::apply_rcd(plan, self.config.proxy.forward_rcd, rcd);
+            crate::policy::render::apply_annotation(
+                plan,
+                self.config.annotation_of(source.ip()),
+                &facts,
+                rcd,
+            );
+        }
+        let (action, code) = match &v {
+            Verdict::Reject(p) => ("reject", p.code),
+            Verdict::Forward(_) => ("forward", 0),
+        };
+        self.stats.decide_seconds.observe(verified.elapsed());
+        let screened = Screened {
+            id: id.clone(),
+            verstat: facts.verstat,
+            stir_code: facts.stir_code,
+            failure: outcome.failure.clone(),
+            attest: outcome.attest(),
+            spc: outcome.spc().map(str::to_owned),
+            rule: rule.clone(),
+            verdict: v,
+        };
+        let who = CallRef {
+            id: &id,
+            source: format!("http:{source}"),
+            started,
+        };
+        self.account(who, msg, facts, &rule, action, code);
+        screened
+    }
+
     /// Which front-end this instance is.
     pub fn front_end(&self) -> FrontEnd {
         self.front
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// `udp:192.0.2.1:5080`: where the proxy forwards calls.
+    pub fn next_hop_label(&self) -> String {
+        self.next_hop.label()
+    }
+
+    /// True while INVITEs are being screened or forwarded.
+    pub fn busy(&self) -> bool {
+        self.inflight.available_permits() < self.config.proxy.max_in_flight
+    }
+
+    /// Writes out and closes the decision log (blocking; at exit).
+    pub fn close_decision_log(&self) {
+        if let Some(log) = self.decision_log.get() {
+            log.close();
+        }
     }
 
     async fn start_front(
@@ -583,9 +751,10 @@ impl Proxy {
             decision_tap,
         } = shared;
         let operator = config.operator().map_err(|e| cerr(e.to_string()))?;
-        let listen = match front {
+        let listen: &[String] = match front {
             FrontEnd::Proxy => &config.proxy.listen,
             FrontEnd::Redirect => &config.redirect.listen,
+            FrontEnd::Api => &[],
         };
         let (udp_sockets, tcp_listeners, tls_listeners) = bind_listeners(&config, listen).await?;
         let local_udp = udp_sockets.first().and_then(|s| s.local_addr().ok());
@@ -612,7 +781,7 @@ impl Proxy {
         };
         let tcp_cap = Proxy::tcp_cap(config.proxy.tcp_max_connections);
         let (shutdown, _) = watch::channel(false);
-        let (job_tx, job_rx) = if config.proxy.verify_threads > 0 {
+        let (job_tx, job_rx) = if config.proxy.verify_threads > 0 && front != FrontEnd::Api {
             let (tx, rx) = std::sync::mpsc::channel::<VerifyJob>();
             (Some(tx), Some(rx))
         } else {
@@ -1916,7 +2085,7 @@ impl Proxy {
             // hop, or (redirect) the SBC that asked.
             let toward = match self.front {
                 FrontEnd::Proxy => self.next_hop.addr.ip(),
-                FrontEnd::Redirect => txn.upstream.addr.ip(),
+                FrontEnd::Redirect | FrontEnd::Api => txn.upstream.addr.ip(),
             };
             crate::policy::render::apply_annotation(
                 plan,
@@ -1948,7 +2117,12 @@ impl Proxy {
             Verdict::Forward(_) => ("forward", 0),
         };
         self.stats.decide_seconds.observe(verified.elapsed());
-        self.account(txn, msg, facts, rule, action, code);
+        let who = CallRef {
+            id: &txn.to_tag,
+            source: txn.upstream.label(),
+            started: txn.started,
+        };
+        self.account(who, msg, facts, rule, action, code);
         match v {
             Verdict::Reject(p) => {
                 self.stats
@@ -1972,7 +2146,7 @@ impl Proxy {
     /// record takes the facts' strings).
     fn account(
         &self,
-        txn: &Txn,
+        who: CallRef<'_>,
         msg: &Message<'_>,
         facts: Facts,
         rule: &str,
@@ -2004,10 +2178,10 @@ impl Proxy {
             return;
         }
         self.emit(DecisionRecord {
-            id: txn.to_tag.clone(),
+            id: who.id.to_owned(),
             time: now_rfc3339(),
             call_id: bounded(msg.value(HeaderId::CallId).unwrap_or_default()),
-            source: txn.upstream.label(),
+            source: who.source,
             peer: bounded_owned(facts.source),
             orig: bounded_owned(facts.orig),
             dest: bounded_owned(facts.dest),
@@ -2019,7 +2193,7 @@ impl Proxy {
             rule: bounded(rule),
             action: action.into(),
             code,
-            latency_ms: txn.started.elapsed().as_secs_f64() * 1000.0,
+            latency_ms: who.started.elapsed().as_secs_f64() * 1000.0,
             state: Some(facts.state),
             orig_verified: facts.orig_verified,
             front_end: self.front.as_str().into(),
@@ -2963,98 +3137,6 @@ fn hop_request(forwarded: &[u8], method: &str, to: Option<&str>) -> Vec<u8> {
     }
     out.push_str("Content-Length: 0\r\n\r\n");
     out.into_bytes()
-}
-
-/// Runs `serve` until SIGINT/SIGTERM, then drains (stops accepting, waits
-/// for open transactions up to `drain`).
-pub async fn serve(config: Config, drain: Duration) -> Result<(), ServeError> {
-    let admin_listen = config.admin.listen.clone();
-    let log = config.log.clone();
-    let redirect_on = !config.redirect.listen.is_empty();
-    let redirect_config = redirect_on.then(|| config.clone());
-    let proxy = Proxy::start(config).await?;
-    let redirect = match redirect_config {
-        Some(c) => Some(Proxy::start_redirect(c, &proxy).await?),
-        None => None,
-    };
-    if !log.decisions.is_empty() {
-        let sink = if log.decisions == "-" {
-            crate::decisionlog::Sink::Stdout
-        } else {
-            crate::decisionlog::Sink::File {
-                path: log.decisions.clone().into(),
-                max_bytes: log.decisions_max_bytes,
-                keep: log.decisions_keep,
-            }
-        };
-        let d = DecisionLog::start(sink).map_err(|source| ServeError::Bind {
-            addr: format!("[log] decisions = `{}`", log.decisions),
-            source,
-        })?;
-        proxy.set_decision_log(d);
-    }
-    let _admin = if admin_listen.is_empty() {
-        None
-    } else {
-        Some(
-            crate::admin::Admin::start(&admin_listen, Arc::clone(&proxy))
-                .await
-                .map_err(|source| ServeError::Bind {
-                    addr: format!("[admin] listen = `{admin_listen}`"),
-                    source,
-                })?,
-        )
-    };
-    tracing::info!(
-        udp = %proxy.udp_addr().map_or("-".into(), |a| a.to_string()),
-        tcp = %proxy.tcp_addr().map_or("-".into(), |a| a.to_string()),
-        tls = %proxy.tls_addr().map_or("-".into(), |a| a.to_string()),
-        redirect = %redirect.as_ref().map_or("-".into(), |r| {
-            [r.udp_addr(), r.tcp_addr(), r.tls_addr()]
-                .iter()
-                .flatten()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(",")
-        }),
-        next_hop = %proxy.next_hop.label(),
-        admin = %_admin.as_ref().map_or("-".into(), |a| format!("http://{}/metrics", a.addr)),
-        decisions = %if log.decisions.is_empty() { "-" } else { log.decisions.as_str() },
-        "stirscreen serving"
-    );
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| ServeError::Config(e.to_string()))?;
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|e| ServeError::Config(e.to_string()))?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
-            _ = hup.recv() => proxy.reload_trust(),
-        }
-    }
-    tracing::info!("draining: no new calls; open transactions may finish");
-    proxy.begin_shutdown();
-    if let Some(r) = &redirect {
-        r.begin_shutdown();
-    }
-    let deadline = tokio::time::Instant::now() + drain;
-    let busy = |p: &Proxy| p.inflight.available_permits() < p.config.proxy.max_in_flight;
-    while (busy(&proxy) || redirect.as_deref().is_some_and(busy))
-        && tokio::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // The last decision records reach the file before the process exits.
-    let p = Arc::clone(&proxy);
-    let _ = tokio::task::spawn_blocking(move || {
-        if let Some(log) = p.decision_log.get() {
-            log.close();
-        }
-    })
-    .await;
-    tracing::info!("stopped");
-    Ok(())
 }
 
 fn now_rfc3339() -> String {

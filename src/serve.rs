@@ -1,0 +1,107 @@
+//! `stirscreen serve`: wires the front-ends (the inline proxy, the SIP
+//! redirect server, the HTTP API) to one screening service, starts the
+//! admin listener and the decision log, and handles SIGHUP (trust reload)
+//! and SIGTERM/SIGINT (drain). The one module that knows every front-end.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::admin::Admin;
+use crate::api::Api;
+use crate::config::Config;
+use crate::decisionlog::{DecisionLog, Sink};
+use crate::proxy::{Proxy, ServeError};
+
+/// Runs `serve` until SIGINT/SIGTERM, then drains (stops accepting, waits
+/// for open transactions up to `drain`).
+pub async fn serve(config: Config, drain: Duration) -> Result<(), ServeError> {
+    let admin_listen = config.admin.listen.clone();
+    let log = config.log.clone();
+    let redirect_config = (!config.redirect.listen.is_empty()).then(|| config.clone());
+    let api_config = (!config.api.listen.is_empty()).then(|| config.clone());
+    let proxy = Proxy::start(config).await?;
+    let redirect = match redirect_config {
+        Some(c) => Some(Proxy::start_redirect(c, &proxy).await?),
+        None => None,
+    };
+    let api = match api_config {
+        Some(c) => {
+            let screen = Proxy::start_api(c, &proxy).await?;
+            Some(Api::start(screen).await.map_err(ServeError::Config)?)
+        }
+        None => None,
+    };
+    if !log.decisions.is_empty() {
+        let sink = if log.decisions == "-" {
+            Sink::Stdout
+        } else {
+            Sink::File {
+                path: log.decisions.clone().into(),
+                max_bytes: log.decisions_max_bytes,
+                keep: log.decisions_keep,
+            }
+        };
+        let d = DecisionLog::start(sink).map_err(|source| ServeError::Bind {
+            addr: format!("[log] decisions = `{}`", log.decisions),
+            source,
+        })?;
+        proxy.set_decision_log(d);
+    }
+    let _admin = if admin_listen.is_empty() {
+        None
+    } else {
+        Some(
+            Admin::start(&admin_listen, Arc::clone(&proxy))
+                .await
+                .map_err(|source| ServeError::Bind {
+                    addr: format!("[admin] listen = `{admin_listen}`"),
+                    source,
+                })?,
+        )
+    };
+    tracing::info!(
+        udp = %proxy.udp_addr().map_or("-".into(), |a| a.to_string()),
+        tcp = %proxy.tcp_addr().map_or("-".into(), |a| a.to_string()),
+        tls = %proxy.tls_addr().map_or("-".into(), |a| a.to_string()),
+        redirect = %redirect.as_ref().map_or("-".into(), |r| {
+            [r.udp_addr(), r.tcp_addr(), r.tls_addr()]
+                .iter()
+                .flatten()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        }),
+        next_hop = %proxy.next_hop_label(),
+        admin = %_admin.as_ref().map_or("-".into(), |a| format!("http://{}/metrics", a.addr)),
+        api = %api.as_ref().map_or("-".into(), |a| format!("{}://{}/stir/v1/verification", if a.tls { "https" } else { "http" }, a.addr)),
+        decisions = %if log.decisions.is_empty() { "-" } else { log.decisions.as_str() },
+        "stirscreen serving"
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| ServeError::Config(e.to_string()))?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| ServeError::Config(e.to_string()))?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = hup.recv() => proxy.reload_trust(),
+        }
+    }
+    tracing::info!("draining: no new calls; open transactions may finish");
+    proxy.begin_shutdown();
+    if let Some(r) = &redirect {
+        r.begin_shutdown();
+    }
+    let deadline = tokio::time::Instant::now() + drain;
+    while (proxy.busy() || redirect.as_deref().is_some_and(Proxy::busy))
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The last decision records reach the file before the process exits.
+    let p = Arc::clone(&proxy);
+    let _ = tokio::task::spawn_blocking(move || p.close_decision_log()).await;
+    tracing::info!("stopped");
+    Ok(())
+}
