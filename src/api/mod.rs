@@ -231,18 +231,41 @@ fn error(id: &str, vars: &[&str], rid: &str) -> Response<Body> {
     r
 }
 
-/// `X-RequestID` echoed when it is a sane header value (≤ 128 visible
-/// ASCII characters), else a new UUID.
-fn request_id(h: &HeaderMap) -> String {
-    h.get("x-requestid")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map_or_else(crate::lab::uuid_v4, str::to_owned)
+/// `X-RequestID`: echoed when it is a sane header value (1-128 visible
+/// ASCII characters); a new UUID when absent. `Err` (with a new id) when
+/// present but not sane: the request is answered 400.
+fn request_id(h: &HeaderMap) -> Result<String, String> {
+    match h.get("x-requestid") {
+        None => Ok(crate::lab::uuid_v4()),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+            .map(str::to_owned)
+            .ok_or_else(crate::lab::uuid_v4),
+    }
 }
 
 /// The checks every API POST gets, in the ATIS order, then the body.
-async fn read_request(ctx: &Ctx, req: Request<Body>, rid: &str) -> Result<Value, Response<Body>> {
+async fn read_request(
+    ctx: &Ctx,
+    req: Request<Body>,
+    rid: &Result<String, String>,
+) -> Result<Value, Response<Body>> {
     let cfg = &ctx.screen.config().api;
+    let rid = match rid {
+        Ok(r) => r.as_str(),
+        Err(new) => {
+            if req.method() != Method::POST {
+                return Err(error("POL4050", &[], new));
+            }
+            return Err(error(
+                "SVC4005",
+                &["X-RequestID", "not 1-128 visible ASCII characters"],
+                new,
+            ));
+        }
+    };
     if req.method() != Method::POST {
         return Err(error("POL4050", &[], rid));
     }
@@ -314,15 +337,16 @@ fn field<'a>(obj: &'a Value, name: &str) -> Option<&'a Value> {
 }
 
 async fn verification(State(ctx): State<Ctx>, req: Request<Body>) -> Response<Body> {
-    let rid = request_id(req.headers());
+    let rid_checked = request_id(req.headers());
     let client = req
         .extensions()
         .get::<Client>()
         .map_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)), |c| c.0);
-    let v = match read_request(&ctx, req, &rid).await {
+    let v = match read_request(&ctx, req, &rid_checked).await {
         Ok(v) => v,
         Err(r) => return r,
     };
+    let rid = rid_checked.unwrap_or_else(|e| e);
     let missing = |name: &str| error("SVC4001", &[name], &rid);
     let invalid = |name: &str, why: &str| error("SVC4005", &[name, why], &rid);
     let Some(vr) = field(&v, "verificationRequest") else {
@@ -486,7 +510,8 @@ fn sip_request(from: &str, to: &[String], time: UnixTime, identity: &str, rid: &
 }
 
 async fn signing(State(ctx): State<Ctx>, req: Request<Body>) -> Response<Body> {
-    let rid = request_id(req.headers());
+    let rid_checked = request_id(req.headers());
+    let rid = rid_checked.clone().unwrap_or_else(|e| e);
     let client = req
         .extensions()
         .get::<Client>()
@@ -494,7 +519,7 @@ async fn signing(State(ctx): State<Ctx>, req: Request<Body>) -> Response<Body> {
     if req.method() == Method::POST && ctx.signer.is_none() {
         return error("SVC4003", &[], &rid);
     }
-    let v = match read_request(&ctx, req, &rid).await {
+    let v = match read_request(&ctx, req, &rid_checked).await {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -608,6 +633,6 @@ async fn openapi() -> Response<Body> {
 }
 
 async fn not_found(req: Request<Body>) -> Response<Body> {
-    let rid = request_id(req.headers());
+    let rid = request_id(req.headers()).unwrap_or_else(|e| e);
     error("SVC4003", &[], &rid)
 }
