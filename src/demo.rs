@@ -296,6 +296,9 @@ pub struct Report {
     pub metrics_after: String,
     pub metrics_url: String,
     pub decision_records_written: u64,
+    /// One verified call through each other front-end: (front-end, what
+    /// was sent, what came back).
+    pub front_ends: Vec<(String, String, String)>,
 }
 
 /// The running lab: repository, proxy, callee, caller.
@@ -303,6 +306,8 @@ struct Lab {
     _dir: TempDir,
     _repo: CertRepo,
     proxy: Arc<Proxy>,
+    redirect: Arc<Proxy>,
+    api: crate::api::Api,
     admin: Admin,
     uac: Arc<UdpSocket>,
     uas_addr: SocketAddr,
@@ -378,6 +383,8 @@ impl Lab {
             "[verify]\ntrust_anchors = [\"{root}\"]\n\
              [fetch]\nextra_tls_roots = [\"{ca}\"]\nsystem_tls_roots = false\nallow_private_addresses = true\n\
              [proxy]\nlisten = [\"udp:127.0.0.1:0\", \"tcp:127.0.0.1:0\"]\nnext_hop = \"udp:{uas_addr}\"\n\
+             [redirect]\nlisten = [\"udp:127.0.0.1:0\"]\n\
+             [api]\nlisten = \"127.0.0.1:0\"\n\
              [policy]\nfile = \"{policy}\"\n\
              [store]\npath = \"{db}\"\n\
              [operator]\njcard_key = \"{op}\"\n",
@@ -388,7 +395,16 @@ impl Lab {
             op = toml_path(file("certs/operator.key")),
         );
         let cfg = Config::parse(&text, "<demo>").map_err(setup("configuration"))?;
-        let proxy = Proxy::start(cfg).await.map_err(setup("proxy"))?;
+        let proxy = Proxy::start(cfg.clone()).await.map_err(setup("proxy"))?;
+        let redirect = Proxy::start_redirect(cfg.clone(), &proxy)
+            .await
+            .map_err(setup("redirect server"))?;
+        let screen = Proxy::start_api(cfg, &proxy)
+            .await
+            .map_err(setup("HTTP API"))?;
+        let api = crate::api::Api::start(screen)
+            .await
+            .map_err(|e| DemoError::Setup(format!("HTTP API: {e}")))?;
         let records = proxy
             .tap_decisions()
             .ok_or_else(|| DemoError::Setup("decision tap taken".into()))?;
@@ -429,6 +445,8 @@ impl Lab {
             _dir: dir,
             _repo: repo,
             proxy,
+            redirect,
+            api,
             admin,
             uac: Arc::new(uac),
             uas_addr,
@@ -784,6 +802,7 @@ pub async fn run_table(opts: &DemoOptions) -> Result<Report, DemoError> {
         }
     }
     check(&rows)?;
+    let front_ends = vec![redirect_call(&lab).await?, api_call(&lab).await?];
     drop(lab);
     Ok(Report {
         rows,
@@ -791,7 +810,124 @@ pub async fn run_table(opts: &DemoOptions) -> Result<Report, DemoError> {
         metrics_after,
         metrics_url,
         decision_records_written: written,
+        front_ends,
     })
+}
+
+/// The verified call, asked of the SIP redirect server: its 302 must carry
+/// verstat=TN-Validation-Passed in the Contact.
+async fn redirect_call(lab: &Lab) -> Result<(String, String, String), DemoError> {
+    let fail = |why: String| DemoError::Call {
+        call: "redirect server".into(),
+        why,
+    };
+    let to = lab
+        .redirect
+        .udp_addr()
+        .ok_or_else(|| fail("no UDP address".into()))?;
+    let s = SCENARIOS
+        .first()
+        .ok_or_else(|| fail("no scenario".into()))?;
+    let (invite, call_id) = lab.invite(s, None)?;
+    lab.uac
+        .send_to(invite.as_bytes(), to)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let mut buf = vec![0u8; 65_536];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (n, _) = tokio::time::timeout(left, lab.uac.recv_from(&mut buf))
+            .await
+            .map_err(|_| fail("no final response within 10 s".into()))?
+            .map_err(|e| fail(e.to_string()))?;
+        let Ok(msg) = Message::parse(buf.get(..n).unwrap_or_default()) else {
+            continue;
+        };
+        if msg.value(HeaderId::CallId) != Some(call_id.as_str()) {
+            continue;
+        }
+        let Some((code, phrase)) = status(&msg) else {
+            continue;
+        };
+        if code < 200 {
+            continue;
+        }
+        let a = ack(&invite, &msg, None);
+        let _ = lab.uac.send_to(a.as_bytes(), to).await;
+        let contact = msg.value(HeaderId::Contact).unwrap_or_default().to_owned();
+        if code != 302 || !contact.contains("verstat=TN-Validation-Passed") {
+            return Err(fail(format!("{code} {phrase}, Contact {contact}")));
+        }
+        return Ok((
+            "SIP redirect server".into(),
+            format!("INVITE ({}) to udp:{to}", s.name),
+            format!("{code} {phrase}, Contact: {contact}"),
+        ));
+    }
+}
+
+/// The verified call, asked of the ATIS-1000082 HTTP API.
+async fn api_call(lab: &Lab) -> Result<(String, String, String), DemoError> {
+    let fail = |why: String| DemoError::Call {
+        call: "HTTP API".into(),
+        why,
+    };
+    let s = SCENARIOS
+        .first()
+        .ok_or_else(|| fail("no scenario".into()))?;
+    let (invite, _) = lab.invite(s, None)?;
+    let identity = Message::parse(invite.as_bytes())
+        .ok()
+        .and_then(|m| m.value(HeaderId::Identity).map(str::to_owned))
+        .ok_or_else(|| fail("no Identity".into()))?;
+    let body = serde_json::json!({ "verificationRequest": {
+        "from": { "tn": s.orig }, "to": { "tn": [CALLEE] },
+        "time": Clock.now().0, "identity": identity }})
+    .to_string();
+    let addr = lab.api.addr;
+    let mut c = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    c.write_all(
+        format!(
+            "POST /stir/v1/verification HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .map_err(|e| fail(e.to_string()))?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut out))
+        .await
+        .map_err(|_| fail("no answer within 10 s".into()))?
+        .map_err(|e| fail(e.to_string()))?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, json) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let v: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| fail(format!("{e}: {text}")))?;
+    let verstat = v
+        .pointer("/verificationResponse/verstat")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default();
+    if !head.starts_with("HTTP/1.1 200") || verstat != "TN-Validation-Passed" {
+        return Err(fail(text));
+    }
+    let action = v
+        .pointer("/decision/action")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default();
+    Ok((
+        "HTTP API (ATIS-1000082)".into(),
+        format!("POST http://{addr}/stir/v1/verification ({})", s.name),
+        format!(
+            "200, verificationResponse {}, decision: {action}",
+            v.pointer("/verificationResponse")
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        ),
+    ))
 }
 
 async fn metrics_after_now(lab: &Lab) -> String {

@@ -429,7 +429,7 @@ fn demo(
         return Ok(ExitCode::SUCCESS);
     }
     outln!(
-        "stirscreen demo: certificate repository (HTTPS), proxy and callee on 127.0.0.1; policy policies/default.toml\n"
+        "stirscreen demo: certificate repository (HTTPS), proxy, redirect server, HTTP API and callee on 127.0.0.1; policy policies/default.toml\n"
     );
     let report = rt.block_on(run_table(&opts))?;
     out!("{}", render_table(&report.rows));
@@ -446,6 +446,10 @@ fn demo(
         "stirscreen_verification_duration_seconds_count",
     ] {
         outln!("  {name:<50} +{}", delta(name));
+    }
+    outln!("\nthe same screening service behind the other front-ends (first call again):");
+    for (front, sent, got) in &report.front_ends {
+        outln!("  {front}\n    {sent}\n    -> {got}");
     }
     if let Some(first) = report.rows.first() {
         outln!(
