@@ -786,23 +786,23 @@ pub async fn run_table(opts: &DemoOptions) -> Result<Report, DemoError> {
             verstat_at_callee,
         });
     }
+    check(&rows)?;
     let metrics_after = http_get(lab.admin.addr, "/metrics")
         .await
         .map_err(setup("GET /metrics"))?
         .1;
+    let front_ends = vec![redirect_call(&lab).await?, api_call(&lab).await?];
     let mut written = 0;
     if opts.decision_log.is_some() {
         // The writer thread flushes on its own; wait for it briefly.
         for _ in 0..100 {
             written = decision_records_written(&metrics_after_now(&lab).await);
-            if written >= rows.len() as u64 {
+            if written >= (rows.len() + front_ends.len()) as u64 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    check(&rows)?;
-    let front_ends = vec![redirect_call(&lab).await?, api_call(&lab).await?];
     drop(lab);
     Ok(Report {
         rows,

@@ -130,7 +130,7 @@ fn demo_binary_prints_every_outcome_and_logs_one_record_per_call() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("decision log: 12 records written"),
+        stdout.contains("decision log: 14 records written"),
         "{stdout}"
     );
 
@@ -139,7 +139,16 @@ fn demo_binary_prints_every_outcome_and_logs_one_record_per_call() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect();
-    assert_eq!(records.len(), OUTCOMES.len(), "{text}");
+    // The table's calls through the proxy, then the first call again
+    // through the redirect server and the HTTP API.
+    assert_eq!(records.len(), OUTCOMES.len() + 2, "{text}");
+    let fronts: Vec<&str> = records.iter().map(|r| r.front_end.as_str()).collect();
+    assert!(
+        fronts[..OUTCOMES.len()].iter().all(|f| *f == "proxy"),
+        "{fronts:?}"
+    );
+    assert_eq!(fronts[OUTCOMES.len()..], ["redirect", "api"], "{fronts:?}");
+    let records: Vec<DecisionRecord> = records.into_iter().take(OUTCOMES.len()).collect();
     let ids: HashSet<&str> = records.iter().map(|r| r.call_id.as_str()).collect();
     assert_eq!(ids.len(), records.len(), "one record per call");
     for r in &records {
