@@ -14,11 +14,11 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use stirscreen::facts::{AttestFact, Facts, FailureFact};
-use stirscreen::lists::{List, ListKind};
+use stirscreen::policy::facts::{AttestFact, Facts, FailureFact};
+use stirscreen::policy::lists::{List, ListKind};
 use stirscreen::policy::{Engine, PolicySet};
-use stirscreen::verify::FailureKind;
-use stirscreen::verify::Verstat;
+use stirscreen::stir::verify::FailureKind;
+use stirscreen::stir::verify::Verstat;
 
 /// One million distinct 11-digit numbers, deterministic.
 fn million_numbers() -> String {
@@ -90,15 +90,15 @@ fn facts(orig: &str) -> Facts {
         diversion: false,
         div_verified: false,
         diverted_from: String::new(),
-        rcd: stirscreen::facts::RcdFact::None,
+        rcd: stirscreen::policy::facts::RcdFact::None,
         rcd_name: String::new(),
-        peer_spc: stirscreen::facts::PeerSpcFact::None,
-        identity_source: stirscreen::facts::IdentitySourceFact::Sip,
+        peer_spc: stirscreen::policy::facts::PeerSpcFact::None,
+        identity_source: stirscreen::policy::facts::IdentitySourceFact::Sip,
         callee_flagged: false,
         orig_unwanted_reports: 3,
         orig_calls_per_minute: 1,
         spc_unwanted_reports: 0,
-        state: stirscreen::facts::StateFact::Ok,
+        state: stirscreen::policy::facts::StateFact::Ok,
         origid: String::new(),
     }
 }

@@ -16,15 +16,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use stirscreen::cert::{TrustStore, split_chain};
 use stirscreen::config::{FetchSection, read_certs};
 use stirscreen::fetch::CertFetcher;
-use stirscreen::identity::IdentityHeader;
-use stirscreen::lab::{InviteSpec, sign_identity};
-use stirscreen::passport::{self, Attest, SigningKey};
+use stirscreen::lab::InviteSpec;
 use stirscreen::sip::{HeaderId, Message};
+use stirscreen::stir::cert::{TrustStore, split_chain};
+use stirscreen::stir::identity::IdentityHeader;
+use stirscreen::stir::passport::sign_identity;
+use stirscreen::stir::passport::{self, Attest, SigningKey};
+use stirscreen::stir::verify::{Verifier, VerifyConfig, X5uPolicy};
 use stirscreen::time::{TEST_NOW, UnixTime};
-use stirscreen::verify::{Verifier, VerifyConfig, X5uPolicy};
 
 const X5U: &str = "https://cert.example.org/sp-a.pem";
 

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::cert::{TrustStore, split_chain};
-use crate::verify::{CodeProfile, DateCheck, FailureKind, VerifyConfig, X5uPolicy};
+use crate::stir::cert::{TrustStore, split_chain};
+use crate::stir::verify::{CodeProfile, DateCheck, FailureKind, VerifyConfig, X5uPolicy};
 
 /// The embedded default configuration (`serve` and `verify` without
 /// `--config`). Its certificate, key and policy paths name the files
@@ -55,7 +55,7 @@ impl Unpacked {
             let dir = base.join(format!(
                 "stirscreen-default-{}-{}",
                 std::process::id(),
-                crate::lab::random_hex(6)
+                crate::ids::random_hex(6)
             ));
             match std::fs::create_dir(&dir) {
                 Ok(()) => {
@@ -101,7 +101,7 @@ pub struct Config {
     pub operator: OperatorSection,
     pub admin: AdminSection,
     pub log: LogSection,
-    pub tls: TlsSection,
+    pub tls: crate::net::tls::TlsSection,
     pub redirect: RedirectSection,
     pub api: ApiSection,
     /// Named peers and trunks, matched by source address (the `source` fact).
@@ -237,42 +237,6 @@ impl Default for ApiSection {
 pub struct RedirectSection {
     /// `udp:|tcp:|tls:address:port` like `[proxy] listen`; empty: off.
     pub listen: Vec<String>,
-}
-
-/// `[tls]`: the certificate of `tls:` listeners (and the HTTPS API), the
-/// client certificates they require, and how `tls:` next hops are checked.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TlsSection {
-    /// PEM chain, leaf first. Also presented as the client certificate on
-    /// `tls:` connections the proxy opens (mutual TLS between carriers).
-    pub certificate: Option<PathBuf>,
-    /// PEM private key (PKCS#8, SEC1 EC or PKCS#1 RSA).
-    pub private_key: Option<PathBuf>,
-    /// PEM CA certificates; a connecting peer must present a certificate
-    /// chaining to one of them. Empty: no client certificate required.
-    pub client_ca: Vec<PathBuf>,
-    /// PEM CA certificates a `tls:` next hop's certificate must chain to.
-    /// Empty: the system's roots.
-    pub server_ca: Vec<PathBuf>,
-    /// The name a `tls:` next hop's certificate must carry; empty: its IP
-    /// address (an IP SAN).
-    pub server_name: String,
-    /// A TLS handshake (either direction) must finish within this.
-    pub handshake_timeout_ms: u64,
-}
-
-impl Default for TlsSection {
-    fn default() -> Self {
-        TlsSection {
-            certificate: None,
-            private_key: None,
-            client_ca: Vec::new(),
-            server_ca: Vec::new(),
-            server_name: String::new(),
-            handshake_timeout_ms: 5000,
-        }
-    }
 }
 
 /// `[admin]`: the HTTP listener for `/metrics`, `/healthz` and `/readyz`.
@@ -444,9 +408,9 @@ pub struct VerifySection {
     /// NANP: `2155551212` → `12155551212`); empty: numbers as written.
     pub default_country_code: CountryCode,
     /// `per-failure` (default) or `failed`: see README "Failure kinds".
-    pub failed_verstat: crate::verify::FailedVerstat,
+    pub failed_verstat: crate::stir::verify::FailedVerstat,
     /// `use` (default) or `fail`: a CRL past its nextUpdate.
-    pub stale_crl: crate::verify::StaleCrl,
+    pub stale_crl: crate::stir::verify::StaleCrl,
     /// Fetch the content `rcdi` digests cover (RFC 9795: `icn`, `jcl`) and
     /// check it before the rich call data counts as signed. Off by default:
     /// it is one more fetch a caller chooses the URL of (same SSRF guard,
@@ -493,8 +457,8 @@ impl Default for VerifySection {
             codes: BTreeMap::new(),
             memo_capacity: 16_384,
             default_country_code: CountryCode::default(),
-            failed_verstat: crate::verify::FailedVerstat::PerFailure,
-            stale_crl: crate::verify::StaleCrl::Use,
+            failed_verstat: crate::stir::verify::FailedVerstat::PerFailure,
+            stale_crl: crate::stir::verify::StaleCrl::Use,
             check_rcdi: false,
         }
     }
@@ -819,7 +783,7 @@ impl Config {
             },
             code_profile: v.code_profile,
             code_overrides: v.codes.iter().map(|(k, c)| (*k, c.0)).collect(),
-            numbering: crate::tn::Numbering {
+            numbering: crate::stir::tn::Numbering {
                 country_code: v.default_country_code.0.clone(),
             },
             failed_verstat: v.failed_verstat,
@@ -966,7 +930,7 @@ impl Config {
             None => None,
             Some(path) => {
                 let pem = read(path)?;
-                let key = crate::passport::SigningKey::from_pem(&pem).map_err(|e| {
+                let key = crate::stir::passport::SigningKey::from_pem(&pem).map_err(|e| {
                     ConfigError::Certificates {
                         path: path.display().to_string(),
                         detail: e.to_string(),

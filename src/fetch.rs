@@ -14,16 +14,16 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::cert::{TrustStore, split_chain};
 use crate::config::{ConfigError, FetchSection, read_certs};
 use crate::limits::MAX_CERT_BODY;
+use crate::stir::cert::{TrustStore, split_chain};
 
 /// Largest rich-call-data content fetched for an `rcdi` check (a logo or a
 /// jCard).
 pub const MAX_RCD_CONTENT: usize = 1024 * 1024;
 use crate::net::is_special;
+use crate::stir::verify::{CredentialError, CredentialResult, X5uPolicy};
 use crate::time::{Clock, UnixTime, parse_sip_date};
-use crate::verify::{CredentialError, CredentialResult, X5uPolicy};
 
 /// Counters for operators and tests.
 #[derive(Debug, Default)]
@@ -272,7 +272,7 @@ pub struct CertFetcher {
     budget: std::sync::Mutex<FetchBudget>,
     fetching: Arc<tokio::sync::Semaphore>,
     /// Digests of rich-call-data content (`rcdi`), by URL: bounded, expiring.
-    content: std::sync::Mutex<HashMap<String, (Instant, crate::verify::ContentResult)>>,
+    content: std::sync::Mutex<HashMap<String, (Instant, crate::stir::verify::ContentResult)>>,
     clock: Clock,
     /// Counters.
     pub stats: FetchStats,
@@ -643,7 +643,7 @@ impl CertFetcher {
     }
 
     /// The cached digests of rich-call-data content at `url`, if fresh.
-    pub fn peek_content(&self, url: &str) -> Option<crate::verify::ContentResult> {
+    pub fn peek_content(&self, url: &str) -> Option<crate::stir::verify::ContentResult> {
         let c = self.content.lock().ok()?;
         let (expires, r) = c.get(url)?;
         (*expires > Instant::now()).then(|| r.clone())
@@ -653,7 +653,7 @@ impl CertFetcher {
     /// cache, or fetched (≤ [`MAX_RCD_CONTENT`] bytes) under the same SSRF
     /// guard and fetch limits as x5u. Kept an hour, a failure
     /// `negative_cache_secs`; at most `cache_capacity` URLs.
-    pub async fn content(&self, url: &str) -> crate::verify::ContentResult {
+    pub async fn content(&self, url: &str) -> crate::stir::verify::ContentResult {
         if let Some(r) = self.peek_content(url) {
             return r;
         }
@@ -675,7 +675,9 @@ impl CertFetcher {
             .await
         {
             Ok((body, _)) => (
-                Ok(Arc::new(crate::passport::ContentDigests::of_body(&body))),
+                Ok(Arc::new(crate::stir::passport::ContentDigests::of_body(
+                    &body,
+                ))),
                 Duration::from_secs(3600),
             ),
             Err(e) => (
@@ -1072,11 +1074,11 @@ fn http_ttl(h: &http::HeaderMap, now: UnixTime) -> Option<Duration> {
 /// request names is already cached (the common case), `None` when one must
 /// be fetched. The proxy runs this inline and spawns a task only for `None`.
 pub fn verify_request_cached(
-    verifier: &crate::verify::Verifier,
+    verifier: &crate::stir::verify::Verifier,
     fetcher: &CertFetcher,
     msg: &crate::sip::Message<'_>,
     now: UnixTime,
-) -> Option<crate::verify::Outcome> {
+) -> Option<crate::stir::verify::Outcome> {
     let prepared = verifier.prepare(msg, now);
     // No Identity and a CPS configured: the out-of-band path (async).
     if !prepared.has_identity() && !fetcher.cfg.cps_urls.is_empty() {
@@ -1110,11 +1112,11 @@ pub fn verify_request_cached(
 /// Verifies the Identity headers of `msg`, fetching (once, cached) the
 /// credentials they name.
 pub async fn verify_request(
-    verifier: &crate::verify::Verifier,
+    verifier: &crate::stir::verify::Verifier,
     fetcher: &Arc<CertFetcher>,
     msg: &crate::sip::Message<'_>,
     now: UnixTime,
-) -> crate::verify::Outcome {
+) -> crate::stir::verify::Outcome {
     if !fetcher.cfg.cps_urls.is_empty()
         && let Some(o) = verify_oob(verifier, fetcher, msg, now).await
     {
@@ -1129,11 +1131,11 @@ pub async fn verify_request(
 /// request); `None` when the request has Identity headers, names no
 /// numbers, or no CPS has a PASSporT for it.
 async fn verify_oob(
-    verifier: &crate::verify::Verifier,
+    verifier: &crate::stir::verify::Verifier,
     fetcher: &Arc<CertFetcher>,
     msg: &crate::sip::Message<'_>,
     now: UnixTime,
-) -> Option<crate::verify::Outcome> {
+) -> Option<crate::stir::verify::Outcome> {
     let prepared = verifier.prepare(msg, now);
     if prepared.has_identity() {
         return None;
@@ -1148,7 +1150,7 @@ async fn verify_oob(
     let with_identity = with_identity_headers(msg, &tokens)?;
     let m = crate::sip::Message::parse(&with_identity).ok()?;
     let mut o = verify_in_band(verifier, fetcher, &m, now).await;
-    o.identity_source = crate::verify::IdentitySource::Oob;
+    o.identity_source = crate::stir::verify::IdentitySource::Oob;
     Some(o)
 }
 
@@ -1160,7 +1162,7 @@ fn with_identity_headers(msg: &crate::sip::Message<'_>, tokens: &[String]) -> Op
     let mut out = Vec::with_capacity(wire.len() + tokens.len() * 900);
     out.extend_from_slice(wire.get(..line_end)?);
     for t in tokens {
-        let Ok(d) = crate::passport::decode(t) else {
+        let Ok(d) = crate::stir::passport::decode(t) else {
             continue;
         };
         let Ok(h) = d.header() else { continue };
@@ -1179,11 +1181,11 @@ fn with_identity_headers(msg: &crate::sip::Message<'_>, tokens: &[String]) -> Op
 }
 
 async fn verify_in_band(
-    verifier: &crate::verify::Verifier,
+    verifier: &crate::stir::verify::Verifier,
     fetcher: &Arc<CertFetcher>,
     msg: &crate::sip::Message<'_>,
     now: UnixTime,
-) -> crate::verify::Outcome {
+) -> crate::stir::verify::Outcome {
     let prepared = verifier.prepare(msg, now);
     let mut creds: Vec<(&str, CredentialResult)> = Vec::new();
     for url in prepared.urls() {
@@ -1209,11 +1211,11 @@ async fn verify_in_band(
 }
 
 fn finish(
-    verifier: &crate::verify::Verifier,
-    prepared: crate::verify::Prepared<'_>,
+    verifier: &crate::stir::verify::Verifier,
+    prepared: crate::stir::verify::Prepared<'_>,
     now: UnixTime,
     creds: &[(&str, CredentialResult)],
-) -> crate::verify::Outcome {
+) -> crate::stir::verify::Outcome {
     verifier.finish(prepared, now, |url| {
         creds
             .iter()

@@ -2,36 +2,32 @@
 //!
 //! # Layout
 //!
-//! The sans-IO core (always built; no sockets, files or clock):
-//! - [`sip`]: zero-copy SIP parser, stream framing and the RFC 3261 §16.3
-//!   request checks ([`sip::validate`]); [`sip::addr`] parses URIs,
-//!   name-addr values and Via.
-//! - [`tn`]: telephone-number canonicalisation (RFC 8224 §8.3).
-//! - [`identity`]: the Identity header (RFC 8224 §4.1).
-//! - [`passport`]: PASSporT decoding, SHAKEN claims, lab signing.
-//! - [`cert`]: STI certificate chains, path building to trust anchors,
-//!   TNAuthList, the ATIS-1000080 profile.
-//! - [`verify`]: the verifier: [`verify::Verifier::prepare`] (local checks)
-//!   then [`verify::Verifier::finish`] (credential, ECDSA); the failure
-//!   kinds and their RFC 8224 codes in one exhaustive match.
-//! - [`limits`]: every size limit; [`time`]: time as a value; [`net`]:
-//!   address classes for the SSRF guard and the kernel's UDP counters;
-//!   [`lab`]: signed lab INVITEs; [`dno`]: do-not-originate lists from
-//!   downloaded NANP code and number lists.
+//! Layers, lowest first; a module imports only from its own layer or below
+//! (`scripts/check-layers.sh` checks it). What a lower layer needs from a
+//! higher one is handed to it (configuration values, a decision sink).
 //!
-//! Adapters (feature `runtime`, on by default):
-//! - [`config`]: the TOML file; [`fetch`]: x5u fetching with cache,
-//!   single-flight and SSRF guard; [`certrepo`]: a lab HTTPS certificate
-//!   repository; [`pki`]: the lab STI PKI generator; `time::Clock`: the one
-//!   reader of the system clock.
-//! - [`proxy`]: the inline SIP proxy; [`policyfile`]: policy loading and
-//!   reload; [`state`]: screening state (callee flags, reputation, rates,
-//!   replays) on the embedded SQLite backend or shared on Redis/Valkey.
-//! - Operations: [`metrics`] (Prometheus text format), [`admin`] (the
-//!   `/metrics`, `/healthz`, `/readyz` listener; [`http1`] is the HTTP both
-//!   it and [`certrepo`] speak), [`decisionlog`] (one JSON
-//!   line per call), [`logging`] (tracing setup), [`demo`] (`stirscreen
-//!   demo`).
+//! 1. Low-level pieces (sans-IO): [`limits`] (every size limit), [`time`]
+//!    (time as a value; `time::Clock` is the one reader of the clock),
+//!    [`ids`] (random tags and UUIDs), [`metrics`] (counter families,
+//!    histograms, the Prometheus text format), [`net`] (address classes for
+//!    the SSRF guard, kernel UDP counters; with `runtime`, [`net::tls`] and
+//!    the small [`net::http1`] reader).
+//! 2. SIP and STIR core (sans-IO): [`sip`] (zero-copy parser, stream
+//!    framing, RFC 3261 §16.3 checks, URIs and Via) and [`stir`] (Identity
+//!    header, PASSporTs, certificate paths, telephone numbers, the
+//!    verifier).
+//! 3. Policy and state: [`policy`] (facts, lists, the rule language, its
+//!    evaluation and rendering into SIP; with `runtime`, [`policy::file`]
+//!    loading and reload), [`state`] (callee flags, reputation, rates,
+//!    replays on SQLite or Redis/Valkey), [`fetch`] (x5u and CRL fetching
+//!    with cache, limits and the SSRF guard), [`config`] (the TOML file).
+//! 4. The per-call screening service and its front-ends: [`proxy`] (the
+//!    screening pipeline, the inline proxy and the SIP redirect server over
+//!    UDP/TCP/TLS) and [`api`] (the ATIS-1000082 HTTP API on the same
+//!    service).
+//! 5. Operations and tools: [`ops`] (`serve`, admin listener, decision log,
+//!    logging, demo) and [`lab`] (lab INVITEs; with `runtime` the lab PKI
+//!    generator and HTTPS certificate repository). The CLI is `main.rs`.
 #![cfg_attr(
     test,
     allow(
@@ -42,48 +38,29 @@
     )
 )]
 
-#[cfg(feature = "runtime")]
-pub mod admin;
-#[cfg(feature = "runtime")]
-pub mod api;
-pub mod cert;
-#[cfg(feature = "runtime")]
-pub mod certrepo;
+// 1. Low-level
+pub mod ids;
+pub mod limits;
+pub mod metrics;
+pub mod net;
+pub mod time;
+// 2. SIP and STIR core
+pub mod sip;
+pub mod stir;
+// 3. Policy and state
 #[cfg(feature = "runtime")]
 pub mod config;
 #[cfg(feature = "runtime")]
-pub mod decisionlog;
-#[cfg(feature = "runtime")]
-pub mod demo;
-pub mod dno;
-pub mod facts;
-#[cfg(feature = "runtime")]
 pub mod fetch;
-#[cfg(feature = "runtime")]
-pub mod http1;
-pub mod identity;
-pub mod lab;
-pub mod limits;
-pub mod lists;
-#[cfg(feature = "runtime")]
-pub mod logging;
-pub mod metrics;
-pub mod net;
-pub mod passport;
-#[cfg(feature = "runtime")]
-pub mod pki;
 pub mod policy;
 #[cfg(feature = "runtime")]
-pub mod policyfile;
+pub mod state;
+// 4. Screening service and front-ends
+#[cfg(feature = "runtime")]
+pub mod api;
 #[cfg(feature = "runtime")]
 pub mod proxy;
+// 5. Operations and tools
+pub mod lab;
 #[cfg(feature = "runtime")]
-pub mod serve;
-pub mod sip;
-#[cfg(feature = "runtime")]
-pub mod state;
-pub mod time;
-#[cfg(feature = "runtime")]
-pub mod tls;
-pub mod tn;
-pub mod verify;
+pub mod ops;

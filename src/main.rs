@@ -14,15 +14,16 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use stirscreen::cert::{describe_chain, profile_of, split_chain};
 use stirscreen::config::Config;
 use stirscreen::fetch::{CertFetcher, verify_request};
-use stirscreen::lab::{InviteSpec, sign_identity};
+use stirscreen::lab::InviteSpec;
 use stirscreen::limits::MAX_SIP_MESSAGE;
-use stirscreen::passport::{Attest, SigningKey};
 use stirscreen::sip::Message;
+use stirscreen::stir::cert::{describe_chain, profile_of, split_chain};
+use stirscreen::stir::passport::sign_identity;
+use stirscreen::stir::passport::{Attest, SigningKey};
+use stirscreen::stir::verify::{FailureKind, Outcome, Verifier};
 use stirscreen::time::{Clock, UnixTime};
-use stirscreen::verify::{FailureKind, Outcome, Verifier};
 
 /// `println!` without the panic when stdout is closed (`stirscreen … | head`).
 macro_rules! outln {
@@ -271,7 +272,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 other => bail!("attestation `{other}` is not A, B or C"),
             };
             let canon = |s: &str| {
-                stirscreen::tn::Tn::canonical(s)
+                stirscreen::stir::tn::Tn::canonical(s)
                     .map(|t| t.to_string())
                     .with_context(|| format!("`{s}` is not a telephone number"))
             };
@@ -307,7 +308,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Serve { config } => {
             let cfg = Config::load(config.as_deref())?;
-            stirscreen::logging::init(&cfg.log).map_err(anyhow::Error::msg)?;
+            stirscreen::ops::logging::init(&cfg.log).map_err(anyhow::Error::msg)?;
             let drain = std::time::Duration::from_millis(cfg.proxy.drain_ms);
             let rt = match cfg.proxy.threads {
                 1 => tokio::runtime::Builder::new_current_thread()
@@ -321,7 +322,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .enable_all()
                     .build()?,
             };
-            rt.block_on(stirscreen::serve::serve(cfg, drain))?;
+            rt.block_on(stirscreen::ops::serve::serve(cfg, drain))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo {
@@ -341,7 +342,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => dno_import(&codes, &numbers, &out),
         Command::Certs { command } => match command {
             CertsCommand::Gen { dir } => {
-                let files = stirscreen::pki::generate(&dir)?;
+                let files = stirscreen::lab::pki::generate(&dir)?;
                 for f in files {
                     outln!("{}", f.display());
                 }
@@ -361,7 +362,7 @@ fn demo(
     duration: u64,
     decision_log: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
-    use stirscreen::demo::{DemoOptions, metric_sum, render_table, run_load, run_table};
+    use stirscreen::ops::demo::{DemoOptions, metric_sum, render_table, run_load, run_table};
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -553,9 +554,9 @@ fn dno_import(codes: &[PathBuf], numbers: &[PathBuf], out: &Path) -> anyhow::Res
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read `{}`", path.display()))?;
         let (got, skipped) = if is_codes {
-            stirscreen::dno::prefixes_from_codes(&text)
+            stirscreen::policy::dno::prefixes_from_codes(&text)
         } else {
-            stirscreen::dno::numbers_from_list(&text)
+            stirscreen::policy::dno::numbers_from_list(&text)
         };
         for (line, why) in skipped.iter().take(5) {
             eprintln!("{}:{line}: skipped: {why}", path.display());
@@ -576,7 +577,7 @@ fn dno_import(codes: &[PathBuf], numbers: &[PathBuf], out: &Path) -> anyhow::Res
         ));
         entries.extend(got);
     }
-    let (text, count) = stirscreen::dno::render(entries, &sources);
+    let (text, count) = stirscreen::policy::dno::render(entries, &sources);
     // Atomic: a reader (serve's reload) sees the old file or the new one.
     let tmp = out.with_extension("import-tmp");
     std::fs::write(&tmp, text).with_context(|| format!("cannot write `{}`", tmp.display()))?;
@@ -740,7 +741,7 @@ fn certs_show(config: Option<&Path>, now: Option<i64>, source: &str) -> anyhow::
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_summary(i: usize, c: &stirscreen::cert::CertSummary) {
+fn print_summary(i: usize, c: &stirscreen::stir::cert::CertSummary) {
     outln!("[{i}] subject  {}", c.subject);
     outln!("    issuer   {}", c.issuer);
     outln!("    serial   {}", c.serial);
@@ -762,7 +763,7 @@ fn print_diagnostics(diags: &[stirscreen::policy::Diagnostic]) {
 }
 
 fn policy_cmd(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
-    use stirscreen::policyfile::load_engine;
+    use stirscreen::policy::file::load_engine;
     match cmd {
         PolicyCommand::Check { file } => match load_engine(&file) {
             Ok(engine) => {
@@ -803,7 +804,7 @@ fn policy_cmd(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
                 (Some(f), _) => {
                     let text = std::fs::read_to_string(&f)
                         .with_context(|| format!("cannot read `{}`", f.display()))?;
-                    let facts: stirscreen::facts::Facts = serde_json::from_str(&text)
+                    let facts: stirscreen::policy::facts::Facts = serde_json::from_str(&text)
                         .with_context(|| format!("`{}` is not a facts object", f.display()))?;
                     (facts, None)
                 }
@@ -905,7 +906,7 @@ struct CaseFile {
 #[serde(deny_unknown_fields)]
 struct Case {
     name: String,
-    facts: stirscreen::facts::Facts,
+    facts: stirscreen::policy::facts::Facts,
     expect: Expect,
 }
 
@@ -925,8 +926,8 @@ fn call_facts(
     name: &Path,
     now: UnixTime,
     from: Option<std::net::IpAddr>,
-) -> anyhow::Result<stirscreen::facts::Facts> {
-    use stirscreen::facts::{CallInfo, Facts};
+) -> anyhow::Result<stirscreen::policy::facts::Facts> {
+    use stirscreen::policy::facts::{CallInfo, Facts};
     let msg = Message::parse(bytes)
         .with_context(|| format!("`{}` is not a SIP message", name.display()))?;
     if msg.method().is_none() {
@@ -966,7 +967,7 @@ fn call_facts(
 
 fn explain_text(
     engine: &stirscreen::policy::Engine,
-    facts: &stirscreen::facts::Facts,
+    facts: &stirscreen::policy::facts::Facts,
     operator: &stirscreen::policy::render::Operator,
     now: UnixTime,
     message: Option<&[u8]>,
@@ -1097,7 +1098,7 @@ fn explain_text(
 fn flags_cmd(config: Option<&Path>, cmd: FlagsCommand) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(config)?;
     let canon = |s: &str| {
-        stirscreen::tn::Tn::canonical(s)
+        stirscreen::stir::tn::Tn::canonical(s)
             .map(|t| t.to_string())
             .with_context(|| format!("`{s}` is not a telephone number"))
     };

@@ -15,10 +15,10 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 use stirscreen::api::Api;
-use stirscreen::certrepo::CertRepo;
 use stirscreen::config::Config;
-use stirscreen::passport::{Attest, SignRequest, identity_header_value};
+use stirscreen::lab::certrepo::CertRepo;
 use stirscreen::proxy::Proxy;
+use stirscreen::stir::passport::{Attest, SignRequest, identity_header_value};
 use stirscreen::time::Clock;
 
 fn root() -> PathBuf {

@@ -15,10 +15,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use stirscreen::certrepo::CertRepo;
-use stirscreen::demo::http_get;
 use stirscreen::lab::InviteSpec;
-use stirscreen::passport::{Attest, SignRequest, identity_header_value};
+use stirscreen::lab::certrepo::CertRepo;
+use stirscreen::ops::demo::http_get;
+use stirscreen::stir::passport::{Attest, SignRequest, identity_header_value};
 use stirscreen::time::Clock;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::UdpSocket;

@@ -2,7 +2,7 @@
 //! default configuration shown in README is the one the binary uses.
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
-use stirscreen::verify::FailureKind;
+use stirscreen::stir::verify::FailureKind;
 
 #[test]
 fn readme_lists_every_failure_kind() {

@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use stirscreen::certrepo::Route;
 use stirscreen::config::{Config, FetchSection};
 use stirscreen::fetch::CertFetcher;
-use stirscreen::verify::{CredentialError, X5uPolicy};
+use stirscreen::lab::certrepo::Route;
+use stirscreen::stir::verify::{CredentialError, X5uPolicy};
 
 fn fetcher(allow_private: bool) -> Arc<CertFetcher> {
     fetcher_with(allow_private, |_| {})

@@ -9,8 +9,8 @@
 )]
 
 use stirscreen::sip::Message;
+use stirscreen::stir::verify::{Verifier, VerifyConfig};
 use stirscreen::time::TEST_NOW;
-use stirscreen::verify::{Verifier, VerifyConfig};
 
 fn verify_prepare(data: &[u8]) {
     let Ok(m) = Message::parse(data) else { return };

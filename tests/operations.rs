@@ -15,10 +15,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_parse::{LineInfo, Scrape, Value};
-use stirscreen::admin::Admin;
 use stirscreen::config::Config;
-use stirscreen::decisionlog::DecisionRecord;
-use stirscreen::demo::{DemoOptions, http_get, run_table};
+use stirscreen::ops::admin::Admin;
+use stirscreen::ops::decisionlog::DecisionRecord;
+use stirscreen::ops::demo::{DemoOptions, http_get, run_table};
 use stirscreen::proxy::Proxy;
 
 /// Every scripted outcome: (row name, verstat, failure (code), response).

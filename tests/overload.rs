@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use stirscreen::lab::InviteSpec;
-use stirscreen::passport::{Attest, SignRequest, identity_header_value};
+use stirscreen::stir::passport::{Attest, SignRequest, identity_header_value};
 use stirscreen::time::Clock;
 use tokio::net::UdpSocket;
 
@@ -61,7 +61,7 @@ fn invites(prefix: &str, from: usize, n: usize, uac: SocketAddr) -> Vec<(String,
                 orig: orig.clone(),
                 dest: vec![DEST.into()],
                 iat: now,
-                origid: stirscreen::lab::uuid_v4(),
+                origid: stirscreen::ids::uuid_v4(),
                 x5u: X5U.into(),
             };
             let token = key.sign(&req).unwrap();
@@ -269,7 +269,10 @@ async fn twice_the_held_rate_answers_every_invite_once() {
     let proxy: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
     for _ in 0..100 {
-        if stirscreen::demo::http_get(admin, "/readyz").await.is_ok() {
+        if stirscreen::ops::demo::http_get(admin, "/readyz")
+            .await
+            .is_ok()
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -323,11 +326,11 @@ async fn twice_the_held_rate_answers_every_invite_once() {
     // Late retransmitted answers and ACKs settle.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let metrics = stirscreen::demo::http_get(admin, "/metrics")
+    let metrics = stirscreen::ops::demo::http_get(admin, "/metrics")
         .await
         .unwrap()
         .1;
-    let shed = stirscreen::demo::metric_sum(&metrics, "stirscreen_overload_rejections_total");
+    let shed = stirscreen::ops::demo::metric_sum(&metrics, "stirscreen_overload_rejections_total");
     // SIGTERM to the PID this test started: the decision log is flushed.
     std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

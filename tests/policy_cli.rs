@@ -249,9 +249,9 @@ fn dno_import_of_a_million_numbers() {
         String::from_utf8_lossy(&r.stdout).contains("1000000 entries (0 lines skipped)"),
         "{r:?}"
     );
-    let list = stirscreen::lists::List::parse(
+    let list = stirscreen::policy::lists::List::parse(
         &std::fs::read_to_string(&out).unwrap(),
-        stirscreen::lists::ListKind::Tn,
+        stirscreen::policy::lists::ListKind::Tn,
         1,
         "dno.txt",
     )

@@ -14,15 +14,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use base64::Engine as _;
-use stirscreen::cert::{TrustStore, split_chain};
 use stirscreen::config::{Config, read_certs};
-use stirscreen::facts::{AttestFact, Facts, FailureFact};
+use stirscreen::policy::facts::{AttestFact, Facts, FailureFact};
+use stirscreen::policy::file::{EngineHandle, load_engine};
 use stirscreen::policy::render::{Verdict, build_response, verdict};
-use stirscreen::policyfile::{EngineHandle, load_engine};
 use stirscreen::sip::Message;
+use stirscreen::stir::cert::{TrustStore, split_chain};
+use stirscreen::stir::verify::FailureKind;
+use stirscreen::stir::verify::Verstat;
 use stirscreen::time::TEST_NOW;
-use stirscreen::verify::FailureKind;
-use stirscreen::verify::Verstat;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -47,15 +47,15 @@ fn facts(verstat: Verstat, attest: AttestFact) -> Facts {
         diversion: false,
         div_verified: false,
         diverted_from: String::new(),
-        rcd: stirscreen::facts::RcdFact::None,
+        rcd: stirscreen::policy::facts::RcdFact::None,
         rcd_name: String::new(),
-        peer_spc: stirscreen::facts::PeerSpcFact::None,
-        identity_source: stirscreen::facts::IdentitySourceFact::Sip,
+        peer_spc: stirscreen::policy::facts::PeerSpcFact::None,
+        identity_source: stirscreen::policy::facts::IdentitySourceFact::Sip,
         callee_flagged: false,
         orig_unwanted_reports: 0,
         orig_calls_per_minute: 0,
         spc_unwanted_reports: 0,
-        state: stirscreen::facts::StateFact::Ok,
+        state: stirscreen::policy::facts::StateFact::Ok,
         origid: "o-1".into(),
     }
 }
@@ -432,7 +432,7 @@ fn new_facts_are_testable() {
     };
     assert_eq!(decide(&|_| {}), "default");
     assert_eq!(
-        decide(&|f| f.rcd = stirscreen::facts::RcdFact::Broken),
+        decide(&|f| f.rcd = stirscreen::policy::facts::RcdFact::Broken),
         "broken-rcd"
     );
     assert_eq!(decide(&|f| f.rcd_name = "Acme".into()), "named");
@@ -445,7 +445,7 @@ fn new_facts_are_testable() {
     );
     assert_eq!(
         decide(&|f| {
-            f.state = stirscreen::facts::StateFact::Unavailable;
+            f.state = stirscreen::policy::facts::StateFact::Unavailable;
             f.orig_verified = false;
         }),
         "degraded"

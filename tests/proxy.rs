@@ -14,12 +14,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use stirscreen::certrepo::{CertRepo, Route};
 use stirscreen::config::Config;
 use stirscreen::lab::InviteSpec;
-use stirscreen::passport::{Attest, SignRequest, identity_header_value};
+use stirscreen::lab::certrepo::{CertRepo, Route};
 use stirscreen::proxy::Proxy;
 use stirscreen::state::{Subject, SubjectKind};
+use stirscreen::stir::passport::{Attest, SignRequest, identity_header_value};
 use stirscreen::time::Clock;
 use tokio::net::UdpSocket;
 
@@ -831,11 +831,13 @@ async fn serve_binary_answers_and_exits_cleanly_on_sigterm() {
     let r = recv(&c, 2000).await.expect("100 Trying");
     assert!(r.starts_with("SIP/2.0 100"), "{r}");
     let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
-    let (code, _) = stirscreen::demo::http_get(admin, "/readyz").await.unwrap();
+    let (code, _) = stirscreen::ops::demo::http_get(admin, "/readyz")
+        .await
+        .unwrap();
     assert_eq!(code, 200);
     let mut metrics = String::new();
     for _ in 0..50 {
-        metrics = stirscreen::demo::http_get(admin, "/metrics")
+        metrics = stirscreen::ops::demo::http_get(admin, "/metrics")
             .await
             .unwrap()
             .1;
@@ -1186,13 +1188,15 @@ async fn fresh_x5u_flood_stays_within_the_fetch_limits() {
     let mut metrics = String::new();
     for _ in 0..100 {
         metrics = lab.proxy.render_metrics();
-        if stirscreen::demo::metric_sum(&metrics, "stirscreen_calls_screened_total") >= n as f64 {
+        if stirscreen::ops::demo::metric_sum(&metrics, "stirscreen_calls_screened_total")
+            >= n as f64
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(
-        stirscreen::demo::metric_sum(&metrics, "stirscreen_calls_screened_total"),
+        stirscreen::ops::demo::metric_sum(&metrics, "stirscreen_calls_screened_total"),
         n as f64,
         "every INVITE was decided"
     );

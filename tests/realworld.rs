@@ -11,8 +11,8 @@
 
 use std::path::{Path, PathBuf};
 
-use stirscreen::cert::{TrustStore, describe_chain, profile_of, split_chain};
 use stirscreen::config::read_certs;
+use stirscreen::stir::cert::{TrustStore, describe_chain, profile_of, split_chain};
 
 fn realworld() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/realworld/certs")

@@ -12,8 +12,8 @@ use std::path::PathBuf;
 
 use stirscreen::sip::Message;
 use stirscreen::sip::validate::{check_request, check_response};
+use stirscreen::stir::verify::{FailureKind, Verifier, VerifyConfig};
 use stirscreen::time::TEST_NOW;
-use stirscreen::verify::{FailureKind, Verifier, VerifyConfig};
 
 fn corpus() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance/rfc4475")

@@ -14,10 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use stirscreen::config::{Backend, StoreSection};
-use stirscreen::facts::StateFact;
+use stirscreen::policy::facts::StateFact;
 use stirscreen::state::{CallQuery, Seen, Store, StoreError, Subject, SubjectKind};
+use stirscreen::stir::verify::ReplayKey;
 use stirscreen::time::{Clock, UnixTime};
-use stirscreen::verify::ReplayKey;
 
 const A: &str = "12155551212";
 const B: &str = "12125551213";

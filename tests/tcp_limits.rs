@@ -14,7 +14,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use stirscreen::demo::{http_get, metric_sum};
+use stirscreen::ops::demo::{http_get, metric_sum};
 
 struct Serve {
     child: std::process::Child,

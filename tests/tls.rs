@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use stirscreen::config::Config;
 use stirscreen::lab::InviteSpec;
-use stirscreen::passport::{Attest, SignRequest, identity_header_value};
 use stirscreen::proxy::Proxy;
+use stirscreen::stir::passport::{Attest, SignRequest, identity_header_value};
 use stirscreen::time::Clock;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -168,7 +168,7 @@ async fn start(
     dir: &Path,
     next_hop: &str,
     tls_extra: &str,
-) -> (Arc<Proxy>, stirscreen::certrepo::CertRepo) {
+) -> (Arc<Proxy>, stirscreen::lab::certrepo::CertRepo) {
     let repo = common::start_repo(common::standard_routes()).await;
     let text = format!(
         "[verify]\ntrust_anchors = [\"{root}/certs/demo/sti-root.pem\"]\n\
@@ -186,7 +186,7 @@ async fn start(
     (Proxy::start(cfg).await.unwrap(), repo)
 }
 
-fn signed_invite(repo: &stirscreen::certrepo::CertRepo, via: &str) -> String {
+fn signed_invite(repo: &stirscreen::lab::certrepo::CertRepo, via: &str) -> String {
     let url = repo.url("/sp-a.pem");
     let r = SignRequest {
         attest: Attest::A,

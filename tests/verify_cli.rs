@@ -12,7 +12,7 @@ mod common;
 use std::process::Command;
 
 use stirscreen::lab::InviteSpec;
-use stirscreen::passport::{Attest, SignRequest, identity_header_value};
+use stirscreen::stir::passport::{Attest, SignRequest, identity_header_value};
 use stirscreen::time::TEST_NOW;
 
 const ORIG: &str = "12155551212";
@@ -20,7 +20,7 @@ const DEST: &str = "12125551213";
 
 struct Env {
     _rt: tokio::runtime::Runtime,
-    repo: stirscreen::certrepo::CertRepo,
+    repo: stirscreen::lab::certrepo::CertRepo,
     dir: tempfile::TempDir,
     config: std::path::PathBuf,
 }
@@ -403,12 +403,12 @@ fn rcdi_digests_are_checked_when_enabled() {
     let good = format!(
         "sha256-{}",
         base64::engine::general_purpose::STANDARD
-            .encode(stirscreen::passport::DigestAlg::Sha256.digest(common::LOGO))
+            .encode(stirscreen::stir::passport::DigestAlg::Sha256.digest(common::LOGO))
     );
     let bad = format!(
         "sha256-{}",
         base64::engine::general_purpose::STANDARD
-            .encode(stirscreen::passport::DigestAlg::Sha256.digest(b"another logo"))
+            .encode(stirscreen::stir::passport::DigestAlg::Sha256.digest(b"another logo"))
     );
     let v = verify(&env, "rcdi-off", &call(&good), None);
     assert_eq!(v["rcd"]["rcdi_checked"], false, "{v:#}");

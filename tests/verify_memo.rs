@@ -12,13 +12,14 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use stirscreen::cert::{TrustStore, split_chain};
 use stirscreen::config::read_certs;
-use stirscreen::lab::{InviteSpec, sign_identity};
-use stirscreen::passport::{Attest, SigningKey};
+use stirscreen::lab::InviteSpec;
 use stirscreen::sip::Message;
+use stirscreen::stir::cert::{TrustStore, split_chain};
+use stirscreen::stir::passport::sign_identity;
+use stirscreen::stir::passport::{Attest, SigningKey};
+use stirscreen::stir::verify::{FailureKind, Verifier, VerifyConfig, Verstat};
 use stirscreen::time::{TEST_NOW, UnixTime};
-use stirscreen::verify::{FailureKind, Verifier, VerifyConfig, Verstat};
 
 #[test]
 fn retransmission_passes_and_replay_in_another_call_fails() {

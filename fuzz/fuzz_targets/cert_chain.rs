@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use stirscreen::cert::{TrustStore, describe_chain, profile_of, split_chain};
+use stirscreen::stir::cert::{TrustStore, describe_chain, profile_of, split_chain};
 
 const ROOT: &[u8] = include_bytes!("../../certs/demo/sti-root.pem");
 

@@ -5,8 +5,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use stirscreen::identity::IdentityHeader;
-use stirscreen::passport::{decode, div_claims, rcd_claims, shaken_claims};
+use stirscreen::stir::identity::IdentityHeader;
+use stirscreen::stir::passport::{decode, div_claims, rcd_claims, shaken_claims};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use stirscreen::lists::{List, ListKind};
+use stirscreen::policy::lists::{List, ListKind};
 use stirscreen::policy::PolicySet;
 
 fuzz_target!(|data: &[u8]| {

@@ -6,7 +6,7 @@
 use libfuzzer_sys::fuzz_target;
 use stirscreen::sip::Message;
 use stirscreen::time::TEST_NOW;
-use stirscreen::verify::{Verifier, VerifyConfig};
+use stirscreen::stir::verify::{Verifier, VerifyConfig};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(m) = Message::parse(data) else { return };

@@ -25,10 +25,10 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::passport::{Attest, SigningKey};
 use crate::policy::render::Verdict;
 use crate::proxy::Proxy;
 use crate::sip::Message;
+use crate::stir::passport::{Attest, SigningKey};
 use crate::time::{Clock, UnixTime};
 
 /// The OpenAPI document of this API.
@@ -72,7 +72,7 @@ impl Api {
         let acceptor = if loopback {
             None
         } else {
-            let sc = crate::tls::server_config(&cfg.tls).map_err(|e| {
+            let sc = crate::net::tls::server_config(&cfg.tls).map_err(|e| {
                 format!("[api] listen on {addr} (not loopback) is served over HTTPS: {e}")
             })?;
             Some(tokio_rustls::TlsAcceptor::from(sc))
@@ -236,13 +236,13 @@ fn error(id: &str, vars: &[&str], rid: &str) -> Response<Body> {
 /// present but not sane: the request is answered 400.
 fn request_id(h: &HeaderMap) -> Result<String, String> {
     match h.get("x-requestid") {
-        None => Ok(crate::lab::uuid_v4()),
+        None => Ok(crate::ids::uuid_v4()),
         Some(v) => v
             .to_str()
             .ok()
             .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
             .map(str::to_owned)
-            .ok_or_else(crate::lab::uuid_v4),
+            .ok_or_else(crate::ids::uuid_v4),
     }
 }
 
@@ -422,7 +422,7 @@ async fn verification(State(ctx): State<Ctx>, req: Request<Body>) -> Response<Bo
         resp.insert("reasoncode".into(), json!(s.stir_code));
         resp.insert(
             "reasontext".into(),
-            json!(crate::verify::FailureKind::reason_phrase(s.stir_code)),
+            json!(crate::stir::verify::FailureKind::reason_phrase(s.stir_code)),
         );
         if let Some(f) = &s.failure {
             resp.insert(
@@ -503,8 +503,8 @@ fn sip_request(from: &str, to: &[String], time: UnixTime, identity: &str, rid: &
          Date: {date}\r\n\
          Identity: {identity}\r\n\
          Content-Length: 0\r\n\r\n",
-        branch = crate::lab::random_hex(8),
-        tag = crate::lab::random_hex(4),
+        branch = crate::ids::random_hex(8),
+        tag = crate::ids::random_hex(4),
         date = crate::time::format_sip_date(time),
     )
 }
@@ -602,7 +602,7 @@ async fn signing(State(ctx): State<Ctx>, req: Request<Body>) -> Response<Body> {
             &rid,
         );
     }
-    match crate::lab::sign_identity(
+    match crate::stir::passport::sign_identity(
         signer,
         &cfg.api.signing_x5u,
         attest,

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use super::lang::{Action, Cond, PolicySet, Test, cond_holds, show};
-use crate::facts::Facts;
-use crate::lists::List;
+use crate::policy::facts::Facts;
+use crate::policy::lists::List;
 
 /// Why one rule did or did not match.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,12 +8,12 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::Diagnostic;
-use crate::facts::{
+use crate::policy::facts::{
     AttestFact, Facts, FailureFact, IdentitySourceFact, PeerSpcFact, RcdFact, StateFact,
 };
-use crate::lists::{List, ListKind};
-use crate::tn::Tn;
-use crate::verify::Verstat;
+use crate::policy::lists::{List, ListKind};
+use crate::stir::tn::Tn;
+use crate::stir::verify::Verstat;
 
 /// A fact a condition can test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -1161,8 +1161,9 @@ impl<'t> Compiler<'t> {
                         DeValue::String(s) => match FailureFact::parse(s) {
                             Some(f) => mask |= 1 << f.index(),
                             None => {
-                                let names =
-                                    crate::verify::FailureKind::ALL.iter().map(|k| k.name());
+                                let names = crate::stir::verify::FailureKind::ALL
+                                    .iter()
+                                    .map(|k| k.name());
                                 let help = suggest(s, names).map_or_else(
                                     || "see the failure kinds in README.md, or `none`".to_owned(),
                                     |x| format!("did you mean `{x}`?"),

@@ -9,8 +9,13 @@
 //! [`render`] turns a decision into the exact SIP response or the
 //! annotations of a forwarded INVITE.
 
+pub mod dno;
 mod eval;
+pub mod facts;
+#[cfg(feature = "runtime")]
+pub mod file;
 mod lang;
+pub mod lists;
 pub mod render;
 
 use std::fmt;
@@ -22,8 +27,8 @@ pub use lang::{
     VerstatPlace,
 };
 
-use crate::facts::Facts;
-use crate::lists::List;
+use crate::policy::facts::Facts;
+use crate::policy::lists::List;
 
 /// One problem in a policy, list or case file.
 #[derive(Debug, Clone, PartialEq, Eq)]

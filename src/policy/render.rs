@@ -5,13 +5,13 @@
 use serde_json::json;
 
 use super::lang::{Action, Forward, RejectCode, Template, fill};
-use crate::facts::Facts;
-use crate::passport::SigningKey;
+use crate::policy::facts::Facts;
 use crate::sip::addr::NameAddr;
 use crate::sip::{HeaderId, Message};
+use crate::stir::passport::SigningKey;
+use crate::stir::verify::FailureKind;
+use crate::stir::verify::Verstat;
 use crate::time::UnixTime;
-use crate::verify::FailureKind;
-use crate::verify::Verstat;
 
 /// Who is rejecting: named in guidance, the Warning agent and the jCard.
 #[derive(Debug)]
@@ -404,7 +404,7 @@ pub fn set_verstat(value: &str, verstat: Option<&str>) -> String {
             u.push_str(&format!(";verstat={v}"));
         }
         u
-    } else if addr.uri.is_sip() && crate::tn::tn_of_uri(&addr.uri).is_some() {
+    } else if addr.uri.is_sip() && crate::stir::tn::tn_of_uri(&addr.uri).is_some() {
         let Some((user, host)) = addr.uri.rest.split_once('@') else {
             return value.to_owned();
         };
@@ -483,7 +483,7 @@ pub fn apply_annotation(
     plan: &mut ForwardPlan,
     annotation: Annotation,
     facts: &Facts,
-    rcd: Option<&crate::passport::RcdStatus>,
+    rcd: Option<&crate::stir::passport::RcdStatus>,
 ) {
     let plain = facts.verstat.as_str().to_owned();
     match annotation {
@@ -542,13 +542,13 @@ pub enum RcdForward {
 pub fn apply_rcd(
     plan: &mut ForwardPlan,
     mode: RcdForward,
-    rcd: Option<&crate::passport::RcdStatus>,
+    rcd: Option<&crate::stir::passport::RcdStatus>,
 ) {
     if mode == RcdForward::None {
         return;
     }
     plan.strip_rcd_call_info = true;
-    let Some(crate::passport::RcdStatus::Signed { rcd, rcdi_checked }) = rcd else {
+    let Some(crate::stir::passport::RcdStatus::Signed { rcd, rcdi_checked }) = rcd else {
         return;
     };
     if matches!(mode, RcdForward::DisplayName | RcdForward::Both) {

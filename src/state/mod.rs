@@ -31,9 +31,9 @@ use std::time::Duration;
 use rusqlite::Connection;
 
 use crate::config::{Backend, StoreSection};
-use crate::facts::{AttestFact, StateFact, StateInfo};
+use crate::policy::facts::{AttestFact, StateFact, StateInfo};
+use crate::stir::verify::ReplayKey;
 use crate::time::{Clock, UnixTime};
-use crate::verify::ReplayKey;
 
 pub use rates::Rates;
 pub use replay::{ReplayCache, Seen};
@@ -320,7 +320,7 @@ pub struct Store {
 }
 
 fn checked(n: &str) -> Result<String, StoreError> {
-    crate::tn::Tn::canonical(n)
+    crate::stir::tn::Tn::canonical(n)
         .map(|t| t.to_string())
         .map_err(|_| StoreError::BadNumber(n.chars().take(40).collect()))
 }

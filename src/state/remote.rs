@@ -408,7 +408,7 @@ impl Remote {
             ));
         }
         let mut replay = redis::pipe();
-        let mine = q.replay.map(|k| crate::lab::hex(&k.call));
+        let mine = q.replay.map(|k| crate::ids::hex(&k.call));
         if let (Some(k), Some(call)) = (q.replay, &mine) {
             let ttl = (k.expires - q.now.0 + 1).max(1);
             replay
@@ -416,7 +416,7 @@ impl Remote {
                 .arg(format!(
                     "{}replay:{}",
                     self.prefix,
-                    crate::lab::hex(&k.token)
+                    crate::ids::hex(&k.token)
                 ))
                 .arg(call)
                 .arg("NX")

@@ -16,7 +16,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::verify::ReplayKey;
+use crate::stir::verify::ReplayKey;
 
 /// What the cache says of a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

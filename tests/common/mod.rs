@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use stirscreen::certrepo::{CertRepo, Route};
-use stirscreen::passport::SigningKey;
+use stirscreen::lab::certrepo::{CertRepo, Route};
+use stirscreen::stir::passport::SigningKey;
 
 pub fn demo(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::admin::Admin;
 use crate::api::Api;
 use crate::config::Config;
-use crate::decisionlog::{DecisionLog, Sink};
+use crate::ops::admin::Admin;
+use crate::ops::decisionlog::{DecisionLog, Sink};
 use crate::proxy::{Proxy, ServeError};
 
 /// Runs `serve` until SIGINT/SIGTERM, then drains (stops accepting, waits
@@ -45,7 +45,7 @@ pub async fn serve(config: Config, drain: Duration) -> Result<(), ServeError> {
             addr: format!("[log] decisions = `{}`", log.decisions),
             source,
         })?;
-        proxy.set_decision_log(d);
+        proxy.set_decision_log(Arc::new(d));
     }
     let _admin = if admin_listen.is_empty() {
         None

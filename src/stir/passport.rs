@@ -746,6 +746,28 @@ pub fn identity_header_value(token: &str, x5u: &str) -> String {
     format!("{token};info=<{x5u}>;alg=ES256;ppt=shaken")
 }
 
+/// Signs a canonical SHAKEN PASSporT and returns the Identity header value.
+pub fn sign_identity(
+    key: &SigningKey,
+    x5u: &str,
+    attest: Attest,
+    orig: &str,
+    dest: &[String],
+    iat: crate::time::UnixTime,
+    origid: Option<&str>,
+) -> Result<String, SignError> {
+    let req = SignRequest {
+        attest,
+        orig: orig.to_owned(),
+        dest: dest.to_vec(),
+        iat: iat.0,
+        origid: origid.map_or_else(crate::ids::uuid_v4, str::to_owned),
+        x5u: x5u.to_owned(),
+    };
+    let token = key.sign(&req)?;
+    Ok(identity_header_value(&token, x5u))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -6,12 +6,48 @@
 //! Only TLS 1.2 and 1.3 with rustls's safe defaults and the aws-lc-rs
 //! provider; keys as PKCS#8, SEC1 (EC) or PKCS#1 (RSA) PEM.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-use crate::config::TlsSection;
+use serde::Deserialize;
+
+/// `[tls]`: the certificate of `tls:` listeners (and the HTTPS API), the
+/// client certificates they require, and how `tls:` next hops are checked.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// PEM chain, leaf first. Also presented as the client certificate on
+    /// `tls:` connections the proxy opens (mutual TLS between carriers).
+    pub certificate: Option<PathBuf>,
+    /// PEM private key (PKCS#8, SEC1 EC or PKCS#1 RSA).
+    pub private_key: Option<PathBuf>,
+    /// PEM CA certificates; a connecting peer must present a certificate
+    /// chaining to one of them. Empty: no client certificate required.
+    pub client_ca: Vec<PathBuf>,
+    /// PEM CA certificates a `tls:` next hop's certificate must chain to.
+    /// Empty: the system's roots.
+    pub server_ca: Vec<PathBuf>,
+    /// The name a `tls:` next hop's certificate must carry; empty: its IP
+    /// address (an IP SAN).
+    pub server_name: String,
+    /// A TLS handshake (either direction) must finish within this.
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        TlsSection {
+            certificate: None,
+            private_key: None,
+            client_ca: Vec::new(),
+            server_ca: Vec::new(),
+            server_name: String::new(),
+            handshake_timeout_ms: 5000,
+        }
+    }
+}
 
 /// A `[tls]` problem, naming the key and file.
 #[derive(Debug, thiserror::Error)]

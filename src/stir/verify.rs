@@ -15,14 +15,14 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-use crate::cert::{CertError, Credential, ProfileProblem};
-use crate::identity::{Form, IdentityError, IdentityHeader};
 use crate::limits::{MAX_IDENTITY_HEADERS, MAX_URL_LEN};
-use crate::passport::{self, Attest, PassportError};
 use crate::sip::addr::{Uri, split_values};
 use crate::sip::{HeaderId, Message, StartLine};
+use crate::stir::cert::{CertError, Credential, ProfileProblem};
+use crate::stir::identity::{Form, IdentityError, IdentityHeader};
+use crate::stir::passport::{self, Attest, PassportError};
+use crate::stir::tn::Tn;
 use crate::time::{UnixTime, parse_sip_date};
-use crate::tn::Tn;
 
 /// The `verstat` values (3GPP TS 24.229 §7.2A.20); also the policy's
 /// `verstat` fact.
@@ -494,7 +494,7 @@ pub struct VerifyConfig {
     /// Per-kind code overrides on top of the profile.
     pub code_overrides: Vec<(FailureKind, u16)>,
     /// How numbers in SIP headers without a country code are completed.
-    pub numbering: crate::tn::Numbering,
+    pub numbering: crate::stir::tn::Numbering,
     /// Which verstat a failed verification gets.
     pub failed_verstat: FailedVerstat,
     /// What a CRL past its nextUpdate means for the paths it covers.
@@ -544,7 +544,7 @@ impl Default for VerifyConfig {
             x5u: X5uPolicy::default(),
             code_profile: CodeProfile::Rfc8224,
             code_overrides: Vec::new(),
-            numbering: crate::tn::Numbering::default(),
+            numbering: crate::stir::tn::Numbering::default(),
             failed_verstat: FailedVerstat::PerFailure,
             stale_crl: StaleCrl::Use,
             check_rcdi: false,
@@ -643,7 +643,7 @@ pub struct Verified {
     pub replay: ReplayKey,
     /// Rich call data (RFC 9795) the PASSporT carried, as signed or why it
     /// is not usable; never part of the SHAKEN verdict.
-    pub rcd: Option<crate::passport::RcdStatus>,
+    pub rcd: Option<crate::stir::passport::RcdStatus>,
     /// The verified retargeting steps (RFC 8946) from `dest` to the
     /// number the call reached; empty when not diverted.
     pub diversion: Vec<DivLink>,
@@ -754,14 +754,14 @@ impl IdentitySource {
 
 /// The digests of fetched rich-call-data content, or why it could not be
 /// fetched.
-pub type ContentResult = Result<Arc<crate::passport::ContentDigests>, String>;
+pub type ContentResult = Result<Arc<crate::stir::passport::ContentDigests>, String>;
 
 impl Outcome {
     /// URLs whose content the verified PASSporT's `rcdi` covers (empty when
     /// there is none to check).
     pub fn rcdi_urls(&self) -> Vec<String> {
         match self.verified.as_ref().and_then(|v| v.rcd.as_ref()) {
-            Some(crate::passport::RcdStatus::Signed {
+            Some(crate::stir::passport::RcdStatus::Signed {
                 rcd,
                 rcdi_checked: false,
             }) => rcd.rcdi_digests.iter().map(|d| d.url.clone()).collect(),
@@ -776,7 +776,7 @@ impl Outcome {
         let Some(status) = self.verified.as_mut().and_then(|v| v.rcd.as_mut()) else {
             return;
         };
-        let crate::passport::RcdStatus::Signed { rcd, rcdi_checked } = status else {
+        let crate::stir::passport::RcdStatus::Signed { rcd, rcdi_checked } = status else {
             return;
         };
         if *rcdi_checked || rcd.rcdi_digests.is_empty() {
@@ -799,8 +799,8 @@ impl Outcome {
             }
         }
         *status = match problem {
-            Some(why) => crate::passport::RcdStatus::Broken { why },
-            None => crate::passport::RcdStatus::Signed {
+            Some(why) => crate::stir::passport::RcdStatus::Broken { why },
+            None => crate::stir::passport::RcdStatus::Signed {
                 rcd: std::mem::take(rcd),
                 rcdi_checked: true,
             },
@@ -867,7 +867,7 @@ struct Ready<'m> {
     dest: Vec<Tn>,
     origid: String,
     iat: i64,
-    rcd: Option<crate::passport::RcdStatus>,
+    rcd: Option<crate::stir::passport::RcdStatus>,
     /// To or Request-URI is in `dest`; when not, a verified `div` chain
     /// must lead from `dest` to it.
     dest_ok: bool,
@@ -894,7 +894,7 @@ struct ReadyRcd<'m> {
     signature: [u8; 64],
     orig: Tn,
     dest: Vec<Tn>,
-    rcd: crate::passport::RcdStatus,
+    rcd: crate::stir::passport::RcdStatus,
 }
 
 /// One verified retargeting step (RFC 8946): the call to `from` was
@@ -1397,7 +1397,7 @@ impl Verifier {
     /// equal to `info` and allowed, `iat` within the window.
     fn check_extension<'m>(
         &self,
-        ih: &crate::identity::IdentityHeader<'m>,
+        ih: &crate::stir::identity::IdentityHeader<'m>,
         ppt: &str,
     ) -> Result<passport::Decoded<'m>, Failure> {
         if ih.form == Form::Compact {
@@ -1473,7 +1473,7 @@ impl Verifier {
 
     fn check_div<'m>(
         &self,
-        ih: &crate::identity::IdentityHeader<'m>,
+        ih: &crate::stir::identity::IdentityHeader<'m>,
         now: UnixTime,
     ) -> Result<ReadyDiv<'m>, Failure> {
         let d = self.check_extension(ih, "div")?;
@@ -1496,7 +1496,7 @@ impl Verifier {
     /// for the same orig ([`Verifier::finish`]).
     fn check_rcd<'m>(
         &self,
-        ih: &crate::identity::IdentityHeader<'m>,
+        ih: &crate::stir::identity::IdentityHeader<'m>,
         now: UnixTime,
     ) -> Result<ReadyRcd<'m>, Failure> {
         let d = self.check_extension(ih, "rcd")?;
@@ -1878,7 +1878,7 @@ mod tests {
         let text = invite_with_identity(&value);
         // The message itself may exceed the datagram cap; the header check
         // must hold on its own.
-        let err = crate::identity::IdentityHeader::parse(&value).unwrap_err();
+        let err = crate::stir::identity::IdentityHeader::parse(&value).unwrap_err();
         assert!(matches!(err, IdentityError::TooLarge { .. }), "{err}");
         if let Ok(msg) = Message::parse(text.as_bytes()) {
             let o =

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
-use crate::lists::List;
+use crate::policy::lists::List;
 use crate::policy::{Diagnostic, Engine, PolicySet};
 
 /// Reads, compiles and loads a policy file and every list it declares

@@ -17,80 +17,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+pub use crate::proxy::record::{DecisionRecord, DecisionSink, MAX_FIELD, bounded, bounded_owned};
 
-/// Longest text kept in a field (characters).
-pub const MAX_FIELD: usize = 256;
 /// Records queued for the writer; beyond it records are dropped and counted.
 const QUEUE: usize = 65_536;
 /// How often the writer takes the queue.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
-
-/// One call's decision.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DecisionRecord {
-    /// The decision's id: 12 hex digits, unique per call, carried as
-    /// `id=` in a 603+ (ATIS-1000099) so redress can find this record.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub id: String,
-    /// RFC 3339 UTC, millisecond precision.
-    pub time: String,
-    pub call_id: String,
-    /// `transport:address:port` the INVITE came from.
-    pub source: String,
-    /// The named peer (`[[peers]]`) or `unknown`.
-    pub peer: String,
-    pub orig: String,
-    pub dest: String,
-    pub attest: String,
-    pub verstat: String,
-    pub failure: String,
-    /// RFC 8224 code of the failure (0: none).
-    pub stir_code: u16,
-    pub spc: String,
-    pub rule: String,
-    /// `forward`, `reject`, `overload` or `cancelled`.
-    pub action: String,
-    /// The response the proxy sent upstream for this decision (0 when it
-    /// forwarded: the callee answers).
-    pub code: u16,
-    /// Arrival to decision, milliseconds.
-    pub latency_ms: f64,
-    /// `ok`, or `unavailable` when the shared state store did not answer:
-    /// then rates and replays are this node's only, flags and reports its
-    /// last copy (absent on records of calls that were not screened).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub state: Option<crate::facts::StateFact>,
-    /// The calling number was verified (absent when it was not).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub orig_verified: bool,
-    /// `oob` when the PASSporT came from a call placement service (absent
-    /// otherwise).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub identity_source: String,
-    /// The front-end that screened the call: `proxy` (inline) or
-    /// `redirect` (302 answers).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub front_end: String,
-}
-
-/// [`bounded`] for an owned text: returned as it is (no copy) when it is
-/// already short and clean.
-pub fn bounded_owned(s: String) -> String {
-    if s.len() <= MAX_FIELD && !s.chars().any(char::is_control) {
-        s
-    } else {
-        bounded(&s)
-    }
-}
-
-/// Cuts a text to [`MAX_FIELD`] characters, dropping control characters.
-pub fn bounded(s: &str) -> String {
-    s.chars()
-        .filter(|c| !c.is_control())
-        .take(MAX_FIELD)
-        .collect()
-}
 
 /// Where records go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,6 +112,23 @@ impl DecisionLog {
         if q.len() == QUEUE / 2 {
             self.shared.wake.notify_one();
         }
+    }
+}
+
+impl DecisionSink for DecisionLog {
+    fn record(&self, r: DecisionRecord) {
+        DecisionLog::record(self, r);
+    }
+
+    fn counts(&self) -> (u64, u64) {
+        (
+            self.written.load(Ordering::Relaxed),
+            self.dropped.load(Ordering::Relaxed),
+        )
+    }
+
+    fn close(&self) {
+        DecisionLog::close(self);
     }
 }
 
@@ -353,7 +302,7 @@ mod tests {
             action: "forward".into(),
             code: 0,
             latency_ms: 0.1,
-            state: Some(crate::facts::StateFact::Ok),
+            state: Some(crate::policy::facts::StateFact::Ok),
             orig_verified: true,
         }
     }

@@ -19,20 +19,22 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 
 use crate::config::Config;
-use crate::decisionlog::{DecisionLog, DecisionRecord, bounded, bounded_owned};
-use crate::facts::{CallInfo, Facts};
+pub mod record;
+
 use crate::fetch::{CertFetcher, verify_request, verify_request_cached};
 use crate::metrics::{Exposition, Family, Histogram, code_label};
+use crate::policy::facts::{CallInfo, Facts};
+use crate::policy::file::EngineHandle;
 use crate::policy::render::{
     ForwardPlan, Operator, Verdict, annotated_line, build_response, verdict,
 };
-use crate::policyfile::EngineHandle;
 use crate::sip::addr::{NameAddr, Via, split_outside_quotes, split_values};
 use crate::sip::validate::{check_request, check_response};
 use crate::sip::{HeaderId, Message, StreamFramer};
 use crate::state::{CallQuery, Lookup, Seen, Store, Subject, SubjectKind};
+use crate::stir::verify::{Outcome, Verifier};
 use crate::time::{Clock, UnixTime};
-use crate::verify::{Outcome, Verifier};
+use record::{DecisionRecord, DecisionSink, bounded, bounded_owned};
 
 /// A transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -340,7 +342,7 @@ impl Txn {
             upstream,
             invite,
             started: Instant::now(),
-            to_tag: crate::lab::random_hex(6),
+            to_tag: crate::ids::random_hex(6),
             state: Mutex::new(TxnState {
                 phase: Phase::Verifying,
                 last_response: last,
@@ -401,7 +403,7 @@ pub struct Proxy {
     clock: Clock,
     pub stats: Arc<ProxyStats>,
     shutdown: watch::Sender<bool>,
-    decision_log: Arc<OnceLock<DecisionLog>>,
+    decision_log: Arc<OnceLock<Arc<dyn DecisionSink>>>,
     decision_tap: Arc<OnceLock<mpsc::UnboundedSender<DecisionRecord>>>,
     /// Every transaction timer, earliest first (one task fires them).
     timers: Mutex<std::collections::BinaryHeap<Scheduled>>,
@@ -426,11 +428,11 @@ struct CallRef<'a> {
 pub struct Screened {
     /// The decision id (in the decision record and a 603+ `id=`).
     pub id: String,
-    pub verstat: crate::verify::Verstat,
+    pub verstat: crate::stir::verify::Verstat,
     /// The RFC 8224 code of the failure (0 without one).
     pub stir_code: u16,
-    pub failure: Option<crate::verify::Failure>,
-    pub attest: Option<crate::passport::Attest>,
+    pub failure: Option<crate::stir::verify::Failure>,
+    pub attest: Option<crate::stir::passport::Attest>,
     pub spc: Option<String>,
     pub rule: String,
     pub verdict: Verdict,
@@ -443,7 +445,7 @@ struct Shared {
     engine: Arc<EngineHandle>,
     store: Arc<Store>,
     stats: Arc<ProxyStats>,
-    decision_log: Arc<OnceLock<DecisionLog>>,
+    decision_log: Arc<OnceLock<Arc<dyn DecisionSink>>>,
     decision_tap: Arc<OnceLock<mpsc::UnboundedSender<DecisionRecord>>>,
 }
 
@@ -616,7 +618,7 @@ impl Proxy {
     ) -> Screened {
         let started = Instant::now();
         let arrived = self.clock.now();
-        let id = crate::lab::random_hex(6);
+        let id = crate::ids::random_hex(6);
         let outcome = match verify_request_cached(&self.verifier, &self.fetcher, msg, arrived) {
             Some(o) => o,
             None => {
@@ -763,15 +765,16 @@ impl Proxy {
         let tls_acceptor = if tls_listeners.is_empty() {
             None
         } else {
-            let sc = crate::tls::server_config(&config.tls).map_err(|e| cerr(e.to_string()))?;
+            let sc =
+                crate::net::tls::server_config(&config.tls).map_err(|e| cerr(e.to_string()))?;
             Some(tokio_rustls::TlsAcceptor::from(sc))
         };
         // A TLS client is needed for a `tls:` next hop (an error there is
         // fatal) and for responses over TLS whose connection closed.
-        let tls_client = match crate::tls::client_config(&config.tls) {
+        let tls_client = match crate::net::tls::client_config(&config.tls) {
             Ok(cc) => {
                 if nt == Transport::Tls {
-                    crate::tls::server_name(&config.tls, naddr.ip())
+                    crate::net::tls::server_name(&config.tls, naddr.ip())
                         .map_err(|e| cerr(e.to_string()))?;
                 }
                 Some(cc)
@@ -943,7 +946,7 @@ impl Proxy {
     }
 
     /// Sends one record per screened call to `log` (set once).
-    pub fn set_decision_log(&self, log: DecisionLog) {
+    pub fn set_decision_log(&self, log: Arc<dyn DecisionSink>) {
         let _ = self.decision_log.set(log);
     }
 
@@ -987,7 +990,7 @@ impl Proxy {
         latency_ms: f64,
     ) -> DecisionRecord {
         let tn = |id| {
-            crate::tn::tn_of_header(msg.value(id).unwrap_or_default())
+            crate::stir::tn::tn_of_header(msg.value(id).unwrap_or_default())
                 .map(|t| t.to_string())
                 .unwrap_or_default()
         };
@@ -1305,10 +1308,7 @@ impl Proxy {
             "PASSporTs forgotten before their window ended because the replay cache was full.",
             replay_evicted,
         );
-        let (written, dropped) = self
-            .decision_log
-            .get()
-            .map_or((0, 0), |l| (n(&l.written), n(&l.dropped)));
+        let (written, dropped) = self.decision_log.get().map_or((0, 0), |l| l.counts());
         e.counter(
             "stirscreen_decision_log_records_total",
             "Decision records written.",
@@ -1583,7 +1583,7 @@ impl Proxy {
             if to.transport == Transport::Tls {
                 let (Some(c), Ok(name)) = (
                     me.tls_client.clone(),
-                    crate::tls::server_name(&me.config.tls, to.addr.ip()),
+                    crate::net::tls::server_name(&me.config.tls, to.addr.ip()),
                 ) else {
                     return;
                 };
@@ -1686,7 +1686,7 @@ impl Proxy {
         let d = h.finish();
         format!(
             "z9hG4bKss{}",
-            crate::lab::hex(d.as_ref().get(..12).unwrap_or_default())
+            crate::ids::hex(d.as_ref().get(..12).unwrap_or_default())
         )
     }
 
@@ -2197,7 +2197,9 @@ impl Proxy {
             state: Some(facts.state),
             orig_verified: facts.orig_verified,
             front_end: self.front.as_str().into(),
-            identity_source: if facts.identity_source == crate::facts::IdentitySourceFact::Oob {
+            identity_source: if facts.identity_source
+                == crate::policy::facts::IdentitySourceFact::Oob
+            {
                 "oob".into()
             } else {
                 String::new()

@@ -1,5 +1,10 @@
 //! Address classification for the x5u SSRF guard (pure).
 
+#[cfg(feature = "runtime")]
+pub mod http1;
+#[cfg(feature = "runtime")]
+pub mod tls;
+
 use std::net::{IpAddr, Ipv4Addr};
 
 /// A URL's host after the WHATWG host parser (the one reqwest uses):

@@ -1,7 +1,15 @@
 //! Lab helpers shared by `stirscreen sign --invite`, the demo and tests:
 //! building a signed SIP INVITE.
+//!
+//! With `runtime`: [`pki`] (the lab STI PKI generator, `certs gen`) and
+//! [`certrepo`] (a lab HTTPS certificate repository).
 
-use crate::passport::{Attest, SignError, SignRequest, SigningKey, identity_header_value};
+#[cfg(feature = "runtime")]
+pub mod certrepo;
+#[cfg(feature = "runtime")]
+pub mod pki;
+
+use crate::ids::random_hex;
 use crate::time::{UnixTime, format_sip_date};
 
 /// What goes into a lab INVITE.
@@ -70,65 +78,4 @@ impl InviteSpec {
         ));
         m
     }
-}
-
-/// Signs a canonical SHAKEN PASSporT and returns the Identity header value.
-pub fn sign_identity(
-    key: &SigningKey,
-    x5u: &str,
-    attest: Attest,
-    orig: &str,
-    dest: &[String],
-    iat: UnixTime,
-    origid: Option<&str>,
-) -> Result<String, SignError> {
-    let req = SignRequest {
-        attest,
-        orig: orig.to_owned(),
-        dest: dest.to_vec(),
-        iat: iat.0,
-        origid: origid.map_or_else(uuid_v4, str::to_owned),
-        x5u: x5u.to_owned(),
-    };
-    let token = key.sign(&req)?;
-    Ok(identity_header_value(&token, x5u))
-}
-
-/// `n` random bytes as hex.
-pub fn random_hex(n: usize) -> String {
-    let mut b = vec![0u8; n];
-    let _ = aws_lc_rs::rand::fill(&mut b);
-    hex(&b)
-}
-
-/// Lowercase hexadecimal of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for x in bytes {
-        s.push(char::from(
-            HEX.get(usize::from(x >> 4)).copied().unwrap_or(b'0'),
-        ));
-        s.push(char::from(
-            HEX.get(usize::from(x & 15)).copied().unwrap_or(b'0'),
-        ));
-    }
-    s
-}
-
-/// A random RFC 4122 version 4 UUID (the recommended `origid` form).
-pub fn uuid_v4() -> String {
-    let mut b = [0u8; 16];
-    let _ = aws_lc_rs::rand::fill(&mut b);
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        h.get(0..8).unwrap_or_default(),
-        h.get(8..12).unwrap_or_default(),
-        h.get(12..16).unwrap_or_default(),
-        h.get(16..20).unwrap_or_default(),
-        h.get(20..32).unwrap_or_default()
-    )
 }

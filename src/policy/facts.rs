@@ -4,8 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::passport::Attest;
-use crate::verify::{FailureKind, Outcome, Verstat};
+use crate::stir::passport::Attest;
+use crate::stir::verify::{FailureKind, Outcome, Verstat};
 
 /// Everything a rule can test, for one call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -329,7 +329,7 @@ impl CallInfo {
     pub fn from_request(
         msg: &crate::sip::Message<'_>,
         source: &str,
-        numbering: &crate::tn::Numbering,
+        numbering: &crate::stir::tn::Numbering,
     ) -> CallInfo {
         use crate::sip::HeaderId;
         let orig = msg
@@ -386,7 +386,7 @@ impl Facts {
             Some(v) => v.orig.to_string(),
             None => call.orig,
         };
-        let invalid = crate::tn::invalid_reason(&orig);
+        let invalid = crate::stir::tn::invalid_reason(&orig);
         Facts {
             orig_invalid: invalid.is_some(),
             orig_invalid_reason: invalid.unwrap_or_default().to_owned(),
@@ -420,19 +420,19 @@ impl Facts {
                 .unwrap_or_default(),
             rcd: match o.verified.as_ref().and_then(|v| v.rcd.as_ref()) {
                 None => RcdFact::None,
-                Some(crate::passport::RcdStatus::Signed { .. }) => RcdFact::Signed,
-                Some(crate::passport::RcdStatus::Broken { .. }) => RcdFact::Broken,
+                Some(crate::stir::passport::RcdStatus::Signed { .. }) => RcdFact::Signed,
+                Some(crate::stir::passport::RcdStatus::Broken { .. }) => RcdFact::Broken,
             },
             rcd_name: match o.verified.as_ref().and_then(|v| v.rcd.as_ref()) {
-                Some(crate::passport::RcdStatus::Signed { rcd, .. }) => {
+                Some(crate::stir::passport::RcdStatus::Signed { rcd, .. }) => {
                     rcd.nam.clone().unwrap_or_default()
                 }
                 _ => String::new(),
             },
             identity_source: match o.identity_source {
-                crate::verify::IdentitySource::None => IdentitySourceFact::None,
-                crate::verify::IdentitySource::Sip => IdentitySourceFact::Sip,
-                crate::verify::IdentitySource::Oob => IdentitySourceFact::Oob,
+                crate::stir::verify::IdentitySource::None => IdentitySourceFact::None,
+                crate::stir::verify::IdentitySource::Sip => IdentitySourceFact::Sip,
+                crate::stir::verify::IdentitySource::Oob => IdentitySourceFact::Oob,
             },
             peer_spc: PeerSpcFact::of(o.verified.as_ref().map(|v| &*v.spc), &call.spc_expected),
             callee_flagged: state.callee_flagged,

@@ -19,46 +19,47 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use crate::admin::Admin;
-use crate::certrepo::{CertRepo, Route};
 use crate::config::Config;
-use crate::decisionlog::{DecisionLog, DecisionRecord, Sink};
-use crate::lab::{InviteSpec, random_hex};
-use crate::passport::{Attest, SignRequest, SigningKey, identity_header_value};
+use crate::ids::random_hex;
+use crate::lab::InviteSpec;
+use crate::lab::certrepo::{CertRepo, Route};
+use crate::ops::admin::Admin;
+use crate::ops::decisionlog::{DecisionLog, DecisionRecord, Sink};
 use crate::policy::render::build_response;
 use crate::proxy::Proxy;
 use crate::sip::{HeaderId, Message, StartLine};
+use crate::stir::passport::{Attest, SignRequest, SigningKey, identity_header_value};
 use crate::time::Clock;
 
 /// The files the demo needs, compiled in.
 const FILES: &[(&str, &[u8])] = &[
     (
         "certs/sti-root.pem",
-        include_bytes!("../certs/demo/sti-root.pem"),
+        include_bytes!("../../certs/demo/sti-root.pem"),
     ),
     (
         "certs/tls-ca.pem",
-        include_bytes!("../certs/demo/tls-ca.pem"),
+        include_bytes!("../../certs/demo/tls-ca.pem"),
     ),
     (
         "certs/tls-server.pem",
-        include_bytes!("../certs/demo/tls-server.pem"),
+        include_bytes!("../../certs/demo/tls-server.pem"),
     ),
     (
         "certs/tls-server.key",
-        include_bytes!("../certs/demo/tls-server.key"),
+        include_bytes!("../../certs/demo/tls-server.key"),
     ),
     (
         "certs/operator.key",
-        include_bytes!("../certs/demo/operator.key"),
+        include_bytes!("../../certs/demo/operator.key"),
     ),
     (
         "policies/default.toml",
-        include_bytes!("../policies/default.toml"),
+        include_bytes!("../../policies/default.toml"),
     ),
     (
         "policies/lists/do-not-originate.txt",
-        include_bytes!("../policies/lists/do-not-originate.txt"),
+        include_bytes!("../../policies/lists/do-not-originate.txt"),
     ),
 ];
 
@@ -66,18 +67,18 @@ const FILES: &[(&str, &[u8])] = &[
 const SIGNERS: &[(&str, &[u8], &[u8])] = &[
     (
         "sp-a",
-        include_bytes!("../certs/demo/sp-a.pem"),
-        include_bytes!("../certs/demo/sp-a.key"),
+        include_bytes!("../../certs/demo/sp-a.pem"),
+        include_bytes!("../../certs/demo/sp-a.key"),
     ),
     (
         "sp-b",
-        include_bytes!("../certs/demo/sp-b.pem"),
-        include_bytes!("../certs/demo/sp-b.key"),
+        include_bytes!("../../certs/demo/sp-b.pem"),
+        include_bytes!("../../certs/demo/sp-b.key"),
     ),
     (
         "sp-rogue",
-        include_bytes!("../certs/demo/sp-rogue.pem"),
-        include_bytes!("../certs/demo/sp-rogue.key"),
+        include_bytes!("../../certs/demo/sp-rogue.pem"),
+        include_bytes!("../../certs/demo/sp-rogue.key"),
     ),
 ];
 
@@ -360,8 +361,8 @@ impl Lab {
         }
         let repo = CertRepo::start(
             SocketAddr::from(([127, 0, 0, 1], 0)),
-            include_bytes!("../certs/demo/tls-server.pem"),
-            include_bytes!("../certs/demo/tls-server.key"),
+            include_bytes!("../../certs/demo/tls-server.pem"),
+            include_bytes!("../../certs/demo/tls-server.key"),
             routes,
         )
         .await
@@ -415,7 +416,7 @@ impl Lab {
                 keep: 1,
             })
             .map_err(|e| DemoError::Setup(format!("decision log `{}`: {e}", p.display())))?;
-            proxy.set_decision_log(log);
+            proxy.set_decision_log(Arc::new(log));
         }
         let admin = Admin::start("127.0.0.1:0", Arc::clone(&proxy))
             .await
@@ -488,7 +489,7 @@ impl Lab {
             } else {
                 now.0
             },
-            origid: crate::lab::uuid_v4(),
+            origid: crate::ids::uuid_v4(),
             x5u: url.clone(),
         };
         let token = key.sign(&req).map_err(|e| fail(e.to_string()))?;

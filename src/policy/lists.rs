@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 
 use crate::policy::Diagnostic;
-use crate::tn::Tn;
+use crate::stir::tn::Tn;
 
 /// What a list holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::http1::{Head, header, query, read_head, request_line, response};
+use crate::net::http1::{Head, header, query, read_head, request_line, response};
 use crate::proxy::Proxy;
 
 /// Largest request head read.

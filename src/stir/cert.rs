@@ -1069,9 +1069,9 @@ mod tests {
     }
 
     fn store(crl: Vec<u8>, with_intermediate: bool) -> Result<TrustStore, CertError> {
-        let root = split_chain(include_bytes!("../certs/demo/sti-root.pem")).unwrap();
+        let root = split_chain(include_bytes!("../../certs/demo/sti-root.pem")).unwrap();
         let inter = if with_intermediate {
-            split_chain(include_bytes!("../certs/demo/sti-intermediate.pem")).unwrap()
+            split_chain(include_bytes!("../../certs/demo/sti-intermediate.pem")).unwrap()
         } else {
             Vec::new()
         };
@@ -1079,12 +1079,12 @@ mod tests {
     }
 
     fn revoked_chain() -> Vec<Vec<u8>> {
-        split_chain(include_bytes!("../certs/demo/sp-revoked.pem")).unwrap()
+        split_chain(include_bytes!("../../certs/demo/sp-revoked.pem")).unwrap()
     }
 
     #[test]
     fn a_signed_crl_revokes() {
-        let crl = pem_der(include_bytes!("../certs/demo/sti-crl.pem"), "X509 CRL");
+        let crl = pem_der(include_bytes!("../../certs/demo/sti-crl.pem"), "X509 CRL");
         for with_intermediate in [false, true] {
             let s = store(crl.clone(), with_intermediate).unwrap();
             assert!(
@@ -1101,7 +1101,7 @@ mod tests {
     /// verify is refused when its issuer is configured, and never applied.
     #[test]
     fn a_crl_with_a_bad_signature_is_refused_or_ignored() {
-        let mut crl = pem_der(include_bytes!("../certs/demo/sti-crl.pem"), "X509 CRL");
+        let mut crl = pem_der(include_bytes!("../../certs/demo/sti-crl.pem"), "X509 CRL");
         if let Some(b) = crl.last_mut() {
             *b ^= 0x01;
         }
