@@ -397,3 +397,37 @@ async fn a_tls_listener_without_a_certificate_is_a_configuration_error() {
     let e = Proxy::start(cfg).await.expect_err("refused");
     assert!(e.to_string().contains("[tls] certificate"), "{e}");
 }
+
+#[tokio::test]
+async fn tls_streams_get_the_tcp_framing_answers_and_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, _repo) = start(dir.path(), "udp:127.0.0.1:9", "").await;
+    let at = proxy.tls_addr().unwrap();
+    // A request without Content-Length on a stream: 400, then closed.
+    let mut s = connect(at, None).await.unwrap();
+    s.write_all(b"OPTIONS sip:x@example.net SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:1;branch=z9hG4bKnocl\r\nFrom: <sip:a@example.net>;tag=1\r\nTo: <sip:x@example.net>\r\nCall-ID: nocl@x\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let r = read_msg(&mut s, &mut buf, "SIP/2.0", 3000)
+        .await
+        .expect("answered");
+    assert!(r.starts_with("SIP/2.0 400 "), "{r}");
+    assert!(
+        read_msg(&mut s, &mut buf, "SIP/2.0", 1500).await.is_none(),
+        "closed"
+    );
+    // Larger than a SIP message may be: 513.
+    let mut s = connect(at, None).await.unwrap();
+    let big = format!(
+        "OPTIONS sip:x@example.net SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:1;branch=z9hG4bKbig\r\nFrom: <sip:a@example.net>;tag=1\r\nTo: <sip:x@example.net>\r\nCall-ID: big@x\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 100000\r\n\r\n{}",
+        "x".repeat(70_000)
+    );
+    let _ = s.write_all(big.as_bytes()).await;
+    let mut buf = Vec::new();
+    let r = read_msg(&mut s, &mut buf, "SIP/2.0", 3000)
+        .await
+        .expect("answered");
+    assert!(r.starts_with("SIP/2.0 513 "), "{r}");
+    assert!(proxy.stats.bad_requests.load(Ordering::Relaxed) >= 2);
+}
