@@ -214,7 +214,7 @@ async fn verification_answers_verstat_and_the_policy_decision() {
     assert_eq!(v["verificationResponse"]["verstat"], "No-TN-Validation");
     assert_eq!(v["verificationResponse"]["reasoncode"], 403);
 
-    let m = lab.proxy.render_metrics();
+    let m = stirscreen::ops::metrics::render(&lab.proxy);
     assert!(
         m.contains(
             "stirscreen_front_end_calls_total{front_end=\"api\",action=\"forward\",code=\"000\"} 3"

@@ -394,7 +394,7 @@ async fn policy_reloads_are_counted() {
     std::fs::write(&policy, "name = \"t\"\n[default]\nforward = true\n").unwrap();
     let (proxy, _state) = minimal_proxy(Some(&policy)).await;
     let metric = |want: &str| {
-        let s = parse(&proxy.render_metrics());
+        let s = parse(&stirscreen::ops::metrics::render(&proxy));
         counter(&s, "stirscreen_policy_reloads_total", &[("result", want)])
     };
     // Polls the counter until it reaches 1 (or 2 s pass).

@@ -451,7 +451,7 @@ async fn overload_answers_503_with_retry_after() {
         (b.action.as_str(), b.verstat.as_str()),
         ("forward", "TN-Validation-Passed")
     );
-    let m = lab.proxy.render_metrics();
+    let m = stirscreen::ops::metrics::render(&lab.proxy);
     assert!(m.contains("stirscreen_overload_rejections_total 1"), "{m}");
     assert!(
         m.contains("stirscreen_invite_responses_total{code=\"503\",origin=\"local\"} 1"),
@@ -1110,7 +1110,7 @@ async fn tcp_connections_are_capped_and_timed_out() {
         .unwrap()
         .unwrap();
     assert!(String::from_utf8_lossy(&b[..n]).starts_with("SIP/2.0 483"));
-    let metrics = lab.proxy.render_metrics();
+    let metrics = stirscreen::ops::metrics::render(&lab.proxy);
     assert!(
         metrics.contains("stirscreen_tcp_connections_closed_total{reason=\"limit\"} 10"),
         "{metrics}"
@@ -1187,7 +1187,7 @@ async fn fresh_x5u_flood_stays_within_the_fetch_limits() {
     }
     let mut metrics = String::new();
     for _ in 0..100 {
-        metrics = lab.proxy.render_metrics();
+        metrics = stirscreen::ops::metrics::render(&lab.proxy);
         if stirscreen::ops::demo::metric_sum(&metrics, "stirscreen_calls_screened_total")
             >= n as f64
         {
@@ -1747,7 +1747,7 @@ async fn the_redirect_server_answers_302_with_verstat_in_the_contact() {
     );
     assert!(records.try_recv().is_err(), "one record per call");
     // Metrics are shared and labelled by front-end.
-    let m = lab.proxy.render_metrics();
+    let m = stirscreen::ops::metrics::render(&lab.proxy);
     assert!(
         m.contains("stirscreen_front_end_calls_total{front_end=\"redirect\",action=\"forward\",code=\"302\"} 1"),
         "{m}"

@@ -197,7 +197,7 @@ async fn serve(mut s: TcpStream, proxy: &Proxy, auth: &Auth) -> std::io::Result<
                     "/metrics" => (
                         200,
                         "text/plain; version=0.0.4; charset=utf-8",
-                        proxy.render_metrics(),
+                        crate::ops::metrics::render(proxy),
                     ),
                     "/healthz" => (200, text, "ok\n".to_owned()),
                     // A node without its shared state still decides calls

@@ -6,4 +6,5 @@ pub mod admin;
 pub mod decisionlog;
 pub mod demo;
 pub mod logging;
+pub mod metrics;
 pub mod serve;
