@@ -11,7 +11,7 @@
 //!    [`ids`] (random tags and UUIDs), [`metrics`] (counter families,
 //!    histograms, the Prometheus text format), [`net`] (address classes for
 //!    the SSRF guard, kernel UDP counters; with `runtime`, [`net::tls`] and
-//!    the small [`net::http1`] reader).
+//!    [`net::http`] serving axum routers over hyper).
 //! 2. SIP and STIR core (sans-IO): [`sip`] (zero-copy parser, stream
 //!    framing, RFC 3261 §16.3 checks, URIs and Via) and [`stir`] (Identity
 //!    header, PASSporTs, certificate paths, telephone numbers, the
@@ -27,7 +27,9 @@
 //!    service).
 //! 5. Operations and tools: [`ops`] (`serve`, admin listener, decision log,
 //!    logging, demo) and [`lab`] (lab INVITEs; with `runtime` the lab PKI
-//!    generator and HTTPS certificate repository). The CLI is `main.rs`.
+//!    generator and the HTTPS certificate repository, whose hand-written
+//!    HTTP/1 (`lab::http1`) can stall, drip and misbehave on purpose). The
+//!    CLI is `main.rs`.
 #![cfg_attr(
     test,
     allow(

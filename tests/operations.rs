@@ -586,7 +586,12 @@ async fn admin_flag_endpoints_need_the_token() {
     let path = "/v1/flags/12125551213/12155551212".to_owned();
     let (code, resp) = req(a, "PUT", path.clone(), None).await;
     assert_eq!(code, 401, "{resp}");
-    assert!(resp.contains("WWW-Authenticate: Bearer"), "{resp}");
+    // Header names are case-insensitive (RFC 9110 §5.1).
+    assert!(
+        resp.to_ascii_lowercase()
+            .contains("www-authenticate: bearer"),
+        "{resp}"
+    );
     assert_eq!(req(a, "PUT", path.clone(), Some("wrong")).await.0, 401);
     let (code, resp) = req(a, "PUT", path.clone(), Some("s3cret")).await;
     assert_eq!(code, 200, "{resp}");

@@ -23,8 +23,8 @@ use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, 
 use axum::routing::{any, get};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
+use crate::net::http::ClientAddr;
 use crate::policy::render::Verdict;
 use crate::proxy::Proxy;
 use crate::sip::Message;
@@ -46,10 +46,6 @@ struct Ctx {
     screen: Arc<Proxy>,
     signer: Option<Arc<SigningKey>>,
 }
-
-/// The client's address, put on each request by the accept loop.
-#[derive(Clone, Copy)]
-struct Client(SocketAddr);
 
 impl Api {
     /// Binds `[api] listen` and serves with `screen` (a
@@ -75,7 +71,7 @@ impl Api {
             let sc = crate::net::tls::server_config(&cfg.tls).map_err(|e| {
                 format!("[api] listen on {addr} (not loopback) is served over HTTPS: {e}")
             })?;
-            Some(tokio_rustls::TlsAcceptor::from(sc))
+            Some(sc)
         };
         let signer = match &cfg.api.signing_key {
             None => None,
@@ -100,56 +96,18 @@ impl Api {
             .route("/openapi.json", get(openapi))
             .fallback(not_found)
             .with_state(Ctx { screen, signer });
-        let slots = Arc::new(Semaphore::new(cfg.api.max_connections.max(1)));
-        let read = Duration::from_millis(cfg.api.read_timeout_ms.max(1));
-        let hs = Duration::from_millis(cfg.tls.handshake_timeout_ms.max(1));
         let tls = acceptor.is_some();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, peer)) = listener.accept().await else {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                };
-                let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-                    drop(stream);
-                    continue;
-                };
-                let router = router.clone();
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    match acceptor {
-                        None => serve_connection(stream, peer, router, read).await,
-                        Some(a) => {
-                            if let Ok(Ok(t)) = tokio::time::timeout(hs, a.accept(stream)).await {
-                                serve_connection(t, peer, router, read).await;
-                            }
-                        }
-                    }
-                    drop(permit);
-                });
-            }
-        });
+        let opts = crate::net::http::ServeOptions {
+            max_connections: cfg.api.max_connections,
+            header_timeout: Duration::from_millis(cfg.api.read_timeout_ms.max(1)),
+            max_header_bytes: 64 * 1024,
+            tls: acceptor,
+            handshake_timeout: Duration::from_millis(cfg.tls.handshake_timeout_ms.max(1)),
+            title_case_headers: false,
+        };
+        crate::net::http::spawn(listener, router, opts);
         Ok(Api { addr: local, tls })
     }
-}
-
-/// One HTTP/1.1 connection: headers must arrive within `read`.
-async fn serve_connection<S>(stream: S, peer: SocketAddr, router: Router, read: Duration)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    use tower_service::Service as _;
-    let svc = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
-        req.extensions_mut().insert(Client(peer));
-        let mut r = router.clone();
-        async move { r.call(req.map(Body::new)).await }
-    });
-    let _ = hyper::server::conn::http1::Builder::new()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(read)
-        .max_buf_size(64 * 1024)
-        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-        .await;
 }
 
 /// The ATIS error templates (standards.md §5.5), and stirscreen's own for
@@ -340,7 +298,7 @@ async fn verification(State(ctx): State<Ctx>, req: Request<Body>) -> Response<Bo
     let rid_checked = request_id(req.headers());
     let client = req
         .extensions()
-        .get::<Client>()
+        .get::<ClientAddr>()
         .map_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)), |c| c.0);
     let v = match read_request(&ctx, req, &rid_checked).await {
         Ok(v) => v,
@@ -514,7 +472,7 @@ async fn signing(State(ctx): State<Ctx>, req: Request<Body>) -> Response<Body> {
     let rid = rid_checked.clone().unwrap_or_else(|e| e);
     let client = req
         .extensions()
-        .get::<Client>()
+        .get::<ClientAddr>()
         .map_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)), |c| c.0);
     if req.method() == Method::POST && ctx.signer.is_none() {
         return error("SVC4003", &[], &rid);

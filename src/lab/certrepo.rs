@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt as _;
 
-use crate::net::http1::{Head, read_head, request_line, response};
+use crate::lab::http1::{Head, read_head, request_line, response};
 use tokio::net::TcpListener;
 
 /// What a path answers.

@@ -7,6 +7,8 @@
 #[cfg(feature = "runtime")]
 pub mod certrepo;
 #[cfg(feature = "runtime")]
+pub mod http1;
+#[cfg(feature = "runtime")]
 pub mod pki;
 
 use crate::ids::random_hex;

@@ -1,7 +1,7 @@
 //! Address classification for the x5u SSRF guard (pure).
 
 #[cfg(feature = "runtime")]
-pub mod http1;
+pub mod http;
 #[cfg(feature = "runtime")]
 pub mod tls;
 

@@ -4,23 +4,27 @@
 //! state store is unreachable) and the callee flags of a running system:
 //! `PUT` / `DELETE /v1/flags/{callee}/{caller}`, `GET /v1/flags?callee=N`
 //! (bearer token `[admin] token`; refused on a non-loopback listener
-//! without one). HTTP/1.1, one request per connection, no body read; the
-//! request head is bounded and must arrive within a few seconds.
+//! without one). axum routes on hyper HTTP/1.1 (`net::http`): one request
+//! per connection (`Connection: close`), the head bounded (431) and due
+//! within a few seconds, at most 64 connections at once.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt as _;
-use tokio::net::{TcpListener, TcpStream};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
+use axum::routing::{any, get};
+use tokio::net::TcpListener;
 
-use crate::net::http1::{Head, header, query, read_head, request_line, response};
 use crate::proxy::Proxy;
 
 /// Largest request head read.
 const MAX_HEAD: usize = 8 * 1024;
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// Connections served at once; more wait in the listen backlog.
+/// Connections served at once; more are closed at accept.
 const MAX_CONNECTIONS: usize = 64;
 
 /// A running listener.
@@ -34,6 +38,12 @@ impl Drop for Admin {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+#[derive(Clone)]
+struct Ctx {
+    proxy: Arc<Proxy>,
+    auth: Arc<Auth>,
 }
 
 impl Admin {
@@ -51,24 +61,121 @@ impl Admin {
             token: proxy.admin_token().to_owned(),
             loopback: addr.ip().is_loopback(),
         });
-        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
-                    return;
-                };
-                let Ok((s, _)) = l.accept().await else {
-                    continue;
-                };
-                let (p, auth) = (Arc::clone(&proxy), Arc::clone(&auth));
-                tokio::spawn(async move {
-                    let _ = tokio::time::timeout(READ_TIMEOUT * 2, serve(s, &p, &auth)).await;
-                    drop(permit);
-                });
-            }
-        });
+        let router = Router::new()
+            .route("/metrics", get(metrics).fallback(not_get))
+            .route("/healthz", get(healthz).fallback(not_get))
+            .route("/readyz", get(readyz).fallback(not_get))
+            .route("/v1/flags", any(flags_list))
+            .route("/v1/flags/{*rest}", any(flags_one))
+            .fallback(not_found)
+            .layer(axum::middleware::map_response(close))
+            .with_state(Ctx { proxy, auth });
+        let opts = crate::net::http::ServeOptions {
+            max_connections: MAX_CONNECTIONS,
+            header_timeout: READ_TIMEOUT,
+            max_header_bytes: MAX_HEAD,
+            tls: None,
+            handshake_timeout: READ_TIMEOUT,
+            title_case_headers: true,
+        };
+        let task = crate::net::http::spawn(l, router, opts);
         Ok(Admin { addr, task })
     }
+}
+
+/// One request per connection, as before the move to hyper.
+async fn close(mut r: Response<Body>) -> Response<Body> {
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+fn reply(code: u16, ctype: &'static str, body: String) -> Response<Body> {
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    match code {
+        401 => {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        405 if ctype == "application/json" => {
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, PUT, DELETE"));
+        }
+        405 => {
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        }
+        _ => {}
+    }
+    r
+}
+
+const TEXT: &str = "text/plain";
+
+async fn metrics(State(c): State<Ctx>) -> Response<Body> {
+    reply(
+        200,
+        "text/plain; version=0.0.4; charset=utf-8",
+        crate::ops::metrics::render(&c.proxy),
+    )
+}
+
+async fn healthz() -> Response<Body> {
+    reply(200, TEXT, "ok\n".to_owned())
+}
+
+/// A node without its shared state still decides calls (state =
+/// "unavailable"): ready, and says degraded, so a load balancer does not
+/// drain every node at once.
+async fn readyz(State(c): State<Ctx>) -> Response<Body> {
+    match c.proxy.readiness() {
+        Ok(()) => {
+            let why = c.proxy.degraded();
+            if why.is_empty() {
+                reply(200, TEXT, "ready\n".to_owned())
+            } else {
+                reply(200, TEXT, format!("ready, {}\n", why.join("; ")))
+            }
+        }
+        Err(why) => reply(503, TEXT, format!("not ready: {why}\n")),
+    }
+}
+
+async fn not_get() -> Response<Body> {
+    reply(405, TEXT, "only GET and HEAD\n".to_owned())
+}
+
+async fn not_found() -> Response<Body> {
+    reply(
+        404,
+        TEXT,
+        "not found: try /metrics, /healthz or /readyz\n".to_owned(),
+    )
+}
+
+async fn flags_list(
+    State(c): State<Ctx>,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response<Body> {
+    let (code, ctype, body) =
+        flags(&c, &method, &[], &headers, q.as_deref().unwrap_or_default()).await;
+    reply(code, ctype, body)
+}
+
+async fn flags_one(
+    State(c): State<Ctx>,
+    method: Method,
+    headers: HeaderMap,
+    Path(rest): Path<String>,
+) -> Response<Body> {
+    let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+    let (code, ctype, body) = flags(&c, &method, &parts, &headers, "").await;
+    reply(code, ctype, body)
 }
 
 /// Who may change flags.
@@ -80,7 +187,7 @@ struct Auth {
 
 impl Auth {
     /// `Err((code, why))` unless the request may use the flag endpoints.
-    fn check(&self, head: &[u8]) -> Result<(), (u16, &'static str)> {
+    fn check(&self, headers: &HeaderMap) -> Result<(), (u16, &'static str)> {
         if self.token.is_empty() {
             return if self.loopback {
                 Ok(())
@@ -91,7 +198,9 @@ impl Auth {
                 ))
             };
         }
-        let given = header(head, "authorization")
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or_default();
         // Constant time in the token's length.
@@ -119,26 +228,24 @@ fn json_error(code: u16, why: &str) -> (u16, &'static str, String) {
 
 /// `/v1/flags…`: (code, content type, body).
 async fn flags(
-    proxy: &Proxy,
-    auth: &Auth,
-    method: &str,
-    path: &str,
-    head: &[u8],
+    c: &Ctx,
+    method: &Method,
+    parts: &[&str],
+    headers: &HeaderMap,
+    query: &str,
 ) -> (u16, &'static str, String) {
-    if let Err((code, why)) = auth.check(head) {
+    if let Err((code, why)) = c.auth.check(headers) {
         return json_error(code, why);
     }
-    let store = &proxy.store;
-    let rest = path.strip_prefix("/v1/flags").unwrap_or_default();
-    let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+    let store = &c.proxy.store;
     let err = |e: crate::state::StoreError| match e {
         crate::state::StoreError::BadNumber(_) => json_error(400, &e.to_string()),
         crate::state::StoreError::Unavailable(_) => json_error(503, &e.to_string()),
         other => json_error(500, &other.to_string()),
     };
-    match (method, parts.as_slice()) {
+    match (method.as_str(), parts) {
         ("GET", []) => {
-            let callee = query(head)
+            let callee = query
                 .split('&')
                 .find_map(|kv| kv.strip_prefix("callee="))
                 .map(|c| c.replace("%2B", "+").replace("%2b", "+"));
@@ -176,79 +283,4 @@ async fn flags(
         ),
         _ => json_error(405, "only GET, PUT and DELETE"),
     }
-}
-
-async fn serve(mut s: TcpStream, proxy: &Proxy, auth: &Auth) -> std::io::Result<()> {
-    let text = "text/plain";
-    let (code, ctype, body, head_only) = match read_head(&mut s, MAX_HEAD, READ_TIMEOUT).await {
-        Head::Closed => return Ok(()),
-        Head::TooLarge => (431, text, "request header too large\n".to_owned(), false),
-        Head::Complete(head) => match request_line(&head) {
-            (m, path, v)
-                if v.starts_with("HTTP/1.")
-                    && (path == "/v1/flags" || path.starts_with("/v1/flags/")) =>
-            {
-                let (code, ctype, body) = flags(proxy, auth, m, path, &head).await;
-                (code, ctype, body, false)
-            }
-            (m @ ("GET" | "HEAD"), path, v) if v.starts_with("HTTP/1.") => {
-                let head_only = m == "HEAD";
-                let (code, ctype, body) = match path {
-                    "/metrics" => (
-                        200,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                        crate::ops::metrics::render(proxy),
-                    ),
-                    "/healthz" => (200, text, "ok\n".to_owned()),
-                    // A node without its shared state still decides calls
-                    // (state = "unavailable"): ready, and says degraded, so
-                    // a load balancer does not drain every node at once.
-                    "/readyz" => match proxy.readiness() {
-                        Ok(()) => {
-                            let why = proxy.degraded();
-                            if why.is_empty() {
-                                (200, text, "ready\n".to_owned())
-                            } else {
-                                (200, text, format!("ready, {}\n", why.join("; ")))
-                            }
-                        }
-                        Err(why) => (503, text, format!("not ready: {why}\n")),
-                    },
-                    _ => (
-                        404,
-                        text,
-                        "not found: try /metrics, /healthz or /readyz\n".to_owned(),
-                    ),
-                };
-                (code, ctype, body, head_only)
-            }
-            (m, p, v) if !m.is_empty() && !p.is_empty() && v.starts_with("HTTP/1.") => {
-                (405, text, "only GET and HEAD\n".to_owned(), false)
-            }
-            _ => (400, text, "bad request\n".to_owned(), false),
-        },
-    };
-    let reason = match code {
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        _ => "Service Unavailable",
-    };
-    let allow: &[(&str, &str)] = match code {
-        405 if ctype == "application/json" => &[("Allow", "GET, PUT, DELETE")],
-        405 => &[("Allow", "GET, HEAD")],
-        401 => &[("WWW-Authenticate", "Bearer")],
-        _ => &[],
-    };
-    let mut out = response(code, reason, ctype, allow, body.as_bytes());
-    if head_only {
-        out.truncate(out.len() - body.len());
-    }
-    s.write_all(&out).await?;
-    s.shutdown().await
 }

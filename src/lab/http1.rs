@@ -1,5 +1,5 @@
-//! The little HTTP/1.1 both lab and admin listeners speak: read one request
-//! head (bounded in size and time), write one response, close.
+//! The little HTTP/1.1 the lab certificate repository speaks: read one
+//! request head (bounded in size and time), write one response, close.
 
 use std::time::Duration;
 
