@@ -54,9 +54,8 @@ async fn lab_with(api_extra: impl FnOnce(&str) -> String) -> Lab {
         db = dir.path().join("state.db").display(),
     );
     let cfg = Config::parse(&text, "test.toml").unwrap();
-    let proxy = Proxy::start(cfg.clone()).await.unwrap();
-    let screen = Proxy::start_api(cfg, &proxy).await.unwrap();
-    let api = Api::start(screen).await.unwrap();
+    let proxy = Proxy::start(cfg).await.unwrap();
+    let api = Api::start(proxy.screener()).await.unwrap();
     assert!(!api.tls, "plain HTTP on loopback");
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
@@ -454,9 +453,8 @@ async fn signing_without_a_key_is_404_and_a_public_listener_needs_a_token() {
     .unwrap();
     cfg.verify.trust_anchors = vec![root().join("certs/demo/sti-root.pem")];
     cfg.store.path = dir.path().join("s.db");
-    let proxy = Proxy::start(cfg.clone()).await.unwrap();
-    let screen = Proxy::start_api(cfg, &proxy).await.unwrap();
-    let e = Api::start(screen).await.expect_err("refused");
+    let proxy = Proxy::start(cfg).await.unwrap();
+    let e = Api::start(proxy.screener()).await.expect_err("refused");
     assert!(e.contains("[api] token"), "{e}");
 }
 

@@ -7,7 +7,7 @@
 //!
 //! A verification request is turned into the SIP request it describes
 //! (From, To, Date from `time`, the Identity header) and screened by the
-//! same service as the SIP front-ends ([`Proxy::screen_request`]): the
+//! same service as the SIP front-ends ([`Screener::screen`]): the
 //! response carries the ATIS `verificationResponse` (verstat, and on a
 //! failure reasoncode/reasontext/reasondesc) and, as a stirscreen extension
 //! beside it, the policy's `decision`.
@@ -26,7 +26,7 @@ use tokio::net::TcpListener;
 
 use crate::net::http::ClientAddr;
 use crate::policy::render::Verdict;
-use crate::proxy::Proxy;
+use crate::proxy::{FrontEnd, Screener};
 use crate::sip::Message;
 use crate::stir::passport::{Attest, SigningKey};
 use crate::time::{Clock, UnixTime};
@@ -43,15 +43,15 @@ pub struct Api {
 
 #[derive(Clone)]
 struct Ctx {
-    screen: Arc<Proxy>,
+    screen: Arc<Screener>,
     signer: Option<Arc<SigningKey>>,
 }
 
 impl Api {
-    /// Binds `[api] listen` and serves with `screen` (a
-    /// [`Proxy::start_api`] instance). Refuses a non-loopback listener
+    /// Binds `[api] listen` and serves with `screen` (the screening
+    /// service the SIP front-ends use). Refuses a non-loopback listener
     /// without `token` or without a `[tls]` certificate.
-    pub async fn start(screen: Arc<Proxy>) -> Result<Api, String> {
+    pub async fn start(screen: Arc<Screener>) -> Result<Api, String> {
         let cfg = screen.config().clone();
         let addr: SocketAddr = cfg.api.listen.parse().map_err(|_| {
             format!(
@@ -374,7 +374,7 @@ async fn verification(State(ctx): State<Ctx>, req: Request<Body>) -> Response<Bo
     let Ok(msg) = Message::parse(invite.as_bytes()) else {
         return invalid("identity", "does not form a SIP header");
     };
-    let s = ctx.screen.screen_request(&msg, client).await;
+    let s = ctx.screen.screen(&msg, client, FrontEnd::Api).await;
     let mut resp = serde_json::Map::new();
     if s.stir_code != 0 {
         resp.insert("reasoncode".into(), json!(s.stir_code));

@@ -400,10 +400,7 @@ impl Lab {
         let redirect = Proxy::start_redirect(cfg.clone(), &proxy)
             .await
             .map_err(setup("redirect server"))?;
-        let screen = Proxy::start_api(cfg, &proxy)
-            .await
-            .map_err(setup("HTTP API"))?;
-        let api = crate::api::Api::start(screen)
+        let api = crate::api::Api::start(proxy.screener())
             .await
             .map_err(|e| DemoError::Setup(format!("HTTP API: {e}")))?;
         let records = proxy

@@ -25,10 +25,11 @@ pub async fn serve(config: Config, drain: Duration) -> Result<(), ServeError> {
         None => None,
     };
     let api = match api_config {
-        Some(c) => {
-            let screen = Proxy::start_api(c, &proxy).await?;
-            Some(Api::start(screen).await.map_err(ServeError::Config)?)
-        }
+        Some(_) => Some(
+            Api::start(proxy.screener())
+                .await
+                .map_err(ServeError::Config)?,
+        ),
         None => None,
     };
     if !log.decisions.is_empty() {

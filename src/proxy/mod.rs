@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt as _;
@@ -20,21 +20,21 @@ use tokio::sync::{Notify, Semaphore, mpsc, watch};
 
 use crate::config::Config;
 pub mod record;
+pub mod screen;
 
 use crate::fetch::{CertFetcher, verify_request, verify_request_cached};
-use crate::metrics::{Family, Histogram, code_label};
-use crate::policy::facts::{CallInfo, Facts};
+use crate::metrics::code_label;
 use crate::policy::file::EngineHandle;
-use crate::policy::render::{
-    ForwardPlan, Operator, Verdict, annotated_line, build_response, verdict,
-};
+use crate::policy::render::{ForwardPlan, Verdict, annotated_line, build_response};
 use crate::sip::addr::{NameAddr, Via, split_outside_quotes, split_values};
 use crate::sip::validate::{check_request, check_response};
 use crate::sip::{HeaderId, Message, StreamFramer};
-use crate::state::{CallQuery, Lookup, Seen, Store, Subject, SubjectKind};
+use crate::state::{Lookup, Store, Subject, SubjectKind};
 use crate::stir::verify::{Outcome, Verifier};
 use crate::time::{Clock, UnixTime};
-use record::{DecisionRecord, DecisionSink, bounded, bounded_owned};
+use record::{DecisionRecord, DecisionSink, bounded};
+use screen::{CallRef, Decision, Pending, now_rfc3339};
+pub use screen::{FrontEnd, ProxyStats, Screened, Screener};
 
 /// A transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -76,29 +76,6 @@ pub fn parse_target(s: &str) -> Result<(Transport, SocketAddr), String> {
         .parse()
         .map_err(|_| format!("`{rest}` is not address:port (IPv6 as [::1]:5060)"))?;
     Ok((t, addr))
-}
-
-/// Which front-end a [`Proxy`] instance is: the inline proxy, or the SIP
-/// redirect server (answers every INVITE itself: 302 with the verdict in
-/// its Contact, or the rejection). Both share the verifier, certificate
-/// cache, policy, state, statistics and decision log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FrontEnd {
-    Proxy,
-    Redirect,
-    /// The ATIS-1000082 HTTP API (`crate::api`): no SIP listeners; calls
-    /// come in through [`Proxy::screen_request`].
-    Api,
-}
-
-impl FrontEnd {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FrontEnd::Proxy => "proxy",
-            FrontEnd::Redirect => "redirect",
-            FrontEnd::Api => "api",
-        }
-    }
 }
 
 /// Where a message came from or goes to.
@@ -222,68 +199,6 @@ const T2: Duration = Duration::from_secs(4);
 /// RFC 3261 §18.1.1: larger requests go over a congestion-controlled transport.
 const UDP_MTU_LIMIT: usize = 1300;
 
-/// The screening statistics of every front-end (rendered by `ops::metrics`).
-#[derive(Debug)]
-pub struct ProxyStats {
-    pub received: AtomicU64,
-    pub invites: AtomicU64,
-    pub overload: AtomicU64,
-    /// Of those, INVITEs that waited longer than `queue_budget_ms`.
-    pub shed: AtomicU64,
-    pub cancelled: AtomicU64,
-    pub bad_requests: AtomicU64,
-    pub dropped: AtomicU64,
-    /// TCP connections open now.
-    pub tcp_open: AtomicU64,
-    /// Closed at accept because `tcp_max_connections` were open.
-    pub tcp_refused: AtomicU64,
-    /// Closed for idleness or a message that took too long.
-    pub tcp_timeouts: AtomicU64,
-    pub tcp_accept_errors: AtomicU64,
-    /// TLS handshakes that failed or timed out (either direction).
-    pub tls_handshake_failures: AtomicU64,
-    /// Screened calls by verstat and attestation.
-    pub calls: Family,
-    /// Verification failures by kind and RFC 8224 code.
-    pub failures: Family,
-    /// Policy decisions by rule and action.
-    pub decisions: Family,
-    /// Screened calls by front-end (`proxy`, `redirect`), action and the
-    /// code answered (`000`: forwarded by the proxy).
-    pub front_ends: Family,
-    /// Final responses to INVITEs sent upstream, by code and origin
-    /// (`local`: generated here; `downstream`: relayed).
-    pub responses: Family,
-    pub verify_seconds: Histogram,
-    pub decide_seconds: Histogram,
-}
-
-impl Default for ProxyStats {
-    fn default() -> Self {
-        ProxyStats {
-            received: AtomicU64::new(0),
-            invites: AtomicU64::new(0),
-            overload: AtomicU64::new(0),
-            shed: AtomicU64::new(0),
-            cancelled: AtomicU64::new(0),
-            bad_requests: AtomicU64::new(0),
-            tcp_open: AtomicU64::new(0),
-            tcp_refused: AtomicU64::new(0),
-            tcp_timeouts: AtomicU64::new(0),
-            tcp_accept_errors: AtomicU64::new(0),
-            tls_handshake_failures: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
-            calls: Family::new(&["verstat", "attest"]),
-            failures: Family::new(&["failure", "code"]),
-            decisions: Family::new(&["rule", "action"]),
-            responses: Family::new(&["code", "origin"]),
-            front_ends: Family::new(&["front_end", "action", "code"]),
-            verify_seconds: Histogram::default(),
-            decide_seconds: Histogram::default(),
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// Verification and policy running.
@@ -391,7 +306,6 @@ pub struct Proxy {
     fetcher: Arc<CertFetcher>,
     pub engine: Arc<EngineHandle>,
     pub store: Arc<Store>,
-    operator: Operator,
     config: Config,
     txns: Mutex<TxnTable>,
     inflight: Arc<Semaphore>,
@@ -403,8 +317,8 @@ pub struct Proxy {
     clock: Clock,
     pub stats: Arc<ProxyStats>,
     shutdown: watch::Sender<bool>,
-    decision_log: Arc<OnceLock<Arc<dyn DecisionSink>>>,
-    decision_tap: Arc<OnceLock<mpsc::UnboundedSender<DecisionRecord>>>,
+    /// The screening service, shared with the other front-ends.
+    screener: Arc<Screener>,
     /// Every transaction timer, earliest first (one task fires them).
     timers: Mutex<std::collections::BinaryHeap<Scheduled>>,
     timer_seq: AtomicU64,
@@ -412,74 +326,6 @@ pub struct Proxy {
     verify_jobs: Option<std::sync::mpsc::Sender<VerifyJob>>,
     /// INVITEs in that queue now.
     queued: AtomicU64,
-}
-
-/// Which call a decision record is about.
-struct CallRef<'a> {
-    /// The decision id (the To tag of our final response; the 603+ `id=`).
-    id: &'a str,
-    /// `udp:192.0.2.1:5060`, `http:…`.
-    source: String,
-    started: Instant,
-}
-
-/// One request screened by [`Proxy::screen_request`].
-#[derive(Debug, Clone)]
-pub struct Screened {
-    /// The decision id (in the decision record and a 603+ `id=`).
-    pub id: String,
-    pub verstat: crate::stir::verify::Verstat,
-    /// The RFC 8224 code of the failure (0 without one).
-    pub stir_code: u16,
-    pub failure: Option<crate::stir::verify::Failure>,
-    pub attest: Option<crate::stir::passport::Attest>,
-    pub spc: Option<String>,
-    pub rule: String,
-    pub verdict: Verdict,
-}
-
-/// What every front-end of one process shares.
-struct Shared {
-    verifier: Arc<Verifier>,
-    fetcher: Arc<CertFetcher>,
-    engine: Arc<EngineHandle>,
-    store: Arc<Store>,
-    stats: Arc<ProxyStats>,
-    decision_log: Arc<OnceLock<Arc<dyn DecisionSink>>>,
-    decision_tap: Arc<OnceLock<mpsc::UnboundedSender<DecisionRecord>>>,
-}
-
-impl Shared {
-    fn new(config: &Config) -> Result<Shared, ServeError> {
-        let cerr = |e: String| ServeError::Config(e);
-        let trust = Arc::new(config.trust_store().map_err(|e| cerr(e.to_string()))?);
-        let fetcher = Arc::new(
-            CertFetcher::new(config.fetch.clone(), config.verify_config().x5u, trust)
-                .map_err(|e| cerr(e.to_string()))?,
-        );
-        let engine = Arc::new(EngineHandle::load(&config.policy.file).map_err(|d| {
-            cerr(
-                d.iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-            )
-        })?);
-        let store = Store::open(&config.store).map_err(|e| cerr(e.to_string()))?;
-        store.start();
-        Ok(Shared {
-            verifier: Arc::new(Verifier::with_memo(
-                config.verify_config(),
-                config.verify.memo_capacity,
-            )),
-            fetcher,
-            engine,
-            store,
-            stats: Arc::new(ProxyStats::default()),
-            decision_log: Arc::new(OnceLock::new()),
-            decision_tap: Arc::new(OnceLock::new()),
-        })
-    }
 }
 
 /// An INVITE for a verify worker; the permit travels with it.
@@ -571,142 +417,20 @@ pub enum ServeError {
 impl Proxy {
     /// Binds the listeners and starts serving. Returns once listening.
     pub async fn start(config: Config) -> Result<Arc<Proxy>, ServeError> {
-        let shared = Shared::new(&config)?;
-        Proxy::start_front(config, FrontEnd::Proxy, shared).await
+        let screener = Arc::new(Screener::new(&config).map_err(ServeError::Config)?);
+        Proxy::start_front(config, FrontEnd::Proxy, screener).await
     }
 
-    /// Starts the SIP redirect server on `[redirect] listen`, sharing
-    /// `with`'s verifier, certificate cache, policy, state, statistics and
-    /// decision log.
+    /// Starts the SIP redirect server on `[redirect] listen`, on `with`'s
+    /// screening service (verifier, certificate cache, policy, state,
+    /// statistics, decision log).
     pub async fn start_redirect(config: Config, with: &Proxy) -> Result<Arc<Proxy>, ServeError> {
-        let shared = Shared {
-            verifier: Arc::clone(&with.verifier),
-            fetcher: Arc::clone(&with.fetcher),
-            engine: Arc::clone(&with.engine),
-            store: Arc::clone(&with.store),
-            stats: Arc::clone(&with.stats),
-            decision_log: Arc::clone(&with.decision_log),
-            decision_tap: Arc::clone(&with.decision_tap),
-        };
-        Proxy::start_front(config, FrontEnd::Redirect, shared).await
+        Proxy::start_front(config, FrontEnd::Redirect, Arc::clone(&with.screener)).await
     }
 
-    /// The screening service of the HTTP API beside `with` (sharing like
-    /// [`Proxy::start_redirect`]); it binds no SIP socket.
-    pub async fn start_api(config: Config, with: &Proxy) -> Result<Arc<Proxy>, ServeError> {
-        let shared = Shared {
-            verifier: Arc::clone(&with.verifier),
-            fetcher: Arc::clone(&with.fetcher),
-            engine: Arc::clone(&with.engine),
-            store: Arc::clone(&with.store),
-            stats: Arc::clone(&with.stats),
-            decision_log: Arc::clone(&with.decision_log),
-            decision_tap: Arc::clone(&with.decision_tap),
-        };
-        Proxy::start_front(config, FrontEnd::Api, shared).await
-    }
-
-    /// Screens one request outside any SIP transaction (the HTTP API):
-    /// verification bounded by `verify_deadline_ms`, the screening state,
-    /// the policy and its verdict, recorded (metrics, decision log) like a
-    /// call of the SIP front-ends. `source` is the client, matched against
-    /// `[[peers]]`.
-    pub async fn screen_request(
-        self: &Arc<Self>,
-        msg: &Message<'_>,
-        source: SocketAddr,
-    ) -> Screened {
-        let started = Instant::now();
-        let arrived = self.clock.now();
-        let id = crate::ids::random_hex(6);
-        let outcome = match verify_request_cached(&self.verifier, &self.fetcher, msg, arrived) {
-            Some(o) => o,
-            None => {
-                let work = verify_request(&self.verifier, &self.fetcher, msg, arrived);
-                match tokio::time::timeout(self.verify_deadline, work).await {
-                    Ok(o) => o,
-                    Err(_) => Outcome::timeout(
-                        &self.verifier.config,
-                        "verification did not finish within the deadline",
-                    ),
-                }
-            }
-        };
-        let verified = Instant::now();
-        self.stats
-            .verify_seconds
-            .observe(verified.saturating_duration_since(started));
-        let mut call = CallInfo::from_request(
-            msg,
-            self.config.source_of(source.ip()),
-            &self.verifier.config.numbering,
-        );
-        call.spc_expected = self.config.spc_expected_of(source.ip()).to_vec();
-        let p = Pending {
-            call,
-            engine: self.engine.current(),
-            outcome,
-            arrived,
-            verified,
-        };
-        let l = {
-            let q = p.query();
-            let local = self.store.lookup_local(&q);
-            if self.store.is_shared() {
-                self.store.lookup_shared(&q, local).await
-            } else {
-                local
-            }
-        };
-        let Pending {
-            outcome,
-            call,
-            engine,
-            ..
-        } = p;
-        let mut info = l.info;
-        let outcome = if l.replay == Seen::Replay {
-            info.spc_unwanted_reports = 0;
-            self.verifier.replayed(outcome)
-        } else {
-            outcome
-        };
-        let facts = Facts::from_outcome(&outcome, call, info);
-        let d = engine.decide(&facts);
-        let rule = d.rule_id().to_owned();
-        let mut v = verdict(d.action, &rule, &facts, &self.operator, arrived, &id);
-        if let Verdict::Forward(plan) = &mut v {
-            let rcd = outcome.verified.as_ref().and_then(|v| v.rcd.as_ref());
-            crate::policy::render::apply_rcd(plan, self.config.proxy.forward_rcd, rcd);
-            crate::policy::render::apply_annotation(
-                plan,
-                self.config.annotation_of(source.ip()),
-                &facts,
-                rcd,
-            );
-        }
-        let (action, code) = match &v {
-            Verdict::Reject(p) => ("reject", p.code),
-            Verdict::Forward(_) => ("forward", 0),
-        };
-        self.stats.decide_seconds.observe(verified.elapsed());
-        let screened = Screened {
-            id: id.clone(),
-            verstat: facts.verstat,
-            stir_code: facts.stir_code,
-            failure: outcome.failure.clone(),
-            attest: outcome.attest(),
-            spc: outcome.spc().map(str::to_owned),
-            rule: rule.clone(),
-            verdict: v,
-        };
-        let who = CallRef {
-            id: &id,
-            source: format!("http:{source}"),
-            started,
-        };
-        self.account(who, msg, facts, &rule, action, code);
-        screened
+    /// The screening service (the HTTP API uses it directly).
+    pub fn screener(&self) -> Arc<Screener> {
+        Arc::clone(&self.screener)
     }
 
     /// Which front-end this instance is.
@@ -731,28 +455,34 @@ impl Proxy {
 
     /// Writes out and closes the decision log (blocking; at exit).
     pub fn close_decision_log(&self) {
-        if let Some(log) = self.decision_log.get() {
-            log.close();
-        }
+        self.screener.close_decision_log();
+    }
+
+    /// Sends one record per screened call to `log` (set once).
+    pub fn set_decision_log(&self, log: Arc<dyn DecisionSink>) {
+        self.screener.set_decision_log(log);
+    }
+
+    /// A copy of every decision record from now on (the demo reads it).
+    /// Only the first caller gets a receiver.
+    pub fn tap_decisions(&self) -> Option<mpsc::UnboundedReceiver<DecisionRecord>> {
+        self.screener.tap_decisions()
     }
 
     async fn start_front(
         config: Config,
         front: FrontEnd,
-        shared: Shared,
+        screener: Arc<Screener>,
     ) -> Result<Arc<Proxy>, ServeError> {
         let cerr = |e: String| ServeError::Config(e);
         let (nt, naddr) = parse_target(&config.proxy.next_hop).map_err(cerr)?;
-        let Shared {
-            verifier,
-            fetcher,
-            engine,
-            store,
-            stats,
-            decision_log,
-            decision_tap,
-        } = shared;
-        let operator = config.operator().map_err(|e| cerr(e.to_string()))?;
+        let (verifier, fetcher, engine, store, stats) = (
+            Arc::clone(&screener.verifier),
+            Arc::clone(&screener.fetcher),
+            Arc::clone(&screener.engine),
+            Arc::clone(&screener.store),
+            Arc::clone(&screener.stats),
+        );
         let listen: &[String] = match front {
             FrontEnd::Proxy => &config.proxy.listen,
             FrontEnd::Redirect => &config.redirect.listen,
@@ -810,7 +540,6 @@ impl Proxy {
             fetcher,
             engine,
             store,
-            operator,
             txns: Mutex::new(TxnTable::default()),
             inflight: Arc::new(Semaphore::new(config.proxy.max_in_flight)),
             verify_deadline: Duration::from_millis(config.proxy.verify_deadline_ms),
@@ -820,8 +549,7 @@ impl Proxy {
             clock: Clock,
             stats,
             shutdown,
-            decision_log,
-            decision_tap,
+            screener,
             verify_jobs: job_tx,
             queued: AtomicU64::new(0),
             timers: Mutex::new(std::collections::BinaryHeap::new()),
@@ -945,38 +673,13 @@ impl Proxy {
         why
     }
 
-    /// Sends one record per screened call to `log` (set once).
-    pub fn set_decision_log(&self, log: Arc<dyn DecisionSink>) {
-        let _ = self.decision_log.set(log);
-    }
-
-    /// A copy of every decision record from now on (the demo reads it).
-    /// Only the first caller gets a receiver.
-    pub fn tap_decisions(&self) -> Option<mpsc::UnboundedReceiver<DecisionRecord>> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        self.decision_tap.set(tx).ok().map(|()| rx)
-    }
-
-    fn emit(&self, r: DecisionRecord) {
-        if let Some(tap) = self.decision_tap.get() {
-            let _ = tap.send(r.clone());
-        }
-        if let Some(log) = self.decision_log.get() {
-            log.record(r);
-        }
-    }
-
     /// A record for a call decided without the screen (overload,
     /// shutdown): what the request itself says.
     fn unscreened_record(&self, msg: &Message<'_>, from: Peer, action: &str, code: u16) {
-        if self.logs_decisions() {
-            self.emit(self.unscreened(msg, from, action, code, 0.0));
+        if self.screener.logs_decisions() {
+            self.screener
+                .emit(self.unscreened(msg, from, action, code, 0.0));
         }
-    }
-
-    /// Whether anyone reads decision records (else none is built).
-    fn logs_decisions(&self) -> bool {
-        self.decision_log.get().is_some() || self.decision_tap.get().is_some()
     }
 
     /// A record with what the request itself says (numbers from From/To,
@@ -1075,7 +778,7 @@ impl Proxy {
 
     /// Decision records written and dropped by the decision sink.
     pub fn decision_counts(&self) -> (u64, u64) {
-        self.decision_log.get().map_or((0, 0), |l| l.counts())
+        self.screener.decision_counts()
     }
 
     /// Stops accepting new calls; in-flight transactions finish.
@@ -1684,9 +1387,10 @@ impl Proxy {
         self.stats.overload.fetch_add(1, Ordering::Relaxed);
         self.stats.shed.fetch_add(1, Ordering::Relaxed);
         self.stats.responses.inc(&["503", "local"]);
-        if self.logs_decisions() {
+        if self.screener.logs_decisions() {
             let ms = txn.started.elapsed().as_secs_f64() * 1000.0;
-            self.emit(self.unscreened(msg, txn.upstream, "overload", 503, ms));
+            self.screener
+                .emit(self.unscreened(msg, txn.upstream, "overload", 503, ms));
         }
         let resp = build_response(
             msg,
@@ -1784,12 +1488,7 @@ impl Proxy {
         self.stats
             .verify_seconds
             .observe(verified.saturating_duration_since(txn.started));
-        let mut call = CallInfo::from_request(
-            msg,
-            self.config.source_of(txn.upstream.addr.ip()),
-            &self.verifier.config.numbering,
-        );
-        call.spc_expected = self.config.spc_expected_of(txn.upstream.addr.ip()).to_vec();
+        let call = self.screener.call_info(msg, txn.upstream.addr.ip());
         let p = Pending {
             call,
             engine: self.engine.current(),
@@ -1816,40 +1515,20 @@ impl Proxy {
 
     /// Decides on a verified INVITE and forwards or rejects it.
     fn decide(self: &Arc<Self>, txn: &Arc<Txn>, msg: &Message<'_>, p: Pending, l: Lookup) {
-        let Pending {
-            outcome,
-            call,
-            engine,
-            arrived,
-            verified,
-        } = p;
-        let mut info = l.info;
-        let outcome = if l.replay == Seen::Replay {
-            info.spc_unwanted_reports = 0;
-            self.verifier.replayed(outcome)
-        } else {
-            outcome
+        let verified = p.verified;
+        // The annotation is for whoever gets the call from us: the next
+        // hop, or (redirect) the SBC that asked.
+        let toward = match self.front {
+            FrontEnd::Proxy => self.next_hop.addr.ip(),
+            FrontEnd::Redirect | FrontEnd::Api => txn.upstream.addr.ip(),
         };
-        let facts = Facts::from_outcome(&outcome, call, info);
-        let d = engine.decide(&facts);
-        let rule = d.rule_id();
-        let mut v = verdict(d.action, rule, &facts, &self.operator, arrived, &txn.to_tag);
-        if let Verdict::Forward(plan) = &mut v {
-            let rcd = outcome.verified.as_ref().and_then(|v| v.rcd.as_ref());
-            crate::policy::render::apply_rcd(plan, self.config.proxy.forward_rcd, rcd);
-            // The annotation is for whoever gets the call from us: the next
-            // hop, or (redirect) the SBC that asked.
-            let toward = match self.front {
-                FrontEnd::Proxy => self.next_hop.addr.ip(),
-                FrontEnd::Redirect | FrontEnd::Api => txn.upstream.addr.ip(),
-            };
-            crate::policy::render::apply_annotation(
-                plan,
-                self.config.annotation_of(toward),
-                &facts,
-                rcd,
-            );
-        }
+        let Decision {
+            facts,
+            rule,
+            verdict: v,
+            ..
+        } = self.screener.decide(p, l, &txn.to_tag, toward);
+        let rule = rule.as_str();
         if let Ok(mut st) = txn.state.lock() {
             if st.phase != Phase::Verifying {
                 return; // cancelled meanwhile (its record is written)
@@ -1878,7 +1557,8 @@ impl Proxy {
             source: txn.upstream.label(),
             started: txn.started,
         };
-        self.account(who, msg, facts, rule, action, code);
+        self.screener
+            .account(self.front, who, msg, facts, rule, action, code);
         match v {
             Verdict::Reject(p) => {
                 self.stats
@@ -1898,78 +1578,14 @@ impl Proxy {
         }
     }
 
-    /// Metrics and the decision record for one screened call (the
-    /// record takes the facts' strings).
-    fn account(
-        &self,
-        who: CallRef<'_>,
-        msg: &Message<'_>,
-        facts: Facts,
-        rule: &str,
-        action: &str,
-        code: u16,
-    ) {
-        let s = &self.stats;
-        s.calls
-            .inc(&[facts.verstat.as_str(), facts.attest.as_str()]);
-        if facts.failure.0.is_some() {
-            s.failures.inc(&[
-                facts.failure.as_str(),
-                code_label(facts.stir_code, &mut [0; 3]),
-            ]);
-        }
-        s.decisions.inc(&[rule, action]);
-        s.front_ends
-            .inc(&[self.front.as_str(), action, code_label(code, &mut [0; 3])]);
-        tracing::debug!(
-            call_id = msg.value(HeaderId::CallId).unwrap_or_default(),
-            verstat = facts.verstat.as_str(),
-            failure = facts.failure.as_str(),
-            rule,
-            action,
-            code,
-            "call decided"
-        );
-        if !self.logs_decisions() {
-            return;
-        }
-        self.emit(DecisionRecord {
-            id: who.id.to_owned(),
-            time: now_rfc3339(),
-            call_id: bounded(msg.value(HeaderId::CallId).unwrap_or_default()),
-            source: who.source,
-            peer: bounded_owned(facts.source),
-            orig: bounded_owned(facts.orig),
-            dest: bounded_owned(facts.dest),
-            attest: facts.attest.as_str().into(),
-            verstat: facts.verstat.as_str().into(),
-            failure: facts.failure.as_str().into(),
-            stir_code: facts.stir_code,
-            spc: bounded_owned(facts.spc),
-            rule: bounded(rule),
-            action: action.into(),
-            code,
-            latency_ms: who.started.elapsed().as_secs_f64() * 1000.0,
-            state: Some(facts.state),
-            orig_verified: facts.orig_verified,
-            front_end: self.front.as_str().into(),
-            identity_source: if facts.identity_source
-                == crate::policy::facts::IdentitySourceFact::Oob
-            {
-                "oob".into()
-            } else {
-                String::new()
-            },
-        });
-    }
-
     /// The record of a call cancelled while it was being verified.
     fn cancelled_record(&self, txn: &Txn, msg: &Message<'_>) {
         self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
         self.stats.responses.inc(&["487", "local"]);
-        if self.logs_decisions() {
+        if self.screener.logs_decisions() {
             let ms = txn.started.elapsed().as_secs_f64() * 1000.0;
-            self.emit(self.unscreened(msg, txn.upstream, "cancelled", 487, ms));
+            self.screener
+                .emit(self.unscreened(msg, txn.upstream, "cancelled", 487, ms));
         }
     }
 
@@ -2548,32 +2164,6 @@ fn error_response(bytes: &[u8], code: u16, phrase: &str, why: &str) -> Option<Ve
     Some(build_response(&m, code, phrase, &warn, "ss400"))
 }
 
-/// A verified INVITE waiting for the screening state's answer.
-struct Pending {
-    outcome: Outcome,
-    call: CallInfo,
-    /// The policy in force when verification finished.
-    engine: Arc<crate::policy::Engine>,
-    arrived: UnixTime,
-    verified: Instant,
-}
-
-impl Pending {
-    /// What the screening state is asked about the call.
-    fn query(&self) -> CallQuery<'_> {
-        let v = self.outcome.verified.as_ref();
-        CallQuery {
-            caller: v.map_or(self.call.orig.as_str(), |v| v.orig.as_str()),
-            caller_verified: v.is_some(),
-            callee: &self.call.callee,
-            spc: v.map_or("", |v| &v.spc),
-            replay: v.map(|v| v.replay),
-            count_rate: self.engine.policy.uses_rate(),
-            now: self.arrived,
-        }
-    }
-}
-
 /// Binds every `[proxy] listen` entry. A TCP listener on port 0 takes the
 /// port its UDP sibling got (RFC 3261 §18.2.1); when another program holds
 /// that TCP port, both are bound again on new ports (a few tries).
@@ -2895,11 +2485,4 @@ fn hop_request(forwarded: &[u8], method: &str, to: Option<&str>) -> Vec<u8> {
     }
     out.push_str("Content-Length: 0\r\n\r\n");
     out.into_bytes()
-}
-
-fn now_rfc3339() -> String {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    crate::time::format_rfc3339_millis(ms)
 }
