@@ -925,9 +925,11 @@ async fn with_record_route_an_in_dialog_bye_from_the_callee_reaches_the_caller()
         uas = lab.uas.local_addr().unwrap(),
         route = rr[0],
         to = header(&inv, "To")[0],
-        from = header(&inv, "From")[0],
+        // The caller as the callee saw it: with our verstat.
+        from = header(&fwd, "From")[0],
         cid = header(&inv, "Call-ID")[0],
     );
+    assert!(bye.contains("verstat=TN-Validation-Passed"), "{bye}");
     lab.uas
         .send_to(bye.as_bytes(), lab.proxy_addr())
         .await
@@ -940,6 +942,8 @@ async fn with_record_route_an_in_dialog_bye_from_the_callee_reaches_the_caller()
         "our Route was removed: {got}"
     );
     assert_eq!(header(&got, "Via").len(), 2, "{got}");
+    // Our verstat does not come back to the caller in To.
+    assert_eq!(header(&got, "To"), header(&inv, "From"), "{got}");
 }
 
 /// Timer A: a silent next hop gets the forwarded INVITE again after T1 and

@@ -1868,6 +1868,18 @@ impl Proxy {
                 {
                     out.extend_from_slice(line.as_bytes());
                 }
+                // An in-dialog request from the callee names the caller in
+                // To as the callee saw it: with the verstat we added to
+                // From. It is ours, not the caller's: removed on the way
+                // back (verstat never belongs in To).
+                HeaderId::To
+                    if plan.is_none()
+                        && memchr::memmem::find(raw, b"verstat=").is_some()
+                        && let Some(v) = msg.text(h) =>
+                {
+                    let v = crate::policy::render::set_verstat(v, None);
+                    out.extend_from_slice(format!("{}: {v}\r\n", h.name).as_bytes());
+                }
                 _ => {
                     out.extend_from_slice(raw);
                     out.extend_from_slice(b"\r\n");
