@@ -492,26 +492,8 @@ impl Proxy {
         let local_udp = udp_sockets.first().and_then(|s| s.local_addr().ok());
         let local_tcp = tcp_listeners.first().and_then(|s| s.local_addr().ok());
         let local_tls = tls_listeners.first().and_then(|s| s.local_addr().ok());
-        let tls_acceptor = if tls_listeners.is_empty() {
-            None
-        } else {
-            let sc =
-                crate::net::tls::server_config(&config.tls).map_err(|e| cerr(e.to_string()))?;
-            Some(tokio_rustls::TlsAcceptor::from(sc))
-        };
-        // A TLS client is needed for a `tls:` next hop (an error there is
-        // fatal) and for responses over TLS whose connection closed.
-        let tls_client = match crate::net::tls::client_config(&config.tls) {
-            Ok(cc) => {
-                if nt == Transport::Tls {
-                    crate::net::tls::server_name(&config.tls, naddr.ip())
-                        .map_err(|e| cerr(e.to_string()))?;
-                }
-                Some(cc)
-            }
-            Err(e) if nt == Transport::Tls => return Err(cerr(e.to_string())),
-            Err(_) => None,
-        };
+        let (tls_acceptor, tls_client) =
+            tls_setup(&config, !tls_listeners.is_empty(), nt, naddr).map_err(cerr)?;
         let tcp_cap = Proxy::tcp_cap(config.proxy.tcp_max_connections);
         let (shutdown, _) = watch::channel(false);
         let (job_tx, job_rx) = if config.proxy.verify_threads > 0 && front != FrontEnd::Api {
@@ -557,26 +539,24 @@ impl Proxy {
             config,
         });
         if let Some(rx) = job_rx {
-            // One queue; an idle worker waits in `recv` holding its lock,
-            // the others wait for the lock.
-            let rx = Arc::new(Mutex::new(rx));
-            for i in 0..proxy.config.proxy.verify_threads {
-                let (weak, rt, rx) = (
-                    Arc::downgrade(&proxy),
-                    tokio::runtime::Handle::current(),
-                    Arc::clone(&rx),
-                );
-                std::thread::Builder::new()
-                    .name(format!("verify-{i}"))
-                    .spawn(move || verify_worker(weak, &rx, rt))
-                    .map_err(|e| cerr(format!("cannot start a verify worker: {e}")))?;
-            }
+            proxy.spawn_verify_workers(rx).map_err(cerr)?;
         }
         tokio::spawn(Proxy::timer_loop(Arc::downgrade(&proxy)));
-        if front == FrontEnd::Proxy && proxy.config.fetch.crl_distribution_points {
+        proxy.spawn_listeners(udp_sockets, tcp_listeners, tls_listeners, tls_acceptor);
+        if front == FrontEnd::Proxy {
+            // The shared parts' housekeeping runs once, with their owner.
+            proxy.spawn_housekeeping();
+        }
+        Ok(proxy)
+    }
+
+    /// What the shared parts need now and then: the policy reload
+    /// watcher, the CRL refresh, the stale-CRL warning at start.
+    fn spawn_housekeeping(self: &Arc<Self>) {
+        if self.config.fetch.crl_distribution_points {
             // Distribution-point CRLs due for a refresh (nextUpdate), every
             // minute; new ones are fetched as credentials arrive.
-            let fetcher = Arc::downgrade(&proxy.fetcher);
+            let fetcher = Arc::downgrade(&self.fetcher);
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(Duration::from_secs(60)).await;
@@ -585,27 +565,55 @@ impl Proxy {
                 }
             });
         }
-        for s in udp_sockets {
-            let p = Arc::clone(&proxy);
+        self.warn_stale_crls();
+        let _watcher = self
+            .engine
+            .spawn_watcher(Duration::from_millis(self.config.policy.reload_check_ms));
+    }
+
+    /// The verify workers: one queue; an idle worker waits in `recv`
+    /// holding its lock, the others wait for the lock.
+    fn spawn_verify_workers(
+        self: &Arc<Self>,
+        rx: std::sync::mpsc::Receiver<VerifyJob>,
+    ) -> Result<(), String> {
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..self.config.proxy.verify_threads {
+            let (weak, rt, rx) = (
+                Arc::downgrade(self),
+                tokio::runtime::Handle::current(),
+                Arc::clone(&rx),
+            );
+            std::thread::Builder::new()
+                .name(format!("verify-{i}"))
+                .spawn(move || verify_worker(weak, &rx, rt))
+                .map_err(|e| format!("cannot start a verify worker: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// A receive task per UDP socket, an accept task per TCP or TLS
+    /// listener.
+    fn spawn_listeners(
+        self: &Arc<Self>,
+        udp: Vec<Arc<UdpSocket>>,
+        tcp: Vec<TcpListener>,
+        tls: Vec<TcpListener>,
+        acceptor: Option<tokio_rustls::TlsAcceptor>,
+    ) {
+        for s in udp {
+            let p = Arc::clone(self);
             tokio::spawn(async move { p.udp_loop(s).await });
         }
-        for l in tcp_listeners {
-            let p = Arc::clone(&proxy);
+        for l in tcp {
+            let p = Arc::clone(self);
             tokio::spawn(async move { p.accept_loop(l, None).await });
         }
-        for l in tls_listeners {
-            let p = Arc::clone(&proxy);
-            let acceptor = tls_acceptor.clone();
+        for l in tls {
+            let p = Arc::clone(self);
+            let acceptor = acceptor.clone();
             tokio::spawn(async move { p.accept_loop(l, acceptor).await });
         }
-        if front == FrontEnd::Proxy {
-            // The shared parts' housekeeping runs once, with their owner.
-            proxy.warn_stale_crls();
-            let _watcher = proxy
-                .engine
-                .spawn_watcher(Duration::from_millis(proxy.config.policy.reload_check_ms));
-        }
-        Ok(proxy)
     }
 
     /// The bearer token of the admin flag endpoints (`[admin] token`).
@@ -971,29 +979,7 @@ impl Proxy {
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        // Unframeable stream: nothing after it can be
-                        // trusted. Answer what can be addressed (RFC 3261
-                        // §18.3: 513 for too large, 400 without
-                        // Content-Length), then close.
-                        self.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
-                        let (code, phrase, why) = match e {
-                            crate::sip::ParseError::TooLarge { .. } => (
-                                513,
-                                "Message Too Large",
-                                "the message is larger than stirscreen accepts",
-                            ),
-                            _ => (
-                                400,
-                                "Bad Request",
-                                "a message on a stream needs a valid Content-Length",
-                            ),
-                        };
-                        let buf = framer.buffered();
-                        if !buf.starts_with(b"SIP/")
-                            && let Some(resp) = error_response(buf, code, phrase, why)
-                        {
-                            self.send(peer, resp);
-                        }
+                        self.unframeable(&e, framer.buffered(), peer);
                         break 'read;
                     }
                 }
@@ -1006,6 +992,30 @@ impl Proxy {
         // The sender is gone with the map entry: the writer sends what is
         // queued (a last error response) and ends; never wait on it long.
         let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+    }
+
+    /// An unframeable stream: nothing after it can be trusted. Answers
+    /// what can be addressed (RFC 3261 §18.3: 513 for too large, 400
+    /// without Content-Length); the caller closes the connection.
+    fn unframeable(self: &Arc<Self>, e: &crate::sip::ParseError, buf: &[u8], peer: Peer) {
+        self.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+        let (code, phrase, why) = match e {
+            crate::sip::ParseError::TooLarge { .. } => (
+                513,
+                "Message Too Large",
+                "the message is larger than stirscreen accepts",
+            ),
+            _ => (
+                400,
+                "Bad Request",
+                "a message on a stream needs a valid Content-Length",
+            ),
+        };
+        if !buf.starts_with(b"SIP/")
+            && let Some(resp) = error_response(buf, code, phrase, why)
+        {
+            self.send(peer, resp);
+        }
     }
 
     /// Sends bytes to a peer; UDP from our socket, TCP or TLS on the open
@@ -1203,7 +1213,14 @@ impl Proxy {
         self.send(to, with_rport(resp, to.addr));
     }
 
-    fn request(self: &Arc<Self>, msg: &Message<'_>, from: Peer) {
+    /// RFC 3261 §16.3 checks (and §8.2.2: URI scheme, Proxy-Require):
+    /// the request's parsed parts, or `None` when it was answered (or
+    /// dropped) here.
+    fn validate<'m>(
+        self: &Arc<Self>,
+        msg: &'m Message<'_>,
+        from: Peer,
+    ) -> Option<crate::sip::validate::RequestInfo<'m>> {
         let info = match check_request(msg) {
             Ok(i) => i,
             Err(e) => {
@@ -1223,7 +1240,7 @@ impl Proxy {
                 } else {
                     self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 }
-                return;
+                return None;
             }
         };
         let scheme = info.uri.scheme;
@@ -1232,11 +1249,11 @@ impl Proxy {
             .any(|s| scheme.eq_ignore_ascii_case(s))
         {
             self.respond(msg, from, 416, "Unsupported URI Scheme", &[]);
-            return;
+            return None;
         }
         if info.max_forwards == Some(0) && info.method != "ACK" {
             self.respond(msg, from, 483, "Too Many Hops", &[]);
-            return;
+            return None;
         }
         let unsupported: Vec<&str> = msg
             .values(HeaderId::ProxyRequire)
@@ -1250,8 +1267,15 @@ impl Proxy {
                 "Bad Extension",
                 &[("Unsupported".into(), unsupported.join(", "))],
             );
-            return;
+            return None;
         }
+        Some(info)
+    }
+
+    fn request(self: &Arc<Self>, msg: &Message<'_>, from: Peer) {
+        let Some(info) = self.validate(msg, from) else {
+            return;
+        };
         let branch = self.branch_for(msg, &info.top_via);
         // Loop detection (§16.3 step 4): our own Via with this very branch.
         if msg
@@ -1797,37 +1821,16 @@ impl Proxy {
         let mut route_popped = false;
         // RFC 3261 §16.6 step 4: our Record-Route goes before any existing
         // Record-Route values (or at the end when there are none).
-        let mut own_rr = (plan.is_some() && self.record_route)
-            .then(|| self.local(t))
-            .flatten()
-            .map(|addr| {
-                let tp = match t {
-                    Transport::Udp => "",
-                    Transport::Tcp => ";transport=tcp",
-                    Transport::Tls => ";transport=tls",
-                };
-                format!("Record-Route: <sip:{addr}{tp};lr>\r\n")
-            });
+        let mut own_rr = plan.and_then(|_| self.own_record_route(t));
         for h in &msg.headers {
             let raw = msg.bytes.get(h.span.0..h.span.1).unwrap_or_default();
             match h.id {
                 HeaderId::Via if first_via => {
                     first_via = false;
                     let v = msg.text(h).unwrap_or_default();
-                    let mut parts = split_outside_quotes(v, b',');
-                    let head = parts.next().unwrap_or_default().trim();
-                    let rest: Vec<&str> = parts.collect();
-                    let fixed = fix_via(head, top, from.addr, from.transport.is_stream());
-                    let mut line = format!("Via: {fixed}");
-                    for r in rest {
-                        line.push(',');
-                        line.push_str(r);
-                    }
-                    line.push_str("\r\n");
-                    out.extend_from_slice(line.as_bytes());
+                    out.extend_from_slice(via_line(v, top, from).as_bytes());
                 }
-                HeaderId::MaxForwards => {}
-                HeaderId::ContentLength => {}
+                HeaderId::MaxForwards | HeaderId::ContentLength => {}
                 HeaderId::RecordRoute if own_rr.is_some() => {
                     if let Some(rr) = own_rr.take() {
                         out.extend_from_slice(rr.as_bytes());
@@ -1837,21 +1840,12 @@ impl Proxy {
                 }
                 HeaderId::Route if !route_popped => {
                     route_popped = true;
-                    let v = msg.text(h).unwrap_or_default();
-                    let mut vals = split_values(v);
-                    let first = vals.next().unwrap_or_default();
-                    let ours =
-                        NameAddr::parse(first).is_ok_and(|a| self.is_us(a.uri.sip_hostport()));
-                    if ours {
-                        let rest: Vec<&str> = vals.collect();
-                        if !rest.is_empty() {
-                            out.extend_from_slice(
-                                format!("Route: {}\r\n", rest.join(", ")).as_bytes(),
-                            );
+                    match self.route_without_us(msg.text(h).unwrap_or_default()) {
+                        Some(rest) => out.extend_from_slice(rest.as_bytes()),
+                        None => {
+                            out.extend_from_slice(raw);
+                            out.extend_from_slice(b"\r\n");
                         }
-                    } else {
-                        out.extend_from_slice(raw);
-                        out.extend_from_slice(b"\r\n");
                     }
                 }
                 HeaderId::Identity if plan.is_some_and(|p| p.strip_identity) => {}
@@ -1886,19 +1880,39 @@ impl Proxy {
                 }
             }
         }
-        let mf = max_forwards.map_or(70, |m| m.saturating_sub(1));
-        out.extend_from_slice(format!("Max-Forwards: {mf}\r\n").as_bytes());
-        if let Some(rr) = own_rr.take() {
-            out.extend_from_slice(rr.as_bytes());
-        }
-        if let Some(p) = plan {
-            for (k, v) in &p.add {
-                out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
-            }
-        }
-        out.extend_from_slice(format!("Content-Length: {}\r\n\r\n", msg.body.len()).as_bytes());
-        out.extend_from_slice(msg.body);
+        rewrite_tail(&mut out, msg, max_forwards, own_rr, plan);
         out
+    }
+
+    /// Our Record-Route line for transport `t` (with `record_route`).
+    fn own_record_route(&self, t: Transport) -> Option<String> {
+        if !self.record_route {
+            return None;
+        }
+        let addr = self.local(t)?;
+        let tp = match t {
+            Transport::Udp => "",
+            Transport::Tcp => ";transport=tcp",
+            Transport::Tls => ";transport=tls",
+        };
+        Some(format!("Record-Route: <sip:{addr}{tp};lr>\r\n"))
+    }
+
+    /// A Route header whose first value names us (loose routing, §16.4):
+    /// the line without it (empty when nothing is left); `None` when the
+    /// first value is not ours.
+    fn route_without_us(&self, v: &str) -> Option<String> {
+        let mut vals = split_values(v);
+        let first = vals.next().unwrap_or_default();
+        if !NameAddr::parse(first).is_ok_and(|a| self.is_us(a.uri.sip_hostport())) {
+            return None;
+        }
+        let rest: Vec<&str> = vals.collect();
+        Some(if rest.is_empty() {
+            String::new()
+        } else {
+            format!("Route: {}\r\n", rest.join(", "))
+        })
     }
 
     fn forward_stateless(
@@ -2040,83 +2054,7 @@ impl Proxy {
         let txn = self.txns.lock().ok().and_then(|t| t.get(&branch).cloned());
         let code = info.code;
         if let Some(txn) = txn.filter(|_| info.cseq_method == "INVITE") {
-            let mut extra: Option<String> = None;
-            let mut from_rewritten = false;
-            let mut ack: Option<(Vec<u8>, Peer)> = None;
-            let mut cancel: Option<(Vec<u8>, Peer)> = None;
-            let mut relay = true;
-            let mut completed = false;
-            if let Ok(mut st) = txn.state.lock() {
-                if code < 200 {
-                    st.got_provisional = true;
-                    if st.cancel_pending {
-                        st.cancel_pending = false;
-                        if let (Some(f), Some(to)) = (st.forwarded.as_deref(), st.downstream) {
-                            cancel = Some((cancel_for(f), to));
-                        }
-                    }
-                    relay = code != 100 && !st.got_final;
-                } else if code < 300 {
-                    st.got_final = true;
-                    st.final_2xx = true;
-                    st.phase = Phase::Done;
-                    st.last_response = None;
-                } else {
-                    if let (Some(f), Some(to)) = (st.forwarded.clone(), st.downstream) {
-                        ack = Some((ack_for(&f, msg), to));
-                    }
-                    if st.got_final {
-                        relay = false; // a retransmission: re-ACK only
-                    } else {
-                        st.got_final = true;
-                        completed = true;
-                    }
-                    if code == 607 && !st.orig.is_empty() && !st.dest.is_empty() {
-                        self.feedback_607(&st);
-                    }
-                }
-                // RFC 8224 §6.2.2 / RFC 9410: the verification result rides
-                // on every relayed response (the final one included).
-                if relay && code > 100 {
-                    extra.clone_from(&st.upstream_reason);
-                }
-                from_rewritten = st.from_rewritten;
-            }
-            // Sent after the state lock is released.
-            if let Some((c, to)) = cancel {
-                self.send(to, c);
-            }
-            if let Some((a, to)) = ack {
-                self.send(to, a);
-            }
-            if !relay {
-                return;
-            }
-            if code >= 200 {
-                self.stats
-                    .responses
-                    .inc(&[code_label(code, &mut [0; 3]), "downstream"]);
-            }
-            // The caller gets its own From back when we annotated the
-            // forwarded one (verstat, display name); otherwise no parse.
-            let original_from = from_rewritten
-                .then(|| Message::parse(&txn.invite).ok())
-                .flatten()
-                .and_then(|m| m.value(HeaderId::From).map(str::to_owned));
-            let out = strip_top_via(msg, extra.as_deref(), original_from.as_deref());
-            if completed {
-                self.final_upstream(&txn, out);
-            } else {
-                if code >= 200 {
-                    self.schedule(&txn, Timer::Remove, T1 * 64);
-                }
-                if let Ok(mut st) = txn.state.lock()
-                    && code < 200
-                {
-                    st.last_response = Some(out.clone());
-                }
-                self.send(txn.upstream, out);
-            }
+            self.invite_response(&txn, msg, code);
             return;
         }
         // Stateless: the next Via says where.
@@ -2139,6 +2077,111 @@ impl Proxy {
         };
         self.send(to, strip_top_via(msg, None, None));
     }
+
+    /// A response from downstream to the INVITE of `txn`: the client
+    /// transaction's state (§17.1.1: CANCEL after the first provisional,
+    /// ACK of a non-2xx, retransmissions re-ACKed only, a 607 learned),
+    /// then the relay upstream (with the STIR Reason and the caller's own
+    /// From) or nothing.
+    fn invite_response(self: &Arc<Self>, txn: &Arc<Txn>, msg: &Message<'_>, code: u16) {
+        let Some(step) = self.invite_response_step(txn, msg, code) else {
+            return;
+        };
+        if code >= 200 {
+            self.stats
+                .responses
+                .inc(&[code_label(code, &mut [0; 3]), "downstream"]);
+        }
+        // The caller gets its own From back when we annotated the
+        // forwarded one (verstat, display name); otherwise no parse.
+        let original_from = step
+            .from_rewritten
+            .then(|| Message::parse(&txn.invite).ok())
+            .flatten()
+            .and_then(|m| m.value(HeaderId::From).map(str::to_owned));
+        let out = strip_top_via(msg, step.extra.as_deref(), original_from.as_deref());
+        if step.completed {
+            self.final_upstream(txn, out);
+            return;
+        }
+        if code >= 200 {
+            self.schedule(txn, Timer::Remove, T1 * 64);
+        }
+        if let Ok(mut st) = txn.state.lock()
+            && code < 200
+        {
+            st.last_response = Some(out.clone());
+        }
+        self.send(txn.upstream, out);
+    }
+
+    /// The transaction's side of a downstream response; CANCEL and ACK
+    /// sent (after the state lock is released). `None`: nothing to relay.
+    fn invite_response_step(
+        self: &Arc<Self>,
+        txn: &Arc<Txn>,
+        msg: &Message<'_>,
+        code: u16,
+    ) -> Option<RelayStep> {
+        let mut step = RelayStep::default();
+        let mut ack: Option<(Vec<u8>, Peer)> = None;
+        let mut cancel: Option<(Vec<u8>, Peer)> = None;
+        let mut relay = true;
+        if let Ok(mut st) = txn.state.lock() {
+            if code < 200 {
+                st.got_provisional = true;
+                if st.cancel_pending {
+                    st.cancel_pending = false;
+                    if let (Some(f), Some(to)) = (st.forwarded.as_deref(), st.downstream) {
+                        cancel = Some((cancel_for(f), to));
+                    }
+                }
+                relay = code != 100 && !st.got_final;
+            } else if code < 300 {
+                st.got_final = true;
+                st.final_2xx = true;
+                st.phase = Phase::Done;
+                st.last_response = None;
+            } else {
+                if let (Some(f), Some(to)) = (st.forwarded.clone(), st.downstream) {
+                    ack = Some((ack_for(&f, msg), to));
+                }
+                if st.got_final {
+                    relay = false; // a retransmission: re-ACK only
+                } else {
+                    st.got_final = true;
+                    step.completed = true;
+                }
+                if code == 607 && !st.orig.is_empty() && !st.dest.is_empty() {
+                    self.feedback_607(&st);
+                }
+            }
+            // RFC 8224 §6.2.2 / RFC 9410: the verification result rides
+            // on every relayed response (the final one included).
+            if relay && code > 100 {
+                step.extra.clone_from(&st.upstream_reason);
+            }
+            step.from_rewritten = st.from_rewritten;
+        }
+        if let Some((c, to)) = cancel {
+            self.send(to, c);
+        }
+        if let Some((a, to)) = ack {
+            self.send(to, a);
+        }
+        relay.then_some(step)
+    }
+}
+
+/// What relaying a downstream response to an INVITE takes.
+#[derive(Debug, Default)]
+struct RelayStep {
+    /// A header for the relayed response (the STIR Reason).
+    extra: Option<String>,
+    /// The forwarded From was rewritten: restore the caller's.
+    from_rewritten: bool,
+    /// The first final non-2xx: retransmitted until the ACK.
+    completed: bool,
 }
 
 /// An error response to a request that cannot be parsed or framed, built
@@ -2174,6 +2217,42 @@ fn error_response(bytes: &[u8], code: u16, phrase: &str, why: &str) -> Option<Ve
     m.first(HeaderId::CSeq)?;
     let warn = [("Warning".to_owned(), format!("399 stirscreen \"{why}\""))];
     Some(build_response(&m, code, phrase, &warn, "ss400"))
+}
+
+/// The acceptor of `tls:` listeners (when there are some) and the client
+/// configuration of TLS connections we open: needed for a `tls:` next hop
+/// (an error there is fatal) and for responses over TLS whose connection
+/// closed.
+fn tls_setup(
+    config: &Config,
+    listeners: bool,
+    next_hop: Transport,
+    next_hop_addr: SocketAddr,
+) -> Result<
+    (
+        Option<tokio_rustls::TlsAcceptor>,
+        Option<Arc<rustls::ClientConfig>>,
+    ),
+    String,
+> {
+    let acceptor = if listeners {
+        let sc = crate::net::tls::server_config(&config.tls).map_err(|e| e.to_string())?;
+        Some(tokio_rustls::TlsAcceptor::from(sc))
+    } else {
+        None
+    };
+    let client = match crate::net::tls::client_config(&config.tls) {
+        Ok(cc) => {
+            if next_hop == Transport::Tls {
+                crate::net::tls::server_name(&config.tls, next_hop_addr.ip())
+                    .map_err(|e| e.to_string())?;
+            }
+            Some(cc)
+        }
+        Err(e) if next_hop == Transport::Tls => return Err(e.to_string()),
+        Err(_) => None,
+    };
+    Ok((acceptor, client))
 }
 
 /// Binds every `[proxy] listen` entry. A TCP listener on port 0 takes the
@@ -2363,6 +2442,46 @@ fn fix_via(head: &str, top: Option<&Via<'_>>, src: SocketAddr, stream: bool) -> 
         out.push_str(&format!(";rport={}", src.port()));
     }
     out
+}
+
+/// The end of a forwarded request: Max-Forwards, our Record-Route when no
+/// other came, the plan's headers, Content-Length and the body.
+fn rewrite_tail(
+    out: &mut Vec<u8>,
+    msg: &Message<'_>,
+    max_forwards: Option<u8>,
+    own_rr: Option<String>,
+    plan: Option<&ForwardPlan>,
+) {
+    let mf = max_forwards.map_or(70, |m| m.saturating_sub(1));
+    out.extend_from_slice(format!("Max-Forwards: {mf}\r\n").as_bytes());
+    if let Some(rr) = own_rr {
+        out.extend_from_slice(rr.as_bytes());
+    }
+    if let Some(p) = plan {
+        for (k, v) in &p.add {
+            out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+        }
+    }
+    out.extend_from_slice(format!("Content-Length: {}\r\n\r\n", msg.body.len()).as_bytes());
+    out.extend_from_slice(msg.body);
+}
+
+/// The upstream's top Via header line of a forwarded request: its first
+/// value with received/rport ([`fix_via`]), the others as they were.
+fn via_line(v: &str, top: Option<&Via<'_>>, from: Peer) -> String {
+    let mut parts = split_outside_quotes(v, b',');
+    let head = parts.next().unwrap_or_default().trim();
+    let mut line = format!(
+        "Via: {}",
+        fix_via(head, top, from.addr, from.transport.is_stream())
+    );
+    for r in parts {
+        line.push(',');
+        line.push_str(r);
+    }
+    line.push_str("\r\n");
+    line
 }
 
 /// Where a response goes according to a Via: received/rport, else sent-by.
