@@ -270,9 +270,12 @@ impl Caller {
             }
             assert!(
                 t0.elapsed() < within,
-                "{orig} → {dest} through {}: {got}, not {want}, after {:?}",
+                "{orig} → {dest} through {}: {got}, not {want}, after {:?}\nits log:\n{}\nits decisions:\n{}",
                 node.sip,
-                t0.elapsed()
+                t0.elapsed(),
+                std::fs::read_to_string(node.config.with_file_name("serve.log"))
+                    .unwrap_or_default(),
+                std::fs::read_to_string(&node.decisions).unwrap_or_default(),
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

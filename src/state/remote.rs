@@ -538,14 +538,17 @@ async fn session(
     ps.subscribe(r.channel())
         .await
         .map_err(|e| format!("subscribe: {e}"))?;
-    // Subscribed first, then loaded: no change falls between the two.
-    r.up.store(true, Ordering::Relaxed);
+    // Subscribed first, then loaded: no change falls between the two
+    // (announcements wait in the subscription). Up (and `/readyz` ready)
+    // only once the mirror holds what Redis has: a node restarted after
+    // SIGKILL must not say ready while its flags are still loading.
     let since = s.since(Clock.now());
     let m = match r.load(since).await {
         Ok(m) => m,
         Err(e) => return Err(format!("loading state: {e}")),
     };
     s.replace_mirror(m);
+    r.up.store(true, Ordering::Relaxed);
     tracing::info!("state store (redis) connected; flags and reports loaded");
     let weak = Arc::downgrade(s);
     let mut stream = ps.into_on_message();
