@@ -290,16 +290,32 @@ fn tn(v: &Value) -> Option<String> {
     (!d.is_empty() && d.len() <= 15 && d.bytes().all(|b| b.is_ascii_digit())).then(|| d.to_owned())
 }
 
+/// 1 to 16 telephone numbers ([`tn`]), or why not.
+fn tn_array(v: &Value) -> Result<Vec<String>, &'static str> {
+    match v {
+        Value::Array(a) if !a.is_empty() && a.len() <= 16 => a
+            .iter()
+            .map(tn)
+            .collect::<Option<Vec<_>>>()
+            .ok_or("not telephone numbers (1-15 digits each)"),
+        _ => Err("not an array of 1 to 16 telephone numbers"),
+    }
+}
+
+/// The client's address, put on the request by `net::http`.
+fn client_addr(req: &Request<Body>) -> SocketAddr {
+    req.extensions()
+        .get::<ClientAddr>()
+        .map_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)), |c| c.0)
+}
+
 fn field<'a>(obj: &'a Value, name: &str) -> Option<&'a Value> {
     obj.get(name).filter(|v| !v.is_null())
 }
 
 async fn verification(State(ctx): State<Ctx>, req: Request<Body>) -> Response<Body> {
     let rid_checked = request_id(req.headers());
-    let client = req
-        .extensions()
-        .get::<ClientAddr>()
-        .map_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)), |c| c.0);
+    let client = client_addr(&req);
     let v = match read_request(&ctx, req, &rid_checked).await {
         Ok(v) => v,
         Err(r) => return r,
@@ -328,14 +344,9 @@ async fn verification(State(ctx): State<Ctx>, req: Request<Body>) -> Response<Bo
     let Some(to) = field(to, "tn") else {
         return missing("to.tn");
     };
-    let to: Vec<String> = match to {
-        Value::Array(a) if !a.is_empty() && a.len() <= 16 => {
-            match a.iter().map(tn).collect::<Option<Vec<_>>>() {
-                Some(t) => t,
-                None => return invalid("to.tn", "not telephone numbers (1-15 digits each)"),
-            }
-        }
-        _ => return invalid("to.tn", "not an array of 1 to 16 telephone numbers"),
+    let to = match tn_array(to) {
+        Ok(t) => t,
+        Err(why) => return invalid("to.tn", why),
     };
     let Some(time) = field(vr, "time") else {
         return missing("time");
@@ -470,10 +481,7 @@ fn sip_request(from: &str, to: &[String], time: UnixTime, identity: &str, rid: &
 async fn signing(State(ctx): State<Ctx>, req: Request<Body>) -> Response<Body> {
     let rid_checked = request_id(req.headers());
     let rid = rid_checked.clone().unwrap_or_else(|e| e);
-    let client = req
-        .extensions()
-        .get::<ClientAddr>()
-        .map_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)), |c| c.0);
+    let client = client_addr(&req);
     if req.method() == Method::POST && ctx.signer.is_none() {
         return error("SVC4003", &[], &rid);
     }
@@ -507,14 +515,9 @@ async fn signing(State(ctx): State<Ctx>, req: Request<Body>) -> Response<Body> {
     let Some(dest) = field(sr, "dest").and_then(|d| field(d, "tn")) else {
         return missing("dest.tn");
     };
-    let dest: Vec<String> = match dest {
-        Value::Array(a) if !a.is_empty() && a.len() <= 16 => {
-            match a.iter().map(tn).collect::<Option<Vec<_>>>() {
-                Some(t) => t,
-                None => return invalid("dest.tn", "not telephone numbers (1-15 digits each)"),
-            }
-        }
-        _ => return invalid("dest.tn", "not an array of 1 to 16 telephone numbers"),
+    let dest = match tn_array(dest) {
+        Ok(t) => t,
+        Err(why) => return invalid("dest.tn", why),
     };
     let Some(iat) = field(sr, "iat") else {
         return missing("iat");

@@ -32,19 +32,6 @@ pub struct ServeOptions {
     pub title_case_headers: bool,
 }
 
-impl Default for ServeOptions {
-    fn default() -> Self {
-        ServeOptions {
-            max_connections: 1024,
-            header_timeout: Duration::from_secs(10),
-            max_header_bytes: 16 * 1024,
-            tls: None,
-            handshake_timeout: Duration::from_secs(5),
-            title_case_headers: false,
-        }
-    }
-}
-
 /// Serves `router` on `listener` until the returned task is aborted.
 pub fn spawn(
     listener: TcpListener,

@@ -711,17 +711,12 @@ pub async fn run_table(opts: &DemoOptions) -> Result<Report, DemoError> {
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut upstream_reason = String::new();
         let fin = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let (n, _) = tokio::time::timeout(left, lab.uac.recv_from(&mut buf))
+            let n = next_response(&lab.uac, &mut buf, &call_id, deadline)
                 .await
-                .map_err(|_| fail("no final response within 10 s".into()))?
-                .map_err(|e| fail(e.to_string()))?;
+                .map_err(fail)?;
             let Ok(msg) = Message::parse(buf.get(..n).unwrap_or_default()) else {
                 continue;
             };
-            if msg.value(HeaderId::CallId) != Some(call_id.as_str()) {
-                continue;
-            }
             let Some((code, phrase)) = status(&msg) else {
                 continue;
             };
@@ -812,6 +807,29 @@ pub async fn run_table(opts: &DemoOptions) -> Result<Report, DemoError> {
     })
 }
 
+/// Waits until `deadline` for the next response of `call_id` on `sock`;
+/// its length in `buf`.
+async fn next_response(
+    sock: &UdpSocket,
+    buf: &mut [u8],
+    call_id: &str,
+    deadline: Instant,
+) -> Result<usize, String> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (n, _) = tokio::time::timeout(left, sock.recv_from(buf))
+            .await
+            .map_err(|_| "no final response within 10 s".to_owned())?
+            .map_err(|e| e.to_string())?;
+        let Ok(msg) = Message::parse(buf.get(..n).unwrap_or_default()) else {
+            continue;
+        };
+        if msg.value(HeaderId::CallId) == Some(call_id) && status(&msg).is_some() {
+            return Ok(n);
+        }
+    }
+}
+
 /// The verified call, asked of the SIP redirect server: its 302 must carry
 /// verstat=TN-Validation-Passed in the Contact.
 async fn redirect_call(lab: &Lab) -> Result<(String, String, String), DemoError> {
@@ -834,17 +852,12 @@ async fn redirect_call(lab: &Lab) -> Result<(String, String, String), DemoError>
     let mut buf = vec![0u8; 65_536];
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let (n, _) = tokio::time::timeout(left, lab.uac.recv_from(&mut buf))
+        let n = next_response(&lab.uac, &mut buf, &call_id, deadline)
             .await
-            .map_err(|_| fail("no final response within 10 s".into()))?
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(fail)?;
         let Ok(msg) = Message::parse(buf.get(..n).unwrap_or_default()) else {
             continue;
         };
-        if msg.value(HeaderId::CallId) != Some(call_id.as_str()) {
-            continue;
-        }
         let Some((code, phrase)) = status(&msg) else {
             continue;
         };

@@ -433,16 +433,6 @@ impl Proxy {
         Arc::clone(&self.screener)
     }
 
-    /// Which front-end this instance is.
-    pub fn front_end(&self) -> FrontEnd {
-        self.front
-    }
-
-    /// The configuration it runs with.
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
     /// `udp:192.0.2.1:5080`: where the proxy forwards calls.
     pub fn next_hop_label(&self) -> String {
         self.next_hop.label()
@@ -450,7 +440,7 @@ impl Proxy {
 
     /// True while INVITEs are being screened or forwarded.
     pub fn busy(&self) -> bool {
-        self.inflight.available_permits() < self.config.proxy.max_in_flight
+        self.in_flight() > 0
     }
 
     /// Writes out and closes the decision log (blocking; at exit).
@@ -496,7 +486,7 @@ impl Proxy {
             tls_setup(&config, !tls_listeners.is_empty(), nt, naddr).map_err(cerr)?;
         let tcp_cap = Proxy::tcp_cap(config.proxy.tcp_max_connections);
         let (shutdown, _) = watch::channel(false);
-        let (job_tx, job_rx) = if config.proxy.verify_threads > 0 && front != FrontEnd::Api {
+        let (job_tx, job_rx) = if config.proxy.verify_threads > 0 {
             let (tx, rx) = std::sync::mpsc::channel::<VerifyJob>();
             (Some(tx), Some(rx))
         } else {
@@ -765,8 +755,7 @@ impl Proxy {
         total
     }
 
-    /// The verify workers' queue and the calls screened now (for the
-    /// metrics).
+    /// INVITEs in progress now (holding a `max_in_flight` permit).
     pub fn in_flight(&self) -> usize {
         self.config
             .proxy
