@@ -1814,3 +1814,30 @@ async fn a_cancel_during_a_slow_fetch_ends_a_redirect_with_487() {
     );
     assert!(recv_line(&lab.uac, "SIP/2.0 302", 2500).await.is_none());
 }
+
+#[tokio::test]
+async fn the_redirect_server_shares_the_proxy_connection_cap() {
+    use tokio::io::AsyncReadExt;
+    let lab = lab_with(
+        &root().join("policies/default.toml"),
+        "tcp_max_connections = 2\n[redirect]\nlisten = [\"tcp:127.0.0.1:0\"]",
+    )
+    .await;
+    let proxy_tcp = lab.proxy.tcp_addr().unwrap();
+    let redirect_tcp = lab.redirect.as_ref().unwrap().tcp_addr().unwrap();
+    let _a = tokio::net::TcpStream::connect(proxy_tcp).await.unwrap();
+    let _b = tokio::net::TcpStream::connect(proxy_tcp).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A third connection, to the redirect server: over the one cap.
+    let mut c = tokio::net::TcpStream::connect(redirect_tcp).await.unwrap();
+    let mut b = [0u8; 8];
+    let r = tokio::time::timeout(Duration::from_secs(2), c.read(&mut b)).await;
+    assert!(matches!(r, Ok(Ok(0) | Err(_))), "closed at accept: {r:?}");
+    assert_eq!(
+        lab.proxy
+            .stats
+            .tcp_refused
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}

@@ -418,14 +418,23 @@ impl Proxy {
     /// Binds the listeners and starts serving. Returns once listening.
     pub async fn start(config: Config) -> Result<Arc<Proxy>, ServeError> {
         let screener = Arc::new(Screener::new(&config).map_err(ServeError::Config)?);
-        Proxy::start_front(config, FrontEnd::Proxy, screener).await
+        Proxy::start_front(config, FrontEnd::Proxy, screener, None).await
     }
 
     /// Starts the SIP redirect server on `[redirect] listen`, on `with`'s
     /// screening service (verifier, certificate cache, policy, state,
     /// statistics, decision log).
     pub async fn start_redirect(config: Config, with: &Proxy) -> Result<Arc<Proxy>, ServeError> {
-        Proxy::start_front(config, FrontEnd::Redirect, Arc::clone(&with.screener)).await
+        // One connection cap for the process: the redirect server's TCP and
+        // TLS connections take slots from the proxy's.
+        let slots = (Arc::clone(&with.stream_slots), with.tcp_cap);
+        Proxy::start_front(
+            config,
+            FrontEnd::Redirect,
+            Arc::clone(&with.screener),
+            Some(slots),
+        )
+        .await
     }
 
     /// The screening service (the HTTP API uses it directly).
@@ -463,6 +472,7 @@ impl Proxy {
         config: Config,
         front: FrontEnd,
         screener: Arc<Screener>,
+        slots: Option<(Arc<Semaphore>, usize)>,
     ) -> Result<Arc<Proxy>, ServeError> {
         let cerr = |e: String| ServeError::Config(e);
         let (nt, naddr) = parse_target(&config.proxy.next_hop).map_err(cerr)?;
@@ -484,7 +494,10 @@ impl Proxy {
         let local_tls = tls_listeners.first().and_then(|s| s.local_addr().ok());
         let (tls_acceptor, tls_client) =
             tls_setup(&config, !tls_listeners.is_empty(), nt, naddr).map_err(cerr)?;
-        let tcp_cap = Proxy::tcp_cap(config.proxy.tcp_max_connections);
+        let (stream_slots, tcp_cap) = slots.unwrap_or_else(|| {
+            let cap = Proxy::tcp_cap(config.proxy.tcp_max_connections);
+            (Arc::new(Semaphore::new(cap)), cap)
+        });
         let (shutdown, _) = watch::channel(false);
         let (job_tx, job_rx) = if config.proxy.verify_threads > 0 {
             let (tx, rx) = std::sync::mpsc::channel::<VerifyJob>();
@@ -501,7 +514,7 @@ impl Proxy {
             local_tcp,
             local_tls,
             tls_client,
-            stream_slots: Arc::new(Semaphore::new(tcp_cap)),
+            stream_slots,
             udp: udp_sockets
                 .iter()
                 .filter_map(|s| s.local_addr().ok().map(|a| (a.is_ipv6(), Arc::clone(s))))
