@@ -476,13 +476,6 @@ impl Proxy {
     ) -> Result<Arc<Proxy>, ServeError> {
         let cerr = |e: String| ServeError::Config(e);
         let (nt, naddr) = parse_target(&config.proxy.next_hop).map_err(cerr)?;
-        let (verifier, fetcher, engine, store, stats) = (
-            Arc::clone(&screener.verifier),
-            Arc::clone(&screener.fetcher),
-            Arc::clone(&screener.engine),
-            Arc::clone(&screener.store),
-            Arc::clone(&screener.stats),
-        );
         let listen: &[String] = match front {
             FrontEnd::Proxy => &config.proxy.listen,
             FrontEnd::Redirect => &config.redirect.listen,
@@ -494,10 +487,8 @@ impl Proxy {
         let local_tls = tls_listeners.first().and_then(|s| s.local_addr().ok());
         let (tls_acceptor, tls_client) =
             tls_setup(&config, !tls_listeners.is_empty(), nt, naddr).map_err(cerr)?;
-        let (stream_slots, tcp_cap) = slots.unwrap_or_else(|| {
-            let cap = Proxy::tcp_cap(config.proxy.tcp_max_connections);
-            (Arc::new(Semaphore::new(cap)), cap)
-        });
+        let (stream_slots, tcp_cap) =
+            slots.unwrap_or_else(|| Proxy::connection_slots(config.proxy.tcp_max_connections));
         let (shutdown, _) = watch::channel(false);
         let (job_tx, job_rx) = if config.proxy.verify_threads > 0 {
             let (tx, rx) = std::sync::mpsc::channel::<VerifyJob>();
@@ -520,11 +511,11 @@ impl Proxy {
                 .filter_map(|s| s.local_addr().ok().map(|a| (a.is_ipv6(), Arc::clone(s))))
                 .collect(),
             tcp_conns: Mutex::new(HashMap::new()),
-            verifier,
+            verifier: Arc::clone(&screener.verifier),
             front,
-            fetcher,
-            engine,
-            store,
+            fetcher: Arc::clone(&screener.fetcher),
+            engine: Arc::clone(&screener.engine),
+            store: Arc::clone(&screener.store),
             txns: Mutex::new(TxnTable::default()),
             inflight: Arc::new(Semaphore::new(config.proxy.max_in_flight)),
             verify_deadline: Duration::from_millis(config.proxy.verify_deadline_ms),
@@ -532,7 +523,7 @@ impl Proxy {
             tcp_cap,
             record_route: config.proxy.record_route,
             clock: Clock,
-            stats,
+            stats: Arc::clone(&screener.stats),
             shutdown,
             screener,
             verify_jobs: job_tx,
@@ -840,6 +831,12 @@ impl Proxy {
                 }
             }
         }
+    }
+
+    /// The process's TCP/TLS connection slots and their number.
+    fn connection_slots(configured: usize) -> (Arc<Semaphore>, usize) {
+        let cap = Proxy::tcp_cap(configured);
+        (Arc::new(Semaphore::new(cap)), cap)
     }
 
     /// The TCP connection cap in force: `tcp_max_connections`, lowered so
