@@ -3,7 +3,7 @@
 //! # Layout
 //!
 //! Layers, lowest first; a module imports only from its own layer or below
-//! (`scripts/check-layers.sh` checks it). What a lower layer needs from a
+//! (`cargo test --test layers` checks it). What a lower layer needs from a
 //! higher one is handed to it (configuration values, a decision sink).
 //!
 //! 1. Low-level pieces (sans-IO): [`limits`] (every size limit), [`time`]
@@ -22,9 +22,10 @@
 //!    replays on SQLite or Redis/Valkey), [`fetch`] (x5u and CRL fetching
 //!    with cache, limits and the SSRF guard), [`config`] (the TOML file).
 //! 4. The per-call screening service and its front-ends: [`proxy`] (the
-//!    screening pipeline, the inline proxy and the SIP redirect server over
-//!    UDP/TCP/TLS) and [`api`] (the ATIS-1000082 HTTP API on the same
-//!    service).
+//!    screening service `proxy::screen::Screener`; the inline proxy and the
+//!    SIP redirect server over UDP/TCP/TLS, in rooms: `transport`,
+//!    `rewrite`, the sans-IO transaction machine `txn`, `table`, `calls`)
+//!    and [`api`] (the ATIS-1000082 HTTP API on the same service).
 //! 5. Operations and tools: [`ops`] (`serve`, admin listener, decision log,
 //!    logging, demo) and [`lab`] (lab INVITEs; with `runtime` the lab PKI
 //!    generator and the HTTPS certificate repository, whose hand-written

@@ -122,3 +122,72 @@ fn no_module_imports_a_higher_layer_or_its_caller() {
     }
     assert!(problems.is_empty(), "\n{}", problems.join("\n"));
 }
+
+/// The rooms of `src/proxy/`, lowest first (lib.rs and `proxy/mod.rs`
+/// describe them): a room imports (`super::X`) only rooms below it.
+fn proxy_room(name: &str) -> Option<u8> {
+    Some(match name {
+        "stats" | "record" => 0,
+        "transport" => 1,
+        "rewrite" => 2,
+        "txn" => 3,
+        "table" | "screen" => 4,
+        "calls" => 5,
+        "mod" => 6,
+        _ => return None,
+    })
+}
+
+#[test]
+fn proxy_rooms_import_only_rooms_below_them() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/proxy");
+    let mut problems = Vec::new();
+    let mut seen = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let f = e.unwrap().path();
+        let stem = f.file_stem().unwrap().to_string_lossy().into_owned();
+        if stem.ends_with("_tests") {
+            continue; // a room's unit tests (#[path] module)
+        }
+        let Some(from) = proxy_room(&stem) else {
+            problems.push(format!(
+                "{}: no room (add it to tests/layers.rs)",
+                f.display()
+            ));
+            continue;
+        };
+        seen += 1;
+        let text = std::fs::read_to_string(&f).unwrap();
+        for (i, line) in text.lines().enumerate() {
+            if line.trim_start().starts_with("#[cfg(test)]") {
+                break;
+            }
+            let code = line.split("//").next().unwrap_or_default();
+            for prefix in ["super::", "crate::proxy::"] {
+                let mut rest = code;
+                while let Some(at) = rest.find(prefix) {
+                    let after = &rest[at + prefix.len()..];
+                    let name: String = after
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    // In mod.rs `super::` is `crate`: only `crate::proxy::` counts.
+                    let own = stem == "mod" && prefix == "super::";
+                    if let Some(to) = proxy_room(&name).filter(|_| !own)
+                        && to >= from
+                        && name != stem
+                    {
+                        problems.push(format!(
+                            "{}:{}: `{stem}` imports `{name}`, which is not below it",
+                            f.display(),
+                            i + 1
+                        ));
+                    }
+                    rest = after;
+                }
+            }
+        }
+    }
+    assert!(seen >= 8, "the rooms were not found");
+    assert!(problems.is_empty(), "\n{}", problems.join("\n"));
+}
