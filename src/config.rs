@@ -104,6 +104,7 @@ pub struct Config {
     pub tls: crate::net::tls::TlsSection,
     pub redirect: RedirectSection,
     pub api: ApiSection,
+    pub sti_pa: StiPaSection,
     /// Named peers and trunks, matched by source address (the `source` fact).
     pub peers: Vec<Peer>,
     /// The embedded default's files, while this configuration uses them.
@@ -382,6 +383,70 @@ impl Default for OperatorSection {
         }
     }
 }
+
+/// `[sti_pa]`: trust anchors and CRL kept current from the STI-PA
+/// (`stirscreen trust update`, and `serve` every `refresh_hours`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StiPaSection {
+    /// The STI-PA API base URL (HTTPS); empty: off.
+    pub api_url: String,
+    /// Appended to `api_url`: the login (POST `{"userId","password"}`,
+    /// answer `{"accessToken"}`); empty: no login (a static `token`).
+    pub login_path: String,
+    /// Appended to `api_url`: the signed CA list (a JWS).
+    pub ca_list_path: String,
+    /// The STI-PA CRL (GET with `Accept: application/pkix-crl`); empty:
+    /// `api_url` + `/crl`.
+    pub crl_url: String,
+    pub user: String,
+    /// A file holding the password (never the password itself here).
+    pub password_file: Option<PathBuf>,
+    /// A bearer token to use instead of logging in.
+    pub token: String,
+    /// The STI-PA root (PEM) the CA list's signer must chain to.
+    pub root: Option<PathBuf>,
+    /// Where installed sets live (`current` → the set in force). When it
+    /// holds a set, its anchors replace `[verify] trust_anchors` and its
+    /// CRL joins `[verify] crls`.
+    pub store: Option<PathBuf>,
+    /// `serve` fetches again after this many hours (and when the CRL is
+    /// past its nextUpdate); 0: only `stirscreen trust update`.
+    pub refresh_hours: u64,
+    /// How often `serve` checks whether a refresh is due (seconds).
+    pub check_secs: u64,
+    /// An installed set older than this makes `/readyz` report degraded.
+    pub max_age_hours: u64,
+    /// Largest CA list, CRL and signer certificate body accepted (bytes).
+    pub max_body_bytes: usize,
+}
+
+impl Default for StiPaSection {
+    fn default() -> Self {
+        StiPaSection {
+            api_url: String::new(),
+            login_path: "/auth/login".into(),
+            ca_list_path: "/ca-list".into(),
+            crl_url: String::new(),
+            user: String::new(),
+            password_file: None,
+            token: String::new(),
+            root: None,
+            store: None,
+            refresh_hours: 24,
+            check_secs: 60,
+            max_age_hours: 72,
+            max_body_bytes: 4 << 20,
+        }
+    }
+}
+
+/// The installed set in force, relative to `[sti_pa] store`.
+pub const INSTALLED_CURRENT: &str = "current";
+/// Files of an installed set.
+pub const INSTALLED_ANCHORS: &str = "anchors.pem";
+pub const INSTALLED_CRL: &str = "crl.der";
+pub const INSTALLED_META: &str = "meta.json";
 
 /// `[verify]`
 #[derive(Debug, Clone, Deserialize)]
@@ -757,6 +822,9 @@ impl Config {
             .chain(self.tls.client_ca.iter_mut())
             .chain(self.tls.server_ca.iter_mut())
             .chain(self.api.signing_key.iter_mut())
+            .chain(self.sti_pa.password_file.iter_mut())
+            .chain(self.sti_pa.root.iter_mut())
+            .chain(self.sti_pa.store.iter_mut())
     }
 
     /// Makes relative input paths relative to `dir`.
@@ -792,15 +860,31 @@ impl Config {
         }
     }
 
-    /// Loads trust anchors, intermediates and CRLs from disk.
+    /// The STI-PA set in force (`[sti_pa] store`/current), if one was
+    /// installed.
+    pub fn installed_set(&self) -> Option<PathBuf> {
+        let dir = self.sti_pa.store.as_ref()?.join(INSTALLED_CURRENT);
+        dir.join(INSTALLED_ANCHORS).is_file().then_some(dir)
+    }
+
+    /// Loads trust anchors, intermediates and CRLs from disk: the STI-PA
+    /// set installed by `trust update` when there is one, else
+    /// `[verify] trust_anchors`.
     pub fn trust_store(&self) -> Result<TrustStore, ConfigError> {
-        let anchors = read_certs(&self.verify.trust_anchors)?;
+        let installed = self.installed_set();
+        let anchors = match &installed {
+            Some(dir) => read_certs(&[dir.join(INSTALLED_ANCHORS)])?,
+            None => read_certs(&self.verify.trust_anchors)?,
+        };
         if anchors.is_empty() {
             return Err(ConfigError::NoAnchors);
         }
         let intermediates = read_certs(&self.verify.intermediates)?;
         let mut crls = Vec::new();
-        for p in &self.verify.crls {
+        let installed_crl = installed
+            .map(|d| d.join(INSTALLED_CRL))
+            .filter(|p| p.is_file());
+        for p in self.verify.crls.iter().chain(installed_crl.iter()) {
             let bytes = read(p)?;
             if bytes.starts_with(b"-----") {
                 for pem in x509_parser::pem::Pem::iter_from_buffer(&bytes) {

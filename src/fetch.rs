@@ -5,6 +5,8 @@
 //! Expires), capped at the earliest notAfter on the credential's path.
 //! Failures are remembered for `negative_cache_secs`.
 
+pub mod trustlist;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -129,6 +129,11 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Trust anchors and CRL from the STI-PA (`[sti_pa]`).
+    Trust {
+        #[command(subcommand)]
+        command: TrustCommand,
+    },
     /// Do-not-originate list: build it from downloaded files.
     Dno {
         #[command(subcommand)]
@@ -142,6 +147,26 @@ enum Command {
         config: Option<PathBuf>,
         #[command(subcommand)]
         command: FlagsCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TrustCommand {
+    /// Log in to the STI-PA, fetch and verify the signed CA list and the
+    /// CRL, install both as one set (exit 0); anything refused leaves the
+    /// set in force and exits 1 with the reason. A running `serve` takes
+    /// the new set on SIGHUP (or its own refresh).
+    Update {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Check dates against this Unix time instead of the clock.
+        #[arg(long)]
+        now: Option<i64>,
+    },
+    /// Show the installed set (sequence, expiry, anchors, CRL, age) as JSON.
+    Status {
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -340,6 +365,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     out,
                 },
         } => dno_import(&codes, &numbers, &out),
+        Command::Trust { command } => match command {
+            TrustCommand::Update { config, now } => trust_update(config.as_deref(), now),
+            TrustCommand::Status { config } => trust_status(config.as_deref()),
+        },
         Command::Certs { command } => match command {
             CertsCommand::Gen { dir } => {
                 let files = stirscreen::lab::pki::generate(&dir)?;
@@ -682,6 +711,51 @@ fn report(o: &Outcome) -> String {
         row(&mut s, "profile", &p.to_string());
     }
     s
+}
+
+fn trust_update(config: Option<&Path>, now: Option<i64>) -> anyhow::Result<ExitCode> {
+    use stirscreen::fetch::trustlist::StiPa;
+    let cfg = Config::load(config)?;
+    let now = now.map_or_else(|| Clock.now(), UnixTime);
+    let client = StiPa::new(
+        &cfg.sti_pa,
+        &cfg.fetch.extra_tls_roots,
+        cfg.fetch.system_tls_roots,
+        std::time::Duration::from_millis(cfg.fetch.timeout_ms.max(1000) * 4),
+    )?;
+    let rt = runtime()?;
+    match rt.block_on(client.update(now)) {
+        Ok(report) => {
+            outln!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("trust update refused, the installed set stays in force: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn trust_status(config: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(config)?;
+    let Some(store) = cfg.sti_pa.store.as_deref() else {
+        bail!("[sti_pa] store is not set");
+    };
+    match stirscreen::fetch::trustlist::installed(store) {
+        Some(m) => {
+            let age = Clock.now().0 - m.installed_at;
+            let v = serde_json::json!({"installed": m, "age_seconds": age, "store": store});
+            outln!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            eprintln!(
+                "no set installed in `{}` (run `stirscreen trust update`)",
+                store.display()
+            );
+            Ok(ExitCode::from(1))
+        }
+    }
 }
 
 fn certs_show(config: Option<&Path>, now: Option<i64>, source: &str) -> anyhow::Result<ExitCode> {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt as _;
 
-use crate::lab::http1::{Head, read_head, request_line, response};
+use crate::lab::http1::{Head, header, read_head, request_line, response};
 use tokio::net::TcpListener;
 
 /// What a path answers.
@@ -27,6 +27,9 @@ pub enum Route {
     Status(u16),
     /// 302 to this location.
     Redirect(String),
+    /// 200 with this body when the request carries `Authorization: Bearer
+    /// <token>`, else 401 (the lab STI-PA's CA list and CRL).
+    Bearer { token: String, body: Vec<u8> },
 }
 
 /// A running repository.
@@ -135,6 +138,14 @@ impl CertRepo {
                         Some(Route::Status(code)) => response(*code, "Status", pem, &[], b""),
                         Some(Route::Redirect(to)) => {
                             response(302, "Found", pem, &[("Location", to)], b"")
+                        }
+                        Some(Route::Bearer { token, body }) => {
+                            let want = format!("Bearer {token}");
+                            if header(&head, "authorization").is_some_and(|v| v.trim() == want) {
+                                response(200, "OK", pem, &[], body)
+                            } else {
+                                response(401, "Unauthorized", pem, &[], b"")
+                            }
                         }
                         None => response(404, "Not Found", pem, &[], b""),
                     };

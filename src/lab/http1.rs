@@ -23,6 +23,19 @@ pub async fn read_head<R: AsyncRead + Unpin>(r: &mut R, max: usize, idle: Durati
     let mut chunk = [0u8; 1024];
     loop {
         if let Some(i) = memchr::memmem::find(&buf, b"\r\n\r\n") {
+            // A body (a POST): read to its Content-Length (bounded) so
+            // closing after the response does not reset the connection
+            // under unread bytes.
+            let body_len = header(buf.get(..i + 4).unwrap_or_default(), "content-length")
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0)
+                .min(max);
+            while buf.len() < i + 4 + body_len {
+                match tokio::time::timeout(idle, r.read(&mut chunk)).await {
+                    Ok(Ok(n)) if n > 0 => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+                    _ => break,
+                }
+            }
             buf.truncate(i + 4);
             return Head::Complete(buf);
         }

@@ -77,6 +77,8 @@ fn serial(n: u8) -> SerialNumber {
 pub enum PkiError {
     #[error("certificate generation: {0}")]
     Rcgen(#[from] rcgen::Error),
+    #[error("signing: {0}")]
+    Sign(String),
     #[error("cannot write `{path}`: {source}")]
     Write {
         path: String,
@@ -446,4 +448,83 @@ pub fn generate(dir: &Path) -> Result<Vec<PathBuf>, PkiError> {
          | tls-ca.pem, tls-server.pem / .key | TLS PKI of the lab x5u HTTPS server (localhost, 127.0.0.1, ::1) |\n",
     )?;
     Ok(out.written)
+}
+
+/// A lab STI-PA (tests and labs only): its root, the certificate that signs
+/// CA lists (chaining to that root), CA lists as JWS and CRLs.
+pub struct StiPaLab {
+    root: Ca,
+    signer: Leaf,
+    signer_pem: String,
+}
+
+impl std::fmt::Debug for StiPaLab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StiPaLab")
+    }
+}
+
+impl StiPaLab {
+    /// A new STI-PA root and list signer (fresh keys).
+    pub fn new() -> Result<StiPaLab, PkiError> {
+        let root = make_root("stirscreen lab STI-PA ROOT", "stirscreen lab STI-PA", 90)?;
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut p = CertificateParams::default();
+        p.distinguished_name = dn(
+            "stirscreen lab STI-PA CA list signer",
+            "stirscreen lab STI-PA",
+        );
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.serial_number = Some(serial(91));
+        p.use_authority_key_identifier_extension = true;
+        years(&mut p, 2020, 2070);
+        let signer_pem = p.signed_by(&key, &root.issuer())?.pem();
+        Ok(StiPaLab {
+            root,
+            signer: Leaf {
+                key,
+                pem: signer_pem.clone(),
+            },
+            signer_pem,
+        })
+    }
+
+    /// The STI-PA root, PEM (what `[sti_pa] root` names).
+    pub fn root_pem(&self) -> &str {
+        &self.root.pem
+    }
+
+    /// What the list's `x5u` serves: the signer, then the root.
+    pub fn signer_chain_pem(&self) -> String {
+        format!("{}{}", self.signer_pem, self.root.pem)
+    }
+
+    /// A CA list signed by this STI-PA: `trustList` = `roots` (PEM).
+    pub fn ca_list(
+        &self,
+        x5u: &str,
+        sequence: u64,
+        exp: i64,
+        roots: &[&str],
+    ) -> Result<String, PkiError> {
+        let key =
+            crate::stir::passport::SigningKey::from_pem(self.signer.key.serialize_pem().as_bytes())
+                .map_err(|e| PkiError::Sign(e.to_string()))?;
+        let header = serde_json::json!({"alg": "ES256", "typ": "JWT", "x5u": x5u}).to_string();
+        let payload = serde_json::json!({
+            "version": "1.0",
+            "sequence": sequence,
+            "exp": exp,
+            "trustList": roots,
+        })
+        .to_string();
+        key.sign_raw(&header, &payload)
+            .map_err(|e| PkiError::Sign(e.to_string()))
+    }
+
+    /// A CRL of the STI-PA root (nextUpdate the date given), PEM.
+    pub fn crl(&self, number: u64, next_update: (i32, u8, u8)) -> Result<String, PkiError> {
+        make_crl(&self.root, number, next_update, Vec::new())
+    }
 }

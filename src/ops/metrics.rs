@@ -244,6 +244,45 @@ pub fn render(p: &Proxy) -> String {
         "Configured CRLs past their nextUpdate.",
         p.fetcher().stale_crls(crate::time::Clock.now()).len() as f64,
     );
+    let sti_pa = &p.config().sti_pa;
+    if let Some(m) = sti_pa
+        .store
+        .as_deref()
+        .and_then(crate::fetch::trustlist::installed)
+    {
+        let now = crate::time::Clock.now().0;
+        e.gauge(
+            "stirscreen_trust_list_sequence",
+            "Sequence of the STI-PA CA list in force ([sti_pa] store).",
+            m.sequence as f64,
+        );
+        e.gauge(
+            "stirscreen_trust_list_age_seconds",
+            "Seconds since the STI-PA trust set in force was installed.",
+            (now - m.installed_at) as f64,
+        );
+        e.gauge(
+            "stirscreen_trust_list_expires_in_seconds",
+            "Seconds until the STI-PA CA list in force passes its exp (negative: past).",
+            (m.exp - now) as f64,
+        );
+        if let Some(n) = m.crl_next_update {
+            e.gauge(
+                "stirscreen_trust_crl_next_update_in_seconds",
+                "Seconds until the installed STI-PA CRL passes its nextUpdate (negative: past).",
+                (n - now) as f64,
+            );
+        }
+    }
+    e.rows(
+        "stirscreen_trust_updates_total",
+        "STI-PA trust updates by serve's refresh ([sti_pa] refresh_hours), by result.",
+        &["result"],
+        &[
+            (&["installed"], n(&s.trust_updates_installed)),
+            (&["refused"], n(&s.trust_updates_refused)),
+        ],
+    );
     let (replay_entries, replay_evicted) = p.store.replay_stats();
     e.gauge(
         "stirscreen_replay_cache_entries",

@@ -78,6 +78,7 @@ pub async fn serve(config: Config, drain: Duration) -> Result<(), ServeError> {
         decisions = %if log.decisions.is_empty() { "-" } else { log.decisions.as_str() },
         "stirscreen serving"
     );
+    spawn_trust_refresh(&proxy);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| ServeError::Config(e.to_string()))?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -105,4 +106,72 @@ pub async fn serve(config: Config, drain: Duration) -> Result<(), ServeError> {
     let _ = tokio::task::spawn_blocking(move || p.close_decision_log()).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// With `[sti_pa] api_url`, `store` and `refresh_hours` set: checks every
+/// `check_secs` (and at start) whether the installed set is due (none,
+/// older than `refresh_hours`, CRL past its nextUpdate, list past its
+/// `exp`), then runs the same update as `stirscreen trust update` and, when
+/// a set was installed, reloads the trust store (as SIGHUP does). A refused
+/// update keeps the set in force; it is logged and counted.
+pub fn spawn_trust_refresh(proxy: &Arc<Proxy>) {
+    let cfg = proxy.config();
+    let sti_pa = cfg.sti_pa.clone();
+    let (false, Some(store), true) = (
+        sti_pa.api_url.is_empty(),
+        sti_pa.store.clone(),
+        sti_pa.refresh_hours > 0,
+    ) else {
+        return;
+    };
+    let client = match crate::fetch::trustlist::StiPa::new(
+        &sti_pa,
+        &cfg.fetch.extra_tls_roots,
+        cfg.fetch.system_tls_roots,
+        Duration::from_millis(cfg.fetch.timeout_ms.max(1000) * 4),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("STI-PA refresh off: {e}");
+            return;
+        }
+    };
+    let weak = Arc::downgrade(proxy);
+    let every = Duration::from_secs(sti_pa.check_secs.max(1));
+    tokio::spawn(async move {
+        loop {
+            let Some(p) = weak.upgrade() else { return };
+            let now = crate::time::Clock.now();
+            let meta = crate::fetch::trustlist::installed(&store);
+            if let Some(why) =
+                crate::fetch::trustlist::refresh_due(meta.as_ref(), now, sti_pa.refresh_hours)
+            {
+                match client.update(now).await {
+                    Ok(r) => {
+                        tracing::info!(
+                            sequence = r.installed.sequence,
+                            anchors = r.installed.anchors,
+                            reason = why.as_str(),
+                            "STI-PA trust set installed"
+                        );
+                        p.stats
+                            .trust_updates_installed
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        p.reload_trust();
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            reason = why.as_str(),
+                            "STI-PA trust update refused, the set in force stays: {e}"
+                        );
+                        p.stats
+                            .trust_updates_refused
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+            drop(p);
+            tokio::time::sleep(every).await;
+        }
+    });
 }

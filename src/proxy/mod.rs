@@ -525,6 +525,11 @@ impl Proxy {
         self.screener.tap_decisions()
     }
 
+    /// The configuration this front-end runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// The bearer token of the admin flag endpoints (`[admin] token`).
     pub fn admin_token(&self) -> &str {
         &self.config.admin.token
@@ -586,6 +591,15 @@ impl Proxy {
     /// store unreachable, CRLs past their nextUpdate.
     pub fn degraded(&self) -> Vec<String> {
         let mut why: Vec<String> = self.store.health().err().into_iter().collect();
+        let sti_pa = &self.config.sti_pa;
+        if let (false, Some(store)) = (sti_pa.api_url.is_empty(), &sti_pa.store) {
+            let meta = crate::fetch::trustlist::installed(store);
+            why.extend(crate::fetch::trustlist::degraded(
+                meta.as_ref(),
+                self.clock.now(),
+                sti_pa.max_age_hours,
+            ));
+        }
         for (issuer, next) in self.screener.fetcher.stale_crls(self.clock.now()) {
             why.push(format!(
                 "degraded: the CRL of `{issuer}` is past its nextUpdate ({})",

@@ -49,6 +49,9 @@ pub struct ProxyStats {
     pub tcp_accept_errors: AtomicU64,
     /// TLS handshakes that failed or timed out (either direction).
     pub tls_handshake_failures: AtomicU64,
+    /// STI-PA trust updates by `serve`'s refresh: installed, refused.
+    pub trust_updates_installed: AtomicU64,
+    pub trust_updates_refused: AtomicU64,
     /// Screened calls by verstat and attestation.
     pub calls: Family,
     /// Verification failures by kind and RFC 8224 code.
@@ -79,6 +82,8 @@ impl Default for ProxyStats {
             tcp_timeouts: AtomicU64::new(0),
             tcp_accept_errors: AtomicU64::new(0),
             tls_handshake_failures: AtomicU64::new(0),
+            trust_updates_installed: AtomicU64::new(0),
+            trust_updates_refused: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             calls: Family::new(&["verstat", "attest"]),
             failures: Family::new(&["failure", "code"]),

@@ -433,6 +433,102 @@ fn oid_text(der: &[u8]) -> String {
     x509_parser::der_parser::oid::Oid::new(der.into()).to_id_string()
 }
 
+/// Checks a chain that is not a SHAKEN credential (the STI-PA's CA-list
+/// signer): `chain[0]` and the certificates after it must lead, each
+/// signed by the next, to `root` (the configured STI-PA root, DER), every
+/// one valid at `now`, each issuer a CA. No TNAuthList or profile rules.
+pub fn chain_to_root(chain: &[Vec<u8>], root: &[u8], now: UnixTime) -> Result<(), CertError> {
+    if chain.is_empty() {
+        return Err(CertError::Empty);
+    }
+    let root_cert = parse(chain.len(), root)?;
+    let certs: Vec<X509Certificate<'_>> = chain
+        .iter()
+        .enumerate()
+        .map(|(i, d)| parse(i, d))
+        .collect::<Result<_, _>>()?;
+    let valid = |c: &X509Certificate<'_>| -> Result<(), CertError> {
+        let (nb, na) = (
+            c.validity().not_before.timestamp(),
+            c.validity().not_after.timestamp(),
+        );
+        if now.0 > na {
+            return Err(CertError::Expired {
+                subject: subject_of(c),
+                not_after: UnixTime(na),
+                now,
+            });
+        }
+        if now.0 < nb {
+            return Err(CertError::NotYetValid {
+                subject: subject_of(c),
+                not_before: UnixTime(nb),
+                now,
+            });
+        }
+        Ok(())
+    };
+    valid(&root_cert)?;
+    for (i, c) in certs.iter().enumerate() {
+        valid(c)?;
+        // The root itself may be served as the last certificate.
+        if chain.get(i).is_some_and(|d| d.as_slice() == root) {
+            return Ok(());
+        }
+        let issuer = certs
+            .get(i + 1)
+            .filter(|n| n.subject().as_raw() == c.issuer().as_raw())
+            .unwrap_or(&root_cert);
+        if issuer.subject().as_raw() != c.issuer().as_raw() {
+            return Err(CertError::Untrusted {
+                subject: subject_of(c),
+                issuer: c.issuer().to_string(),
+            });
+        }
+        if !issuer.is_ca() {
+            return Err(CertError::NotCa {
+                subject: subject_of(issuer),
+            });
+        }
+        match signed_by(c, issuer) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(CertError::BadChainSignature {
+                    subject: subject_of(c),
+                });
+            }
+            Err(()) => return Err(unsupported(c, issuer)),
+        }
+        if std::ptr::eq(issuer, &root_cert) {
+            return Ok(());
+        }
+    }
+    Err(CertError::Untrusted {
+        subject: certs.last().map(subject_of).unwrap_or_default(),
+        issuer: root_cert.subject().to_string(),
+    })
+}
+
+/// Verifies a JWS ES256 signature (raw r||s, RFC 7518 §3.4) over
+/// `message` with the P-256 key of the certificate `der`.
+pub fn es256_verify_with_cert(der: &[u8], message: &[u8], signature: &[u8]) -> bool {
+    let Ok(c) = parse(0, der) else { return false };
+    let spki = c.public_key();
+    let p256 = spki.algorithm.algorithm.as_bytes() == oid::EC_PUBLIC_KEY
+        && spki
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok())
+            .is_some_and(|o| o.as_bytes() == oid::P256);
+    p256 && sig::UnparsedPublicKey::new(
+        &sig::ECDSA_P256_SHA256_FIXED,
+        &spki.subject_public_key.data,
+    )
+    .verify(message, signature)
+    .is_ok()
+}
+
 /// Verifies `child`'s signature with `issuer`'s public key.
 fn signed_by(child: &X509Certificate<'_>, issuer: &X509Certificate<'_>) -> Result<bool, ()> {
     verify_with(

@@ -708,8 +708,6 @@ impl SigningKey {
         .map_err(|_| SignError::BadKey)
     }
 
-    /// Signs arbitrary JSON header and payload text as given (tests use
-    /// this to produce non-canonical and faulty PASSporTs).
     /// The first `PRIVATE KEY` (PKCS#8) block of a PEM file.
     pub fn from_pem(pem: &[u8]) -> Result<Self, SignError> {
         let der = x509_parser::pem::Pem::iter_from_buffer(pem)
@@ -720,6 +718,9 @@ impl SigningKey {
         Self::from_pkcs8(&der)
     }
 
+    /// Signs arbitrary JSON header and payload text as given (tests use
+    /// this to produce non-canonical and faulty PASSporTs; the lab STI-PA
+    /// signs its CA lists with it).
     pub fn sign_raw(&self, header_json: &str, payload_json: &str) -> Result<String, SignError> {
         let mut token = URL_SAFE_NO_PAD.encode(header_json);
         token.push('.');
