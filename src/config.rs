@@ -600,6 +600,10 @@ pub struct FetchSection {
     /// Credentials served from local files instead of fetched: x5u URL →
     /// PEM chain file. Still checked against the trust anchors and dates.
     pub pinned: BTreeMap<String, PathBuf>,
+    /// Credentials imported ahead of calls (`stirscreen certs import`):
+    /// loaded into the cache at start and on SIGHUP, each until its
+    /// notAfter; none when unset.
+    pub preload_dir: Option<PathBuf>,
 }
 
 impl Default for FetchSection {
@@ -624,6 +628,7 @@ impl Default for FetchSection {
             allow_hosts: Vec::new(),
             deny_hosts: Vec::new(),
             pinned: BTreeMap::new(),
+            preload_dir: None,
         }
     }
 }
@@ -815,6 +820,7 @@ impl Config {
             .chain(self.verify.crls.iter_mut())
             .chain(self.fetch.extra_tls_roots.iter_mut())
             .chain(self.fetch.pinned.values_mut())
+            .chain(self.fetch.preload_dir.iter_mut())
             .chain(std::iter::once(&mut self.policy.file))
             .chain(self.operator.jcard_key.iter_mut())
             .chain(self.tls.certificate.iter_mut())

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::config::{ConfigError, FetchSection, read_certs};
 use crate::limits::MAX_CERT_BODY;
-use crate::stir::cert::{TrustStore, split_chain};
+use crate::stir::cert::{Credential, TrustStore, split_chain};
 
 /// Largest rich-call-data content fetched for an `rcdi` check (a logo or a
 /// jCard).
@@ -376,12 +376,62 @@ impl CertFetcher {
         Ok(fetcher)
     }
 
-    /// Loads the `pinned` credentials into the cache.
+    /// Loads the `pinned` and the imported (`preload_dir`) credentials
+    /// into the cache.
     fn pin(&self, trust: &TrustStore) -> Result<(), FetcherError> {
         for (url, cred) in self.pinned_credentials(trust)? {
             self.put(&url, cred, PINNED_TTL, 0, true);
         }
+        for (url, cred, ttl) in self.preloaded(trust) {
+            self.put(&url, Ok(cred), ttl, 4096, false);
+        }
         Ok(())
+    }
+
+    /// The credentials `certs import` stored in `preload_dir`, each checked
+    /// against `trust` now, cached until its notAfter (a chain no longer
+    /// trusted or expired is logged and skipped: a call then fetches it).
+    fn preloaded(&self, trust: &TrustStore) -> Vec<(String, Arc<Credential>, Duration)> {
+        let Some(dir) = &self.cfg.preload_dir else {
+            return Vec::new();
+        };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            tracing::warn!(dir = %dir.display(), "preload_dir not readable: no imported credentials");
+            return Vec::new();
+        };
+        let now = self.clock.now();
+        let mut out = Vec::new();
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.extension().is_none_or(|x| x != "pem") {
+                continue;
+            }
+            let Ok(body) = std::fs::read(&path) else {
+                continue;
+            };
+            let Some((url, chain)) = parse_preloaded(&body) else {
+                tracing::warn!(path = %path.display(), "not an imported credential (no `# x5u:` line)");
+                continue;
+            };
+            match split_chain(chain).and_then(|c| trust.credential(&c)) {
+                Ok(cred) if cred.check_time(now).is_ok() => {
+                    let left = u64::try_from(cred.not_after().0 - now.0).unwrap_or(0);
+                    out.push((url, Arc::new(cred), Duration::from_secs(left)));
+                }
+                Ok(_) => tracing::warn!(
+                    url = url.as_str(),
+                    "imported credential outside its validity: skipped"
+                ),
+                Err(e) => tracing::warn!(url = url.as_str(), "imported credential not usable: {e}"),
+            }
+        }
+        out
+    }
+
+    /// One guarded GET of a certificate body (the x5u rules, SSRF guard,
+    /// host lists, size and time limits): what `certs import` stores.
+    pub async fn fetch_chain(&self, url: &str) -> Result<Vec<u8>, CredentialError> {
+        self.fetch_body(url).await.map(|(b, _)| b)
     }
 
     /// Builds the `pinned` credentials against a trust store. A pinned
@@ -459,11 +509,15 @@ impl CertFetcher {
     fn replace_trust(&self, trust: Arc<TrustStore>) -> Result<(), FetcherError> {
         // Everything that can fail happens before anything is replaced.
         let pinned = self.pinned_credentials(&trust)?;
+        let preloaded = self.preloaded(&trust);
         if let Ok(mut c) = self.cache.write() {
             *c = Cache::default();
         }
         for (url, cred) in pinned {
             self.put(&url, cred, PINNED_TTL, 0, true);
+        }
+        for (url, cred, ttl) in preloaded {
+            self.put(&url, Ok(cred), ttl, 4096, false);
         }
         if let Ok(mut t) = self.trust.write() {
             *t = trust;
@@ -1037,6 +1091,27 @@ impl CertFetcher {
         }
         Ok((body, ttl))
     }
+}
+
+/// The file `certs import` writes for `url` in `preload_dir`: named by a
+/// hash of the URL, a `# x5u: URL` line, then the PEM chain.
+pub fn preload_entry(url: &str, chain_pem: &[u8]) -> (String, Vec<u8>) {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, url.as_bytes());
+    let name = format!(
+        "{}.pem",
+        crate::ids::hex(d.as_ref().get(..12).unwrap_or_default())
+    );
+    let mut body = format!("# x5u: {url}\n").into_bytes();
+    body.extend_from_slice(chain_pem);
+    (name, body)
+}
+
+/// The URL and chain of a `preload_dir` file.
+fn parse_preloaded(body: &[u8]) -> Option<(String, &[u8])> {
+    let nl = memchr::memchr(b'\n', body)?;
+    let first = std::str::from_utf8(body.get(..nl)?).ok()?;
+    let url = first.strip_prefix("# x5u: ")?.trim();
+    (!url.is_empty()).then(|| (url.to_owned(), body.get(nl + 1..).unwrap_or_default()))
 }
 
 /// A CRL body as DER (PEM `X509 CRL` accepted).

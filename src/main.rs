@@ -243,6 +243,21 @@ enum CertsCommand {
         /// A PEM/DER file or an https:// URL.
         source: String,
     },
+    /// Load certificates into the cache ahead of calls (`[fetch]
+    /// preload_dir`): each source is checked against the trust anchors
+    /// now and stored; `serve` loads them at start and on SIGHUP. Exit 1
+    /// when any source was refused (the others are stored).
+    Import {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Check validity at this Unix time.
+        #[arg(long)]
+        now: Option<i64>,
+        /// An https:// x5u URL (fetched now, under the same rules as a
+        /// call's fetch), or URL=FILE (a chain file to serve for that URL).
+        #[arg(required = true)]
+        sources: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -382,6 +397,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 now,
                 source,
             } => certs_show(config.as_deref(), now, &source),
+            CertsCommand::Import {
+                config,
+                now,
+                sources,
+            } => certs_import(config.as_deref(), now, &sources),
         },
     }
 }
@@ -756,6 +776,66 @@ fn trust_status(config: Option<&Path>) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
     }
+}
+
+fn certs_import(
+    config: Option<&Path>,
+    now: Option<i64>,
+    sources: &[String],
+) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(config)?;
+    let Some(dir) = cfg.fetch.preload_dir.clone() else {
+        bail!("[fetch] preload_dir is not set: where should imported certificates go?");
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
+    let now = now.map_or_else(|| Clock.now(), UnixTime);
+    let trust = cfg.trust_store()?;
+    let fetcher = build_fetcher(&cfg)?;
+    let rt = runtime()?;
+    let mut refused = 0;
+    for src in sources {
+        let got: anyhow::Result<(String, Vec<u8>)> = match src.split_once('=') {
+            Some((url, file)) if url.starts_with("https://") => std::fs::read(file)
+                .with_context(|| format!("cannot read `{file}`"))
+                .map(|b| (url.to_owned(), b)),
+            _ => rt
+                .block_on(fetcher.fetch_chain(src))
+                .map(|b| (src.clone(), b))
+                .map_err(anyhow::Error::from),
+        };
+        let checked = got.and_then(|(url, body)| {
+            let chain = split_chain(&body)?;
+            let cred = trust.credential(&chain)?;
+            cred.check_time(now)?;
+            let pem: Vec<u8> = chain
+                .iter()
+                .flat_map(|d| stirscreen::stir::cert::to_pem("CERTIFICATE", d).into_bytes())
+                .collect();
+            Ok((url, pem, cred.not_after()))
+        });
+        match checked {
+            Ok((url, pem, not_after)) => {
+                let (name, body) = stirscreen::fetch::preload_entry(&url, &pem);
+                let tmp = dir.join(format!(".{name}.tmp"));
+                std::fs::write(&tmp, &body)?;
+                std::fs::rename(&tmp, dir.join(&name))?;
+                outln!(
+                    "imported {url} (until {}) -> {}",
+                    stirscreen::time::format_sip_date(not_after),
+                    dir.join(&name).display()
+                );
+            }
+            Err(e) => {
+                refused += 1;
+                eprintln!("refused {src}: {e:#}");
+            }
+        }
+    }
+    Ok(if refused == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn certs_show(config: Option<&Path>, now: Option<i64>, source: &str) -> anyhow::Result<ExitCode> {

@@ -25,7 +25,7 @@ use crate::config::{
     INSTALLED_ANCHORS, INSTALLED_CRL, INSTALLED_CURRENT, INSTALLED_META, StiPaSection, read_certs,
 };
 use crate::stir::cert::{
-    CertError, TrustStore, chain_to_root, es256_verify_with_cert, split_chain,
+    CertError, TrustStore, chain_to_root, es256_verify_with_cert, split_chain, to_pem,
 };
 use crate::time::UnixTime;
 
@@ -357,17 +357,6 @@ fn write_synced(p: &Path, body: &[u8]) -> std::io::Result<()> {
     let mut f = std::fs::File::create(p)?;
     f.write_all(body)?;
     f.sync_all()
-}
-
-fn to_pem(label: &str, der: &[u8]) -> String {
-    let b = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in b.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
 }
 
 /// What `trust update` did.

@@ -509,6 +509,19 @@ pub fn chain_to_root(chain: &[Vec<u8>], root: &[u8], now: UnixTime) -> Result<()
     })
 }
 
+/// DER as a PEM block with `label` (64-column base64).
+pub fn to_pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
 /// Verifies a JWS ES256 signature (raw r||s, RFC 7518 §3.4) over
 /// `message` with the P-256 key of the certificate `der`.
 pub fn es256_verify_with_cert(der: &[u8], message: &[u8], signature: &[u8]) -> bool {
