@@ -15,6 +15,10 @@
 #   5. The redirect server ([redirect] listen, UDP 5065, same process as 4):
 #      SIPp as an SBC asks with the INVITE, ACKs the 302, sends the new
 #      INVITE to the UAS with the Contact's verstat on From (uas.xml checks).
+#   6. Each [[peers]] annotation profile (verstat, verstat-attest,
+#      attestation-info): a `serve` per profile on UDP 5066 whose next hop
+#      (a SIPp UAS on 5082) is that peer; the UAS checks the exact form
+#      (uas-annotation.xml, filled in per profile).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 command -v sipp >/dev/null || { echo "sipp is not installed (apt-get install -y sip-tester)"; exit 1; }
@@ -163,4 +167,59 @@ fi
 redirected=$(get http://127.0.0.1:9091/metrics | awk '/^stirscreen_front_end_calls_total\{front_end="redirect",action="forward",code="302"/ {s += $2} END {print s + 0}')
 [ "$redirected" = "$calls" ] || { echo "/metrics: $redirected redirected calls, expected $calls"; exit 1; }
 echo "ok: $calls calls answered 302 with verstat in the Contact; the UAS got each new INVITE with verstat in From"
-echo "sipp: 5 passed, 0 failed"
+
+echo "== [[peers]] annotation profiles, $calls calls each, checked at the UAS"
+"$bin" sign --key certs/demo/sp-a.key --x5u "$x5u" --orig 12155551212 --dest 12125551215 --attest A --sipp-csv "$calls" >"$work/ann.csv"
+for spec in "verstat|;verstat=TN-Validation-Passed@|check_it_inverse" \
+            "verstat-attest|;verstat=TN-Validation-Passed-A@|check_it_inverse" \
+            "attestation-info|;verstat=TN-Validation-Passed@|check_it"; do
+  IFS='|' read -r profile from_re ai_check <<<"$spec"
+  sed -e "s/@FROM@/$from_re/" -e "s/@AI_CHECK@/$ai_check/" tests/sipp/uas-annotation.xml >"$work/uas-$profile.xml"
+  cat >"$work/ann-$profile.toml" <<EOF
+[verify]
+trust_anchors = ["$root/certs/demo/sti-root.pem"]
+[fetch.pinned]
+"https://sti.stirscreen.example/sp-a.pem" = "$root/certs/demo/sp-a.pem"
+[proxy]
+listen = ["udp:127.0.0.1:5066"]
+next_hop = "udp:127.0.0.1:5082"
+[policy]
+file = "$root/policies/default.toml"
+[store]
+path = "$work/ann-$profile.db"
+[admin]
+listen = ""
+[log]
+decisions = ""
+[operator]
+jcard_key = "$root/certs/demo/operator.key"
+[[peers]]
+name = "pbx"
+addresses = ["127.0.0.1/32"]
+annotation = "$profile"
+EOF
+  "$bin" serve --config "$work/ann-$profile.toml" >"$work/serve-$profile.log" 2>&1 &
+  serve_pid=$!
+  pids+=("$serve_pid")
+  out=$(sipp -sf "$work/uas-$profile.xml" -i 127.0.0.1 -p 5082 -m "$calls" -bg -trace_err -error_file "$work/uas-$profile-errors.log" -trace_screen -screen_file "$work/uas-$profile-screen.log" 2>&1 || true)
+  uas_pid=$(printf '%s' "$out" | sed -n 's/.*PID=\[\([0-9]*\)\].*/\1/p')
+  [ -n "$uas_pid" ] || { echo "SIPp UAS ($profile) did not start: $out"; exit 1; }
+  pids+=("$uas_pid")
+  sleep 0.7
+  sipp 127.0.0.1:5066 -sf tests/sipp/uac.xml -inf "$work/ann.csv" -i 127.0.0.1 -p 5074 -m "$calls" -r 10 -timeout 30s -timeout_error \
+    -trace_err -error_file "$work/uac-$profile-errors.log" >/dev/null || {
+    echo "SIPp UAC ($profile) failed"; grep -hv "Failed to delete FD" "$work"/*"$profile"-errors.log 2>/dev/null | tail -40; cat "$work/serve-$profile.log"; exit 1; }
+  for _ in $(seq 50); do kill -0 "$uas_pid" 2>/dev/null || break; sleep 0.1; done
+  ok_calls=$(awk -F'|' '/Successful call/ {gsub(/ /, "", $3); print $3; exit}' "$work/uas-$profile-screen.log" 2>/dev/null || true)
+  failed=$(awk -F'|' '/Failed call/ {gsub(/ /, "", $3); print $3; exit}' "$work/uas-$profile-screen.log" 2>/dev/null || true)
+  if [ "${ok_calls:-}" != "$calls" ] || [ "${failed:-0}" != "0" ]; then
+    echo "UAS ($profile): successful ${ok_calls:-?}, failed ${failed:-?} (expected $calls, 0)"
+    grep -v "Failed to delete FD from epoll" "$work/uas-$profile-errors.log" 2>/dev/null | tail -20
+    exit 1
+  fi
+  kill "$serve_pid" 2>/dev/null || true
+  wait "$serve_pid" 2>/dev/null || true
+  if [ "$ai_check" = check_it ]; then ai_word="Attestation-Info: A"; else ai_word="no Attestation-Info"; fi
+  echo "ok: $profile: $calls INVITEs with From $from_re and $ai_word"
+done
+echo "sipp: 6 passed, 0 failed"
