@@ -1597,6 +1597,47 @@ async fn each_annotation_profile_writes_its_form() {
     }
 }
 
+/// `annotation = "call-info"` on the next hop's peer: a verified `rcd`
+/// PASSporT reaches that peer as RFC 9796 Call-Info (the default policy's
+/// forward rule does not ask for it; the profile does), with plain verstat.
+#[tokio::test]
+async fn the_call_info_profile_presents_verified_rcd() {
+    let lab = lab_with(
+        &root().join("policies/default.toml"),
+        "[[peers]]\nname = \"pbx\"\naddresses = [\"127.0.0.1\"]\nannotation = \"call-info\"",
+    )
+    .await;
+    let url = lab.repo.url("/sp-a.pem");
+    let header_json = format!(
+        r#"{{"alg":"ES256","crit":["rcd"],"ppt":"shaken","typ":"passport","x5u":"{url}"}}"#
+    );
+    let payload = format!(
+        r#"{{"attest":"A","crn":"Refill","dest":{{"tn":["{DEST}"]}},"iat":{},"orig":{{"tn":"{ORIG}"}},"origid":"3f1e2d4c-0000-4000-8000-00000000000c","rcd":{{"nam":"Acme","icn":"https://acme.example/logo.png"}}}}"#,
+        Clock.now().0
+    );
+    let token = common::key("sp-a.key")
+        .sign_raw(&header_json, &payload)
+        .unwrap();
+    let mut spec = InviteSpec::new(ORIG, DEST);
+    spec.via = lab.uac.local_addr().unwrap().to_string();
+    spec.identities.push(identity_header_value(&token, &url));
+    let m = spec.build();
+    let head = m.split("Content-Type:").next().unwrap().to_owned();
+    lab.send(&format!("{head}Content-Length: 0\r\n\r\n")).await;
+    let fwd = recv_line(&lab.uas, "INVITE", 3000)
+        .await
+        .expect("forwarded");
+    assert!(
+        header(&fwd, "From")[0].contains(";verstat=TN-Validation-Passed@"),
+        "{fwd}"
+    );
+    assert_eq!(
+        header(&fwd, "Call-Info"),
+        ["<https://acme.example/logo.png>;purpose=icon;verified;call-reason=\"Refill\""],
+        "{fwd}"
+    );
+}
+
 /// Out-of-band SHAKEN (ATIS-1000096): an INVITE without Identity whose
 /// PASSporT waits in a call placement service (a lab CPS over HTTPS) is
 /// verified from it (`identity_source = "oob"`, verstat passed); with the
