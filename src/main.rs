@@ -118,6 +118,12 @@ enum Command {
         /// (`orig;dest;token` per line; the scenario adds the parameters).
         #[arg(long, value_name = "N")]
         sipp_csv: Option<usize>,
+        /// Rich call data (RFC 9795): the caller's name (`rcd.nam`).
+        #[arg(long)]
+        rcd_name: Option<String>,
+        /// Rich call data: an https icon URL (`rcd.icn`); needs --rcd-name.
+        #[arg(long, requires = "rcd_name")]
+        rcd_icon: Option<String>,
     },
     /// Lab STI PKI.
     Certs {
@@ -303,6 +309,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             origid,
             invite,
             sipp_csv,
+            rcd_name,
+            rcd_icon,
         } => {
             let key = load_key(&key)?;
             let attest = match attest.as_str() {
@@ -328,13 +336,46 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 writeln!(out, "SEQUENTIAL")?;
                 let first = dest.first().cloned().unwrap_or_default();
                 for _ in 0..n {
-                    let ident = sign_identity(&key, &x5u, attest, &orig, &dest, iat, None)?;
+                    let ident = match &rcd_name {
+                        None => sign_identity(&key, &x5u, attest, &orig, &dest, iat, None)?,
+                        Some(nam) => {
+                            let req = stirscreen::stir::passport::SignRequest {
+                                attest,
+                                orig: orig.clone(),
+                                dest: dest.clone(),
+                                iat: iat.0,
+                                origid: stirscreen::ids::uuid_v4(),
+                                x5u: x5u.clone(),
+                            };
+                            stirscreen::stir::passport::sign_rcd(
+                                &key,
+                                &req,
+                                nam,
+                                rcd_icon.as_deref(),
+                            )?
+                        }
+                    };
                     let token = ident.split(';').next().unwrap_or_default();
                     writeln!(out, "{orig};{first};{token}")?;
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            let ident = sign_identity(&key, &x5u, attest, &orig, &dest, iat, origid.as_deref())?;
+            let ident = match &rcd_name {
+                None => sign_identity(&key, &x5u, attest, &orig, &dest, iat, origid.as_deref())?,
+                Some(nam) => {
+                    let req = stirscreen::stir::passport::SignRequest {
+                        attest,
+                        orig: orig.clone(),
+                        dest: dest.clone(),
+                        iat: iat.0,
+                        origid: origid.unwrap_or_else(stirscreen::ids::uuid_v4),
+                        x5u: x5u.clone(),
+                    };
+                    let token =
+                        stirscreen::stir::passport::sign_rcd(&key, &req, nam, rcd_icon.as_deref())?;
+                    stirscreen::stir::passport::identity_header_value(&token, &x5u)
+                }
+            };
             if invite {
                 let first = dest.first().cloned().unwrap_or_default();
                 let mut spec = InviteSpec::new(&orig, &first);

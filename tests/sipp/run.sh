@@ -16,7 +16,8 @@
 #      SIPp as an SBC asks with the INVITE, ACKs the 302, sends the new
 #      INVITE to the UAS with the Contact's verstat on From (uas.xml checks).
 #   6. Each [[peers]] annotation profile (verstat, verstat-attest,
-#      attestation-info): a `serve` per profile on UDP 5066 whose next hop
+#      attestation-info, call-info; the calls carry rcd): a `serve` per
+#      profile on UDP 5066 whose next hop
 #      (a SIPp UAS on 5082) is that peer; the UAS checks the exact form
 #      (uas-annotation.xml, filled in per profile).
 set -euo pipefail
@@ -169,12 +170,22 @@ redirected=$(get http://127.0.0.1:9091/metrics | awk '/^stirscreen_front_end_cal
 echo "ok: $calls calls answered 302 with verstat in the Contact; the UAS got each new INVITE with verstat in From"
 
 echo "== [[peers]] annotation profiles, $calls calls each, checked at the UAS"
-"$bin" sign --key certs/demo/sp-a.key --x5u "$x5u" --orig 12155551212 --dest 12125551215 --attest A --sipp-csv "$calls" >"$work/ann.csv"
-for spec in "verstat|;verstat=TN-Validation-Passed@|check_it_inverse" \
-            "verstat-attest|;verstat=TN-Validation-Passed-A@|check_it_inverse" \
-            "attestation-info|;verstat=TN-Validation-Passed@|check_it"; do
-  IFS='|' read -r profile from_re ai_check <<<"$spec"
-  sed -e "s/@FROM@/$from_re/" -e "s/@AI_CHECK@/$ai_check/" tests/sipp/uas-annotation.xml >"$work/uas-$profile.xml"
+# Every call carries verified rich call data (rcd nam + icn): only the
+# call-info profile presents it (the default policy's forward rule does not).
+"$bin" sign --key certs/demo/sp-a.key --x5u "$x5u" --orig 12155551212 --dest 12125551215 --attest A \
+  --rcd-name "Acme Pharmacy" --rcd-icon https://acme.example/logo.png --sipp-csv "$calls" >"$work/ann.csv"
+# (`.` stands for the angle brackets, which the XML attribute cannot hold.)
+ci_re='^ *.https://acme\.example/logo\.png.;purpose=icon;verified *$'
+# The call-info profile's INVITEs (display name, Call-Info) exceed 1300
+# bytes, so they leave over TCP (RFC 3261 §18.1.1): that UAS listens on TCP.
+for spec in "verstat|;verstat=TN-Validation-Passed@|check_it_inverse|check_it_inverse|udp" \
+            "verstat-attest|;verstat=TN-Validation-Passed-A@|check_it_inverse|check_it_inverse|udp" \
+            "attestation-info|;verstat=TN-Validation-Passed@|check_it|check_it_inverse|udp" \
+            "call-info|;verstat=TN-Validation-Passed@|check_it_inverse|check_it|tcp"; do
+  IFS='|' read -r profile from_re ai_check ci_check hop <<<"$spec"
+  if [ "$hop" = tcp ]; then uas_t=t1; else uas_t=u1; fi
+  sed -e "s/@FROM@/$from_re/" -e "s/@AI_CHECK@/$ai_check/" -e "s|@CI_RE@|$ci_re|" -e "s/@CI_CHECK@/$ci_check/" \
+    tests/sipp/uas-annotation.xml >"$work/uas-$profile.xml"
   cat >"$work/ann-$profile.toml" <<EOF
 [verify]
 trust_anchors = ["$root/certs/demo/sti-root.pem"]
@@ -182,7 +193,7 @@ trust_anchors = ["$root/certs/demo/sti-root.pem"]
 "https://sti.stirscreen.example/sp-a.pem" = "$root/certs/demo/sp-a.pem"
 [proxy]
 listen = ["udp:127.0.0.1:5066"]
-next_hop = "udp:127.0.0.1:5082"
+next_hop = "$hop:127.0.0.1:5082"
 [policy]
 file = "$root/policies/default.toml"
 [store]
@@ -201,7 +212,7 @@ EOF
   "$bin" serve --config "$work/ann-$profile.toml" >"$work/serve-$profile.log" 2>&1 &
   serve_pid=$!
   pids+=("$serve_pid")
-  out=$(sipp -sf "$work/uas-$profile.xml" -i 127.0.0.1 -p 5082 -m "$calls" -bg -trace_err -error_file "$work/uas-$profile-errors.log" -trace_screen -screen_file "$work/uas-$profile-screen.log" 2>&1 || true)
+  out=$(sipp -sf "$work/uas-$profile.xml" -t "$uas_t" -i 127.0.0.1 -p 5082 -m "$calls" -bg -trace_err -error_file "$work/uas-$profile-errors.log" -trace_screen -screen_file "$work/uas-$profile-screen.log" 2>&1 || true)
   uas_pid=$(printf '%s' "$out" | sed -n 's/.*PID=\[\([0-9]*\)\].*/\1/p')
   [ -n "$uas_pid" ] || { echo "SIPp UAS ($profile) did not start: $out"; exit 1; }
   pids+=("$uas_pid")
@@ -220,6 +231,7 @@ EOF
   kill "$serve_pid" 2>/dev/null || true
   wait "$serve_pid" 2>/dev/null || true
   if [ "$ai_check" = check_it ]; then ai_word="Attestation-Info: A"; else ai_word="no Attestation-Info"; fi
-  echo "ok: $profile: $calls INVITEs with From $from_re and $ai_word"
+  if [ "$ci_check" = check_it ]; then ci_word="the verified Call-Info"; else ci_word="no Call-Info"; fi
+  echo "ok: $profile: $calls INVITEs with From $from_re, $ai_word, $ci_word"
 done
 echo "sipp: 6 passed, 0 failed"
