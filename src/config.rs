@@ -128,6 +128,15 @@ pub struct Peer {
     /// forwarded to it (`next_hop` in its addresses).
     #[serde(default)]
     pub annotation: crate::policy::render::Annotation,
+    /// Display-name tags toward this peer, for user agents that show only
+    /// a name: prefixed to the caller's display name (the verified rcd
+    /// name, the name it sent, or else its number) when verification
+    /// passed (`display_tag_passed`, e.g. "[V] ") or failed
+    /// (`display_tag_failed`); empty: the display name is left alone.
+    #[serde(default)]
+    pub display_tag_passed: String,
+    #[serde(default)]
+    pub display_tag_failed: String,
     /// Attestation levels this source may ask the signing API for; empty:
     /// `[api] signing_attest`.
     #[serde(default)]
@@ -144,6 +153,16 @@ impl Config {
             .find(|p| p.addresses.iter().any(|a| a.contains(ip)))
             .map(|p| p.annotation)
             .unwrap_or_default()
+    }
+
+    /// The display-name tags (passed, failed) of the peer `ip` belongs to.
+    pub fn display_tags_of(&self, ip: std::net::IpAddr) -> (&str, &str) {
+        self.peers
+            .iter()
+            .find(|p| p.addresses.iter().any(|a| a.contains(ip)))
+            .map_or(("", ""), |p| {
+                (p.display_tag_passed.as_str(), p.display_tag_failed.as_str())
+            })
     }
 
     /// The SPCs the peer that `ip` belongs to is expected to sign with.

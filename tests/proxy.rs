@@ -1597,6 +1597,37 @@ async fn each_annotation_profile_writes_its_form() {
     }
 }
 
+/// `[[peers]] display_tag_passed`: a verified call reaches that peer with
+/// the tag before the caller's name (here its number: it sent none); an
+/// unsigned call's display name is left alone; the caller gets its own
+/// From back in the responses.
+#[tokio::test]
+async fn display_tags_mark_verified_callers_toward_the_peer() {
+    let lab = lab_with(
+        &root().join("policies/default.toml"),
+        "[[peers]]\nname = \"pbx\"\naddresses = [\"127.0.0.1\"]\ndisplay_tag_passed = \"[V] \"",
+    )
+    .await;
+    let inv = lab.invite("sp-a.key", "/sp-a.pem", |_| {});
+    lab.send(&inv).await;
+    let fwd = recv_line(&lab.uas, "INVITE", 3000)
+        .await
+        .expect("forwarded");
+    let from = header(&fwd, "From")[0];
+    assert!(
+        from.starts_with("\"[V] 12155551212\" <sip:+12155551212"),
+        "{from}"
+    );
+    let mut unsigned = InviteSpec::new(ORIG, DEST);
+    unsigned.via = lab.uac.local_addr().unwrap().to_string();
+    lab.send(&unsigned.build()).await;
+    let fwd = recv_line(&lab.uas, "INVITE", 3000)
+        .await
+        .expect("forwarded");
+    let from = header(&fwd, "From")[0];
+    assert!(!from.contains("[V]"), "{from}");
+}
+
 /// `annotation = "call-info"` on the next hop's peer: a verified `rcd`
 /// PASSporT reaches that peer as RFC 9796 Call-Info (the default policy's
 /// forward rule does not ask for it; the profile does), with plain verstat.

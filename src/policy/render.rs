@@ -514,6 +514,50 @@ pub fn apply_annotation(
     }
 }
 
+/// `[[peers]] display_tag_passed` / `display_tag_failed`: prefixes the
+/// caller's display name toward that peer with the tag for the call's
+/// verstat (TN-Validation-Passed / TN-Validation-Failed; other verstats
+/// untouched). The name tagged is the verified rcd name when the plan
+/// presents one, else the display name the caller sent, else its number.
+pub fn apply_display_tag(plan: &mut ForwardPlan, passed: &str, failed: &str, facts: &Facts) {
+    let tag = match facts.verstat {
+        Verstat::Passed => passed,
+        Verstat::Failed => failed,
+        _ => "",
+    };
+    if tag.is_empty() {
+        return;
+    }
+    let base = match &plan.display_name {
+        Some(q) => unquote(q),
+        None if !facts.display_name.is_empty() => unquote(&facts.display_name),
+        None => facts.orig.clone(),
+    };
+    plan.display_name = Some(quoted_string(&format!("{tag}{base}")));
+}
+
+/// A display name's text: a quoted-string's content unescaped, a token as
+/// it is.
+fn unquote(s: &str) -> String {
+    let s = s.trim();
+    let Some(inner) = s.strip_prefix('"').and_then(|t| t.strip_suffix('"')) else {
+        return s.to_owned();
+    };
+    let mut out = String::with_capacity(inner.len());
+    let mut escaped = false;
+    for c in inner.chars() {
+        if escaped {
+            out.push(c);
+            escaped = false;
+        } else if c == '\\' {
+            escaped = true;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// `[proxy] forward_rcd`: what the callee is told of verified rich call
 /// data (RFC 9795 `rcd`, presented per RFC 9796).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]

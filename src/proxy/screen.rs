@@ -162,6 +162,8 @@ impl Screener {
                 &facts,
                 rcd,
             );
+            let (passed, failed) = self.config.display_tags_of(toward);
+            crate::policy::render::apply_display_tag(plan, passed, failed, &facts);
         }
         Decision {
             outcome,
