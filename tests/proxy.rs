@@ -1846,6 +1846,43 @@ async fn the_redirect_server_rejects_as_the_policy_says_and_answers_other_method
     );
     assert!(header(&r, "Contact").is_empty(), "{r}");
 
+    // 603+ for a caller with bad reputation, 607 for a callee's flag: the
+    // same answers as the inline proxy, with guidance, never a 302.
+    for i in 0..10 {
+        lab.proxy
+            .store
+            .report(tn("12155550123"), &format!("1212555{i:04}"), Clock.now())
+            .await
+            .unwrap();
+    }
+    let inv = lab.invite("sp-a.key", "/sp-a.pem", |r| r.orig = "12155550123".into());
+    lab.send_redirect(&inv).await;
+    let r = recv_line(&lab.uac, "SIP/2.0 603", 3000)
+        .await
+        .expect("603+");
+    assert!(r.starts_with("SIP/2.0 603 Network Blocked\r\n"), "{r}");
+    assert!(
+        header(&r, "Reason")[0].starts_with("SIP;cause=603;text=\"v=analytics1;url=https://"),
+        "{r}"
+    );
+    assert!(
+        header(&r, "Warning")[0].starts_with("399 stirscreen \""),
+        "{r}"
+    );
+    lab.proxy
+        .store
+        .add_flag(DEST, ORIG, "admin", Clock.now())
+        .await
+        .unwrap();
+    lab.send_redirect(&lab.invite("sp-a.key", "/sp-a.pem", |_| {}))
+        .await;
+    let r = recv_line(&lab.uac, "SIP/2.0 607", 3000).await.expect("607");
+    assert!(
+        header(&r, "Warning")[0].starts_with("399 stirscreen \""),
+        "{r}"
+    );
+    assert!(header(&r, "Contact").is_empty(), "{r}");
+
     let req = |method: &str, branch: &str| {
         format!(
             "{method} sip:+{DEST}@example.net SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bK{branch}\r\nFrom: <sip:+{ORIG}@example.net>;tag=a\r\nTo: <sip:+{DEST}@example.net>\r\nCall-ID: {branch}@x\r\nCSeq: 1 {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
