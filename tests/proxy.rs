@@ -770,6 +770,22 @@ async fn rfc4475_messages_through_the_running_proxy() {
     assert!(recv_line(&lab.uas, "INVITE ", 3000).await.is_some());
 }
 
+/// Kills a child process on drop unless it was waited for.
+struct KillUnlessReaped {
+    pid: u32,
+    reaped: bool,
+}
+
+impl Drop for KillUnlessReaped {
+    fn drop(&mut self) {
+        if !self.reaped {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &self.pid.to_string()])
+                .status();
+        }
+    }
+}
+
 /// The binary: `serve` with a config answers over IPv6 too, and SIGTERM
 /// drains and exits 0.
 #[tokio::test]
@@ -808,6 +824,13 @@ async fn serve_binary_answers_and_exits_cleanly_on_sigterm() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // A failing assertion below must not leave the server running: until it
+    // has been waited for (so its PID cannot have been reused), the guard
+    // kills it.
+    let guard = KillUnlessReaped {
+        pid: child.id(),
+        reaped: false,
+    };
     tokio::time::sleep(Duration::from_millis(700)).await;
     let options = "OPTIONS sip:x@example.net SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:1;branch=z9hG4bKopt\r\nMax-Forwards: 0\r\nFrom: <sip:a@example.net>;tag=1\r\nTo: <sip:x@example.net>\r\nCall-ID: opt-1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
     let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -881,6 +904,8 @@ async fn serve_binary_answers_and_exits_cleanly_on_sigterm() {
         .await
         .unwrap()
         .unwrap();
+    let mut guard = guard;
+    guard.reaped = true;
     assert!(exit.success(), "{exit:?}");
     let log = std::fs::read_to_string(&decisions).unwrap();
     assert_eq!(log.lines().count(), 2, "{log}");
