@@ -34,6 +34,11 @@ pub const T2: Duration = Duration::from_secs(4);
 pub const T4: Duration = Duration::from_secs(5);
 /// RFC 3261 §16.6 step 11: "greater than 3 minutes".
 pub const TIMER_C: Duration = Duration::from_secs(181);
+/// Timer C is checked at most this far apart (then re-armed for what is
+/// left): a finished call's timer entry waits no longer than its Timer B,
+/// L or H entries do, and a provisional moves the deadline without a new
+/// entry.
+const TIMER_C_CHECK: Duration = Duration::from_secs(32);
 
 /// The transaction timers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -143,6 +148,8 @@ pub struct InviteTxn {
     /// the caller's back.
     from_rewritten: bool,
     deadlines: [Option<Instant>; TIMERS],
+    /// When Timer C really expires (its heap entry is only a check).
+    c_deadline: Option<Instant>,
     a_wait: Duration,
     g_wait: Duration,
     ended: bool,
@@ -166,6 +173,7 @@ impl InviteTxn {
             reason: None,
             from_rewritten: false,
             deadlines: [None; TIMERS],
+            c_deadline: None,
             a_wait: T1,
             g_wait: T1,
             ended: false,
@@ -216,7 +224,8 @@ impl InviteTxn {
             self.arm(&mut out, Timer::A, now + T1);
         }
         self.arm(&mut out, Timer::B, now + T1 * 64);
-        self.arm(&mut out, Timer::C, now + TIMER_C);
+        self.c_deadline = Some(now + TIMER_C);
+        self.arm(&mut out, Timer::C, now + TIMER_C_CHECK);
         out
     }
 
@@ -335,6 +344,14 @@ impl InviteTxn {
                 self.arm(out, Timer::A, now + self.a_wait);
             }
             Timer::B if self.client == Client::Calling => self.give_up(now, out),
+            // Not yet: check again (at most TIMER_C_CHECK later).
+            Timer::C
+                if matches!(self.client, Client::Calling | Client::Proceeding)
+                    && self.c_deadline.is_some_and(|d| d > now) =>
+            {
+                let d = self.c_deadline.unwrap_or(now);
+                self.arm(out, Timer::C, d.min(now + TIMER_C_CHECK));
+            }
             Timer::C if self.client == Client::Proceeding => self.send_cancel(now, out),
             // §16.8: Timer C without a provisional is Timer B.
             Timer::C if self.client == Client::Calling => self.give_up(now, out),
@@ -374,8 +391,9 @@ impl InviteTxn {
             return; // a provisional after the final: nothing to do
         }
         if code > 100 {
-            // §16.7 step 2: Timer C restarts with each provisional.
-            self.arm(out, Timer::C, now + TIMER_C);
+            // §16.7 step 2: Timer C restarts with each provisional (its
+            // check entry, already armed, finds the later deadline).
+            self.c_deadline = Some(now + TIMER_C);
         }
         if self.cancel_pending {
             self.cancel_pending = false;

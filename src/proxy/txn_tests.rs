@@ -190,21 +190,54 @@ fn a_provisional_stops_a_and_b_and_is_relayed_with_the_reason() {
     assert!(upstream_codes(&recv(&mut m, t0 + T1, 100, "Trying")).is_empty());
 }
 
+/// Fires Timer C's checks as they come due until one acts; returns when
+/// and what it did.
+fn run_timer_c(m: &mut InviteTxn, from: &[Action]) -> (Instant, Vec<Action>) {
+    let mut acts = from.to_vec();
+    for _ in 0..20 {
+        let (at, next) = fire(m, &acts, Timer::C);
+        if armed(&next, Timer::C).is_none() {
+            return (at, next);
+        }
+        assert!(
+            next.iter().all(|a| matches!(a, Action::Arm(Timer::C, _))),
+            "a check does nothing else: {next:?}"
+        );
+        acts = next;
+    }
+    panic!("Timer C never acted")
+}
+
 #[test]
 fn timer_c_cancels_after_a_provisional_then_the_guard_answers_408() {
     let t0 = Instant::now();
-    let (mut m, _) = forwarded_txn(t0, down(Transport::Udp));
+    let (mut m, a) = forwarded_txn(t0, down(Transport::Udp));
+    // One check entry, at most 32 s out, whatever the provisionals do.
+    assert!(armed(&a, Timer::C).unwrap() - t0 <= Duration::from_secs(32));
     let r = recv(&mut m, t0 + T1, 183, "Session Progress");
-    let c_at = armed(&r, Timer::C).unwrap();
-    assert!(c_at - (t0 + T1) > Duration::from_secs(180));
-    // Another provisional restarts C: the old deadline is void.
-    let r2 = recv(&mut m, t0 + T1 * 2, 180, "Ringing");
-    assert!(m.timer(c_at, Timer::C).is_empty());
-    let (_, c) = fire(&mut m, &r2, Timer::C);
+    assert!(
+        armed(&r, Timer::C).is_none(),
+        "no new entry per provisional"
+    );
+    // Another provisional restarts C: it acts 181 s after this one.
+    let last = t0 + T1 * 2;
+    recv(&mut m, last, 180, "Ringing");
+    let (at, c) = run_timer_c(&mut m, &a);
+    assert_eq!(at - last, TIMER_C);
     assert_eq!(downstream_methods(&c), ["CANCEL"]);
     let (_, g) = fire(&mut m, &c, Timer::CancelGuard);
     assert_eq!(upstream_codes(&g), [408]);
     assert_eq!(m.client(), Client::Terminated);
+}
+
+#[test]
+fn timer_c_checks_of_a_finished_call_do_nothing() {
+    let t0 = Instant::now();
+    let (mut m, a) = forwarded_txn(t0, down(Transport::Udp));
+    recv(&mut m, t0 + T1, 180, "Ringing");
+    recv(&mut m, t0 + T1 * 2, 200, "OK");
+    let (_, c) = fire(&mut m, &a, Timer::C);
+    assert!(c.is_empty(), "{c:?}");
 }
 
 #[test]
