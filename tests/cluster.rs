@@ -227,8 +227,20 @@ impl Caller {
             .unwrap()
             .to_owned();
         let mut buf = vec![0u8; 65_536];
-        let deadline = Instant::now() + Duration::from_secs(4);
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs(4);
+        // As a UDP client does (RFC 3261 Timer A): the INVITE again at 0.5,
+        // 1.5 and 3.5 s while nothing final came; the node answers a
+        // retransmission from the same transaction.
+        let mut resend = [500u64, 1500, 3500].into_iter().peekable();
         while Instant::now() < deadline {
+            if resend
+                .peek()
+                .is_some_and(|ms| start.elapsed() >= Duration::from_millis(*ms))
+            {
+                resend.next();
+                self.sock.send_to(msg.as_bytes(), node.sip).await.unwrap();
+            }
             let Ok(Ok((n, _))) =
                 tokio::time::timeout(Duration::from_millis(200), self.sock.recv_from(&mut buf))
                     .await
