@@ -440,3 +440,109 @@ fn the_callers_from_comes_back_when_ours_was_rewritten() {
     );
     assert!(!text.contains("Reason:"), "no reason configured: {text}");
 }
+
+/// A small deterministic generator (xorshift64*): the sequences below are
+/// the same on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Random event sequences (20,000 of up to 40 events, over UDP and TCP)
+/// against the machine's invariants: no panic; nothing goes downstream
+/// before the call is forwarded; at most one `Final` and one `Terminated`;
+/// one final response upstream at most (its retransmissions are the same
+/// bytes); after `Terminated` no final is reported again.
+#[test]
+fn random_event_sequences_keep_the_invariants() {
+    let codes = [100u16, 180, 183, 200, 486, 487, 603, 607];
+    let timers = [
+        Timer::A,
+        Timer::B,
+        Timer::C,
+        Timer::CancelGuard,
+        Timer::D,
+        Timer::G,
+        Timer::H,
+        Timer::I,
+        Timer::L,
+    ];
+    let responses: Vec<Vec<u8>> = codes.iter().map(|c| response(*c, "X")).collect();
+    let mut rng = Rng(0x5eed_1234_abcd_0001);
+    for round in 0..20_000u32 {
+        let up = if round % 2 == 0 {
+            up()
+        } else {
+            peer(Transport::Tcp, 1)
+        };
+        let down_t = if round % 3 == 0 {
+            Transport::Tcp
+        } else {
+            Transport::Udp
+        };
+        let mut m = txn(up);
+        let mut now = Instant::now();
+        let (mut finals, mut ended) = (0, 0);
+        let mut final_upstream: Option<Vec<u8>> = None;
+        for _ in 0..rng.below(40) {
+            now += Duration::from_millis(rng.below(40_000));
+            let acts = match rng.below(7) {
+                0 => m.forward(now, down(down_t), forwarded(), None, rng.below(2) == 0),
+                1 => m.respond(
+                    now,
+                    b"SIP/2.0 608 Rejected\r\nContent-Length: 0\r\n\r\n".to_vec(),
+                ),
+                2 => m.retransmission(),
+                3 => m.ack(now).1,
+                4 => m.cancel(now),
+                5 => {
+                    let i = rng.below(codes.len() as u64) as usize;
+                    let msg = Message::parse(&responses[i]).unwrap();
+                    m.response(now, &msg, codes[i])
+                }
+                _ => m.timer(now, timers[rng.below(timers.len() as u64) as usize]),
+            };
+            for a in &acts {
+                match a {
+                    Action::Downstream(..) => {
+                        assert!(
+                            m.client() != Client::Idle,
+                            "downstream before forward: {acts:?}"
+                        )
+                    }
+                    Action::Final(_) => {
+                        finals += 1;
+                        assert_eq!(ended, 0, "a final after the end");
+                    }
+                    Action::Terminated => ended += 1,
+                    Action::Upstream(b) => {
+                        let code: u16 = std::str::from_utf8(b)
+                            .ok()
+                            .and_then(|s| s.get(8..11))
+                            .and_then(|c| c.parse().ok())
+                            .unwrap_or(0);
+                        if code >= 300 {
+                            match &final_upstream {
+                                None => final_upstream = Some(b.clone()),
+                                Some(f) => assert_eq!(f, b, "two different finals upstream"),
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        assert!(finals <= 1, "round {round}: {finals} finals");
+        assert!(ended <= 1, "round {round}: terminated {ended} times");
+    }
+}
