@@ -311,23 +311,7 @@ impl CertFetcher {
         policy: X5uPolicy,
         trust: Arc<TrustStore>,
     ) -> Result<Self, FetcherError> {
-        let mut roots = rustls::RootCertStore::empty();
-        if cfg.system_tls_roots {
-            for c in rustls_native_certs::load_native_certs().certs {
-                let _ = roots.add(c);
-            }
-        }
-        for der in read_certs(&cfg.extra_tls_roots)? {
-            roots
-                .add(der.into())
-                .map_err(|e| FetcherError::Tls(format!("extra TLS root: {e}")))?;
-        }
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| FetcherError::Tls(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let tls = https_tls(&cfg.extra_tls_roots, cfg.system_tls_roots)?;
         let mut builder = reqwest::Client::builder();
         for (host, addr) in &cfg.resolve {
             let addr: SocketAddr = addr
@@ -1091,6 +1075,32 @@ impl CertFetcher {
         }
         Ok((body, ttl))
     }
+}
+
+/// The TLS client configuration of our HTTPS fetches (x5u, CRLs, CPS, the
+/// STI-PA): rustls with aws-lc-rs, the OS roots when `system_roots`, plus
+/// `extra_roots` (PEM files).
+pub fn https_tls(
+    extra_roots: &[std::path::PathBuf],
+    system_roots: bool,
+) -> Result<rustls::ClientConfig, FetcherError> {
+    let mut roots = rustls::RootCertStore::empty();
+    if system_roots {
+        for c in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(c);
+        }
+    }
+    for der in read_certs(extra_roots)? {
+        roots
+            .add(der.into())
+            .map_err(|e| FetcherError::Tls(format!("extra TLS root: {e}")))?;
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| FetcherError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// The file `certs import` writes for `url` in `preload_dir`: named by a

@@ -13,7 +13,6 @@
 //! peers (Vermouth) describe.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -409,23 +408,8 @@ impl StiPa {
             .store
             .clone()
             .ok_or_else(|| bad("store (a directory) is not set"))?;
-        let mut roots = rustls::RootCertStore::empty();
-        if system_roots {
-            for c in rustls_native_certs::load_native_certs().certs {
-                let _ = roots.add(c);
-            }
-        }
-        for der in read_certs(extra_tls_roots).map_err(|e| TrustError::Config(e.to_string()))? {
-            roots
-                .add(der.into())
-                .map_err(|e| TrustError::Config(format!("extra TLS root: {e}")))?;
-        }
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| TrustError::Config(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let tls = super::https_tls(extra_tls_roots, system_roots)
+            .map_err(|e| TrustError::Config(e.to_string()))?;
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .redirect(reqwest::redirect::Policy::none())

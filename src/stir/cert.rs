@@ -522,24 +522,26 @@ pub fn to_pem(label: &str, der: &[u8]) -> String {
     out
 }
 
-/// Verifies a JWS ES256 signature (raw r||s, RFC 7518 §3.4) over
-/// `message` with the P-256 key of the certificate `der`.
-pub fn es256_verify_with_cert(der: &[u8], message: &[u8], signature: &[u8]) -> bool {
-    let Ok(c) = parse(0, der) else { return false };
-    let spki = c.public_key();
-    let p256 = spki.algorithm.algorithm.as_bytes() == oid::EC_PUBLIC_KEY
+/// An EC P-256 public key (what ES256 needs).
+fn is_p256(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> bool {
+    spki.algorithm.algorithm.as_bytes() == oid::EC_PUBLIC_KEY
         && spki
             .algorithm
             .parameters
             .as_ref()
             .and_then(|p| p.as_oid().ok())
-            .is_some_and(|o| o.as_bytes() == oid::P256);
-    p256 && sig::UnparsedPublicKey::new(
-        &sig::ECDSA_P256_SHA256_FIXED,
-        &spki.subject_public_key.data,
-    )
-    .verify(message, signature)
-    .is_ok()
+            .is_some_and(|o| o.as_bytes() == oid::P256)
+}
+
+/// Verifies a JWS ES256 signature (raw r||s, RFC 7518 §3.4) over
+/// `message` with the P-256 key of the certificate `der`.
+pub fn es256_verify_with_cert(der: &[u8], message: &[u8], signature: &[u8]) -> bool {
+    let Ok(c) = parse(0, der) else { return false };
+    let spki = c.public_key();
+    is_p256(spki)
+        && sig::UnparsedPublicKey::new(&sig::ECDSA_P256_SHA256_FIXED, &spki.subject_public_key.data)
+            .verify(message, signature)
+            .is_ok()
 }
 
 /// Verifies `child`'s signature with `issuer`'s public key.
@@ -976,14 +978,7 @@ impl TrustStore {
         // Essential leaf rules.
         let subject = subject_of(leaf);
         let spki = leaf.public_key();
-        let curve_ok = spki.algorithm.algorithm.as_bytes() == oid::EC_PUBLIC_KEY
-            && spki
-                .algorithm
-                .parameters
-                .as_ref()
-                .and_then(|p| p.as_oid().ok())
-                .is_some_and(|o| o.as_bytes() == oid::P256);
-        if !curve_ok {
+        if !is_p256(spki) {
             return Err(CertError::KeyNotP256 { subject });
         }
         // An absent keyUsage is a profile problem (reported by
