@@ -458,6 +458,45 @@ impl Rng {
     }
 }
 
+/// One event's actions against the invariants, counting finals and ends.
+fn check_actions(
+    m: &InviteTxn,
+    acts: &[Action],
+    finals: &mut u32,
+    ended: &mut u32,
+    final_upstream: &mut Option<Vec<u8>>,
+) {
+    for a in acts {
+        match a {
+            Action::Downstream(..) => {
+                assert!(
+                    m.client() != Client::Idle,
+                    "downstream before forward: {acts:?}"
+                )
+            }
+            Action::Final(_) => {
+                *finals += 1;
+                assert_eq!(*ended, 0, "a final after the end");
+            }
+            Action::Terminated => *ended += 1,
+            Action::Upstream(b) => {
+                let code: u16 = std::str::from_utf8(b)
+                    .ok()
+                    .and_then(|s| s.get(8..11))
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(0);
+                if code >= 300 {
+                    match final_upstream {
+                        None => *final_upstream = Some(b.clone()),
+                        Some(f) => assert_eq!(f, b, "two different finals upstream"),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Random event sequences (20,000 of up to 40 events, over UDP and TCP)
 /// against the machine's invariants: no panic; nothing goes downstream
 /// before the call is forwarded; at most one `Final` and one `Terminated`;
@@ -512,35 +551,7 @@ fn random_event_sequences_keep_the_invariants() {
                 }
                 _ => m.timer(now, timers[rng.below(timers.len() as u64) as usize]),
             };
-            for a in &acts {
-                match a {
-                    Action::Downstream(..) => {
-                        assert!(
-                            m.client() != Client::Idle,
-                            "downstream before forward: {acts:?}"
-                        )
-                    }
-                    Action::Final(_) => {
-                        finals += 1;
-                        assert_eq!(ended, 0, "a final after the end");
-                    }
-                    Action::Terminated => ended += 1,
-                    Action::Upstream(b) => {
-                        let code: u16 = std::str::from_utf8(b)
-                            .ok()
-                            .and_then(|s| s.get(8..11))
-                            .and_then(|c| c.parse().ok())
-                            .unwrap_or(0);
-                        if code >= 300 {
-                            match &final_upstream {
-                                None => final_upstream = Some(b.clone()),
-                                Some(f) => assert_eq!(f, b, "two different finals upstream"),
-                            }
-                        }
-                    }
-                    _ => {}
-                }
-            }
+            check_actions(&m, &acts, &mut finals, &mut ended, &mut final_upstream);
         }
         assert!(finals <= 1, "round {round}: {finals} finals");
         assert!(ended <= 1, "round {round}: terminated {ended} times");
