@@ -330,52 +330,40 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map(|d| canon(d))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let iat = iat.map_or_else(|| Clock.now(), UnixTime);
+            // One Identity header value: SHAKEN, or with rich call data.
+            let sign = |origid: Option<&str>| -> anyhow::Result<String> {
+                let Some(nam) = &rcd_name else {
+                    return Ok(sign_identity(
+                        &key, &x5u, attest, &orig, &dest, iat, origid,
+                    )?);
+                };
+                let req = stirscreen::stir::passport::SignRequest {
+                    attest,
+                    orig: orig.clone(),
+                    dest: dest.clone(),
+                    iat: iat.0,
+                    origid: origid.map_or_else(stirscreen::ids::uuid_v4, str::to_owned),
+                    x5u: x5u.clone(),
+                };
+                let token =
+                    stirscreen::stir::passport::sign_rcd(&key, &req, nam, rcd_icon.as_deref())?;
+                Ok(stirscreen::stir::passport::identity_header_value(
+                    &token, &x5u,
+                ))
+            };
             if let Some(n) = sipp_csv {
                 use std::io::Write as _;
                 let mut out = std::io::BufWriter::new(std::io::stdout().lock());
                 writeln!(out, "SEQUENTIAL")?;
                 let first = dest.first().cloned().unwrap_or_default();
                 for _ in 0..n {
-                    let ident = match &rcd_name {
-                        None => sign_identity(&key, &x5u, attest, &orig, &dest, iat, None)?,
-                        Some(nam) => {
-                            let req = stirscreen::stir::passport::SignRequest {
-                                attest,
-                                orig: orig.clone(),
-                                dest: dest.clone(),
-                                iat: iat.0,
-                                origid: stirscreen::ids::uuid_v4(),
-                                x5u: x5u.clone(),
-                            };
-                            stirscreen::stir::passport::sign_rcd(
-                                &key,
-                                &req,
-                                nam,
-                                rcd_icon.as_deref(),
-                            )?
-                        }
-                    };
+                    let ident = sign(None)?;
                     let token = ident.split(';').next().unwrap_or_default();
                     writeln!(out, "{orig};{first};{token}")?;
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            let ident = match &rcd_name {
-                None => sign_identity(&key, &x5u, attest, &orig, &dest, iat, origid.as_deref())?,
-                Some(nam) => {
-                    let req = stirscreen::stir::passport::SignRequest {
-                        attest,
-                        orig: orig.clone(),
-                        dest: dest.clone(),
-                        iat: iat.0,
-                        origid: origid.unwrap_or_else(stirscreen::ids::uuid_v4),
-                        x5u: x5u.clone(),
-                    };
-                    let token =
-                        stirscreen::stir::passport::sign_rcd(&key, &req, nam, rcd_icon.as_deref())?;
-                    stirscreen::stir::passport::identity_header_value(&token, &x5u)
-                }
-            };
+            let ident = sign(origid.as_deref())?;
             if invite {
                 let first = dest.first().cloned().unwrap_or_default();
                 let mut spec = InviteSpec::new(&orig, &first);

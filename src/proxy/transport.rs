@@ -296,15 +296,6 @@ impl Network {
         *self.shutdown.borrow()
     }
 
-    /// Our address for transport `t` (another transport's when none).
-    pub fn local(&self, t: Transport) -> Option<SocketAddr> {
-        match t {
-            Transport::Udp => self.local_udp.or(self.local_tcp),
-            Transport::Tcp => self.local_tcp.or(self.local_udp),
-            Transport::Tls => self.local_tls.or(self.local_tcp).or(self.local_udp),
-        }
-    }
-
     async fn udp_loop(self: Arc<Self>, sock: Arc<UdpSocket>, to: Arc<dyn Inbound>) {
         let mut buf = vec![0u8; 65_536];
         let mut stop = self.shutdown.subscribe();
